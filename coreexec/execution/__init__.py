@@ -1,0 +1,1 @@
+"""Running a plan: the coordinator loop, dispatchers and run entry points."""

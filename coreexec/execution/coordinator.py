@@ -1,0 +1,276 @@
+"""The coordinator: one run's loop of take ready steps → get slots → dispatch → hear back.
+
+It blocks in the dispatcher's ``wait`` until something happens: an event from a step,
+a wake-up from the tag limiter, a cancel request. Its only timers are the ones with a
+meaning: a retry coming due, leases to refresh, the low-rate check for a cancel
+requested through the run storage by another process.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+
+from coreexec.active_execution import ActiveExecution, StepAttempt, new_attempt_id
+from coreexec.errors import CoreExecError, LimiterError
+from coreexec.events import STEP_ATTEMPT_ENDINGS, TRANSIENT_KINDS, Event, EventKind
+from coreexec.execution.dispatcher import StepDispatcher
+from coreexec.execution.run_context import RunContext
+from coreexec.limits.base import Lease, SlotBlock, SlotRequest, TagLimiter
+from coreexec.limits.rules import TagConcurrencyLimit, slots_for
+from coreexec.plan import PlannedStep
+from coreexec.retry import FailureClass
+from coreexec.storage.base import RunStatus
+
+logger = logging.getLogger(__name__)
+
+CANCEL_CHECK_INTERVAL_S = 1.0
+
+
+class Coordinator:
+    """Drives one run through a dispatcher until every step has ended."""
+
+    def __init__(
+        self,
+        run: RunContext,
+        dispatcher: StepDispatcher,
+        *,
+        retries_enabled: bool = True,
+        limiter: TagLimiter | None = None,
+        limit_rules: Sequence[TagConcurrencyLimit] = (),
+    ) -> None:
+        self.context = run
+        self.dispatcher = dispatcher
+        self.limiter = limiter if limit_rules or limiter is not None else None
+        self.limit_rules = tuple(limit_rules)
+        self.active = ActiveExecution(
+            run.plan,
+            run_id=run.run_id,
+            retries_enabled=retries_enabled,
+            clock=run.clock,
+            already_succeeded=run.already_succeeded,
+            attempts_made=run.attempts_made,
+        )
+        self._leases: dict[str, Lease] = {}
+        self._waiting: dict[str, SlotRequest] = {}
+        self._wait_shown: dict[str, tuple[str, ...]] = {}
+        self._next_refresh_at: float | None = None
+        self._next_cancel_check_at = run.clock.now() + CANCEL_CHECK_INTERVAL_S
+
+    # -- events -----------------------------------------------------------------------
+
+    def _record(self, event: Event) -> None:
+        if event.kind in TRANSIENT_KINDS:
+            return
+        self.context.record(event)
+        for derived in self.active.handle(event):
+            self.context.record(derived)
+        if event.kind in STEP_ATTEMPT_ENDINGS and event.attempt_id is not None:
+            self._release(event.attempt_id)
+
+    def _record_all(self, events: Sequence[Event]) -> None:
+        for event in events:
+            self.context.record(event)
+
+    # -- slots --------------------------------------------------------------------------
+
+    def _event(self, kind: EventKind, step_key: str, message: str, **data: object) -> Event:
+        return Event(
+            kind=kind,
+            run_id=self.context.run_id,
+            timestamp=self.context.clock.now(),
+            step_key=step_key,
+            message=message,
+            data=data,
+        )
+
+    def _acquire(self, step: PlannedStep, blocked_slots: set[str]) -> str | None:
+        """A lease id for ``step`` (its future attempt id), or None while it must wait."""
+        if self.limiter is None:
+            return new_attempt_id()
+        specs = slots_for(self.limit_rules, step.tags)
+        if not specs:
+            return new_attempt_id()
+        if any(spec.name in blocked_slots for spec in specs) and step.key not in self._waiting:
+            # A step ahead of it in this pass already waits for one of these slots.
+            return None
+        request = self._waiting.get(step.key) or SlotRequest(
+            run_id=self.context.run_id,
+            step_key=step.key,
+            lease_id=new_attempt_id(),
+            priority=step.priority,
+            slots=specs,
+            wake_key=self.dispatcher.wake_key,
+        )
+        result = self.limiter.try_acquire(request)
+        if result.lease is None:
+            self._waiting[step.key] = request
+            blocked_slots.update(block.slot.name for block in result.blocked_on)
+            self._show_wait(step, result.blocked_on)
+            return None
+        self._waiting.pop(step.key, None)
+        self._wait_shown.pop(step.key, None)
+        self._leases[request.lease_id] = result.lease
+        self._schedule_refresh()
+        self.context.record(
+            self._event(
+                EventKind.SLOT_ACQUIRED,
+                step.key,
+                "acquired " + ", ".join(spec.name for spec in specs),
+                slots=[spec.name for spec in specs],
+                lease_id=request.lease_id,
+            )
+        )
+        return request.lease_id
+
+    def _show_wait(self, step: PlannedStep, blocks: Sequence[SlotBlock]) -> None:
+        holders = tuple(
+            sorted(f"{h.run_id[:8]}/{h.step_key}" for block in blocks for h in block.holders)
+        )
+        if self._wait_shown.get(step.key) == holders:
+            return
+        self._wait_shown[step.key] = holders
+        rules = [block.slot.rule for block in blocks]
+        self.context.record(
+            self._event(
+                EventKind.SLOT_WAIT,
+                step.key,
+                f"waiting for {', '.join(rules)}; held by {', '.join(holders) or 'nobody'}",
+                slots=[block.slot.name for block in blocks],
+                rules=rules,
+                holders=[
+                    {"run_id": h.run_id, "step_key": h.step_key}
+                    for block in blocks
+                    for h in block.holders
+                ],
+            )
+        )
+
+    def _release(self, lease_id: str) -> None:
+        lease = self._leases.pop(lease_id, None)
+        if lease is None or self.limiter is None:
+            return
+        try:
+            self.limiter.release(lease)
+        except LimiterError as exc:
+            logger.warning("releasing slots of %s failed: %s", lease.step_key, exc)
+        self.context.record(
+            self._event(
+                EventKind.SLOT_RELEASED,
+                lease.step_key,
+                "released " + ", ".join(spec.name for spec in lease.slots),
+                slots=[spec.name for spec in lease.slots],
+                lease_id=lease_id,
+            )
+        )
+
+    def _schedule_refresh(self) -> None:
+        if self.limiter is not None and self._next_refresh_at is None:
+            self._next_refresh_at = self.context.clock.now() + self.limiter.lease_ttl_ms / 3000
+
+    def _refresh_leases(self) -> None:
+        if self.limiter is None or self._next_refresh_at is None:
+            return
+        if self.context.clock.now() < self._next_refresh_at:
+            return
+        for lease in list(self._leases.values()):
+            if not self.limiter.refresh(lease):
+                logger.warning("lease of step %s lapsed before refresh", lease.step_key)
+        self._next_refresh_at = None
+        if self._leases or self._waiting:
+            self._schedule_refresh()
+
+    # -- the loop ---------------------------------------------------------------------
+
+    def _dispatch_ready(self) -> None:
+        capacity = self.dispatcher.max_in_flight
+        blocked: set[str] = set()
+        for step in self.active.ready_in_order():
+            if capacity is not None and self.active.in_flight_count >= capacity:
+                break
+            lease_id = self._acquire(step, blocked)
+            if lease_id is None:
+                continue
+            attempt = self.active.start_attempt(step.key, lease_id)
+            self.context.record(
+                Event(
+                    kind=EventKind.STEP_QUEUED,
+                    run_id=self.context.run_id,
+                    timestamp=self.context.clock.now(),
+                    step_key=step.key,
+                    attempt=attempt.number,
+                    attempt_id=attempt.attempt_id,
+                    data={"priority": step.priority},
+                )
+            )
+            try:
+                self.dispatcher.dispatch(step, attempt)
+            except CoreExecError as exc:
+                self._record_all(
+                    self.active.fail_attempt(
+                        attempt.attempt_id, FailureClass.INFRASTRUCTURE, str(exc)
+                    )
+                )
+                self._release(attempt.attempt_id)
+
+    def _cancel(self) -> None:
+        self.context.instance.storage.set_status(
+            self.context.run_id,
+            RunStatus.CANCELING,
+            expected=(RunStatus.STARTING, RunStatus.STARTED, RunStatus.CANCELING),
+        )
+        self._record_all(self.active.cancel())
+        for request in self._waiting.values():
+            if self.limiter is not None:
+                self.limiter.withdraw(request)
+        self._waiting.clear()
+        running: list[StepAttempt] = list(self.active.in_flight.values())
+        if running:
+            self.dispatcher.terminate(running)
+
+    def _check_cancel(self) -> None:
+        if self.context.cancel_requested.is_set():
+            return
+        now = self.context.clock.now()
+        if now < self._next_cancel_check_at:
+            return
+        self._next_cancel_check_at = now + CANCEL_CHECK_INTERVAL_S
+        status = self.context.instance.storage.get_run(self.context.run_id).status
+        if status is RunStatus.CANCELING:
+            self.context.cancel_requested.set()
+
+    def _wait_timeout(self) -> float | None:
+        deadlines = [self._next_cancel_check_at]
+        if self.active.next_retry_at is not None:
+            deadlines.append(self.active.next_retry_at)
+        if self._next_refresh_at is not None:
+            deadlines.append(self._next_refresh_at)
+        return max(0.0, min(deadlines) - self.context.clock.now())
+
+    def run(self) -> bool:
+        """Run to the end; True when every step succeeded."""
+        self.dispatcher.start(self._record)
+        try:
+            while True:
+                self._check_cancel()
+                if self.context.cancel_requested.is_set() and not self.active.canceled:
+                    self._cancel()
+                if not self.active.canceled:
+                    self._dispatch_ready()
+                for lost in self.dispatcher.lost_attempts():
+                    self._record_all(
+                        self.active.fail_attempt(lost.attempt_id, lost.failure_class, lost.message)
+                    )
+                    self._release(lost.attempt_id)
+                if self.active.is_complete:
+                    break
+                self.dispatcher.wait(self._wait_timeout())
+                self._refresh_leases()
+        finally:
+            self.dispatcher.close()
+            for lease_id in list(self._leases):
+                self._release(lease_id)
+            if self.limiter is not None:
+                for request in self._waiting.values():
+                    self.limiter.withdraw(request)
+        return self.active.succeeded

@@ -1,0 +1,61 @@
+"""The dispatcher protocol: how a coordinator starts steps and hears back from them."""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from coreexec.active_execution import StepAttempt
+from coreexec.context import EventSink
+from coreexec.plan import PlannedStep
+from coreexec.retry import FailureClass
+
+
+@dataclass(frozen=True)
+class LostAttempt:
+    """An attempt the dispatcher gave up on (worker gone, never picked up, ...)."""
+
+    attempt_id: str
+    failure_class: FailureClass
+    message: str
+
+
+class StepDispatcher(ABC):
+    """Starts step attempts somewhere and reports their events.
+
+    The coordinator calls every method from one thread. ``sink`` must only be called
+    from inside :meth:`wait` (or :meth:`dispatch`), so the coordinator's state is never
+    touched from two threads at once.
+    """
+
+    max_in_flight: int | None = None
+    """At most this many attempts at once (None: no limit of the dispatcher's own)."""
+
+    wake_key: str | None = None
+    """Where a Redis tag limiter sends wake-ups for this run (a Redis stream key)."""
+
+    @abstractmethod
+    def start(self, sink: EventSink) -> None:
+        """Prepare to run steps; events go to ``sink``."""
+
+    @abstractmethod
+    def dispatch(self, step: PlannedStep, attempt: StepAttempt) -> None:
+        """Start one attempt; must not block until it ends."""
+
+    @abstractmethod
+    def wait(self, timeout_s: float | None) -> None:
+        """Block until some event arrived (passed to the sink) or ``timeout_s`` elapsed."""
+
+    def lost_attempts(self) -> Sequence[LostAttempt]:
+        """Attempts found dead since the last call (no heartbeat, never picked up)."""
+        return ()
+
+    def terminate(self, attempts: Sequence[StepAttempt]) -> None:  # noqa: B027
+        """Stop these running attempts (cancellation); they end as cancelled."""
+
+    def wake(self) -> None:  # noqa: B027
+        """Make a blocked :meth:`wait` return early (a cancel request arrived)."""
+
+    def close(self) -> None:  # noqa: B027
+        """Release everything; called once, also after errors."""

@@ -1,0 +1,46 @@
+"""What an executor gets to run one run: the plan, the job, storage and the event sink."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from coreexec.clock import SYSTEM_CLOCK, Clock
+from coreexec.events import Event
+from coreexec.instance import Instance
+from coreexec.io_managers import IOManager
+from coreexec.job import JobDefinition
+from coreexec.plan import ExecutionPlan
+
+EventListener = Callable[[Event], None]
+
+
+@dataclass
+class RunContext:
+    """One run as its coordinator sees it.
+
+    ``record`` persists an event and tells the listeners (the CLI's progress display);
+    executors call it for every event of the run, from the coordinating thread.
+    """
+
+    run_id: str
+    job: JobDefinition
+    plan: ExecutionPlan
+    run_config: Mapping[str, Any]
+    run_tags: Mapping[str, str]
+    instance: Instance
+    io_manager: IOManager
+    clock: Clock = SYSTEM_CLOCK
+    listeners: list[EventListener] = field(default_factory=list)
+    cancel_requested: threading.Event = field(default_factory=threading.Event)
+    already_succeeded: frozenset[str] = frozenset()
+    attempts_made: dict[str, int] = field(default_factory=dict)
+    step_errors: dict[str, BaseException] = field(default_factory=dict)
+    """User exceptions of failed steps, kept by executors that run steps in this process."""
+
+    def record(self, event: Event) -> None:
+        self.instance.storage.append_events(self.run_id, [event])
+        for listener in self.listeners:
+            listener(event)

@@ -1,0 +1,265 @@
+"""Creating a run record and coordinating a run in this process."""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import Callable, Mapping
+from typing import Any
+
+from coreexec.errors import ConfigError, RequirementError, RunFailedError, StepExecutionError
+from coreexec.events import Event, EventKind
+from coreexec.execution.run_context import EventListener, RunContext
+from coreexec.executors.base import ExecutorDefinition, ExecutorRequirement, InitExecutorContext
+from coreexec.instance import Instance
+from coreexec.io_managers import IOManager
+from coreexec.job import JobDefinition
+from coreexec.plan import ExecutionPlan
+from coreexec.reference import infer_reference, load_job
+from coreexec.result import ExecutionResult
+from coreexec.run_config import check_run_config, execution_config
+from coreexec.storage.base import RunRecord, RunStatus
+from coreexec.tags import TagValue, normalize_tags
+
+
+def resolve_executor_def(job: JobDefinition) -> ExecutorDefinition:
+    """The job's executor, else its Definitions' (set on load), else the default."""
+    if job.executor_def is not None:
+        return job.executor_def
+    from coreexec.executors import default_executor_def
+
+    return default_executor_def()
+
+
+def check_requirements(
+    executor_def: ExecutorDefinition, job: JobDefinition, reference: str | None, instance: Instance
+) -> None:
+    """Fail before the run starts when the executor cannot run this job here."""
+    needs = executor_def.requirements
+    if ExecutorRequirement.RECONSTRUCTABLE_JOB in needs and reference is None:
+        raise RequirementError(
+            f"executor {executor_def.name!r} loads job {job.name!r} in other processes, so the "
+            "job must be reachable as 'package.module:attribute': define it at module level "
+            "in an importable module (not in __main__ or inside a function) and run it by "
+            "reference, e.g. `coreexec run mypkg.jobs:my_job`"
+        )
+    if ExecutorRequirement.NON_EPHEMERAL_INSTANCE in needs and instance.ephemeral:
+        raise RequirementError(
+            f"executor {executor_def.name!r} needs run storage other processes can reach, "
+            "but the instance is ephemeral; use Instance.from_env() (COREEXEC_HOME) or "
+            "execute_in_process() for a run that stays in this process"
+        )
+    if ExecutorRequirement.PERSISTENT_OUTPUTS in needs and instance.ephemeral:
+        raise RequirementError(
+            f"executor {executor_def.name!r} passes outputs between processes through files "
+            "under COREEXEC_HOME; use a durable instance (Instance.from_env())"
+        )
+
+
+def _resolve_job(job: JobDefinition | str) -> JobDefinition:
+    return load_job(job) if isinstance(job, str) else job
+
+
+def create_run(
+    job: JobDefinition | str,
+    *,
+    run_config: Mapping[str, Any] | None = None,
+    tags: Mapping[str, TagValue] | None = None,
+    instance: Instance,
+    executor_def: ExecutorDefinition | None = None,
+) -> RunRecord:
+    """Validate everything and store a QUEUED run; nothing runs yet.
+
+    Raises ConfigError, JobReferenceError, RequirementError before any record is made.
+    """
+    definition = _resolve_job(job)
+    config = check_run_config(definition, run_config)
+    chosen = executor_def or resolve_executor_def(definition)
+    chosen.resolve_config(execution_config(config))
+    reference = definition.reference or infer_reference(definition)
+    check_requirements(chosen, definition, reference, instance)
+    now = time.time()
+    record = RunRecord(
+        run_id=uuid.uuid4().hex,
+        job_name=definition.name,
+        status=RunStatus.QUEUED,
+        job_reference=reference,
+        tags={**definition.tags, **normalize_tags(tags, owner="run tags")},
+        run_config=config,
+        created_at=now,
+        updated_at=now,
+    )
+    instance.storage.add_run(record)
+    return record
+
+
+def _done_steps(instance: Instance, run_id: str) -> tuple[frozenset[str], dict[str, int]]:
+    """Steps that already succeeded in a run (for resume) and attempts made so far."""
+    succeeded: set[str] = set()
+    attempts: dict[str, int] = {}
+    for _, event in instance.storage.events(run_id):
+        if event.step_key is None:
+            continue
+        if event.kind is EventKind.STEP_SUCCESS:
+            succeeded.add(event.step_key)
+        elif event.kind is EventKind.STEP_QUEUED and event.attempt is not None:
+            attempts[event.step_key] = max(attempts.get(event.step_key, 0), event.attempt)
+    return frozenset(succeeded), attempts
+
+
+def _run_event(run_id: str, kind: EventKind, message: str = "", **data: Any) -> Event:
+    return Event(kind=kind, run_id=run_id, timestamp=time.time(), message=message, data=data)
+
+
+def execute_run(
+    run_id: str,
+    *,
+    instance: Instance,
+    job: JobDefinition | None = None,
+    executor_def: ExecutorDefinition | None = None,
+    io_manager: IOManager | None = None,
+    listeners: list[EventListener] | None = None,
+    run_context_hook: Callable[[RunContext], None] | None = None,
+    resume: bool = False,
+) -> RunContext:
+    """Coordinate a stored run in this process until it ends; returns its context.
+
+    With ``resume`` the steps that succeeded before are not run again.
+    """
+    record = instance.storage.get_run(run_id)
+    if job is None:
+        if record.job_reference is None:
+            raise ConfigError(f"run {run_id} has no job reference; it cannot be executed here")
+        job = load_job(record.job_reference)
+    chosen = executor_def or resolve_executor_def(job)
+    exec_config = chosen.resolve_config(execution_config(record.run_config))
+    executor = chosen.create(InitExecutorContext(job=job, config=exec_config, instance=instance))
+    plan = ExecutionPlan.from_job(job, job_reference=record.job_reference)
+    succeeded, attempts = _done_steps(instance, run_id) if resume else (frozenset(), {})
+    context = RunContext(
+        run_id=run_id,
+        job=job,
+        plan=plan,
+        run_config=record.run_config,
+        run_tags=record.tags,
+        instance=instance,
+        io_manager=io_manager or instance.io_manager(),
+        listeners=list(listeners or []),
+        already_succeeded=succeeded,
+        attempts_made=attempts,
+    )
+    if run_context_hook is not None:
+        run_context_hook(context)
+    storage = instance.storage
+    storage.set_status(run_id, RunStatus.STARTING)
+    context.record(_run_event(run_id, EventKind.RUN_STARTING, f"executor {chosen.name}"))
+    storage.set_status(run_id, RunStatus.STARTED)
+    context.record(
+        _run_event(
+            run_id,
+            EventKind.RUN_START,
+            f"job {job.name}, {len(plan)} steps" + (", resumed" if resume else ""),
+            steps=len(plan),
+            resumed=resume,
+        )
+    )
+    try:
+        executor.execute(context)
+    except BaseException as exc:
+        context.record(_run_event(run_id, EventKind.RUN_FAILURE, f"executor error: {exc!r}"))
+        storage.set_status(run_id, RunStatus.FAILURE)
+        raise
+    _finish(context)
+    return context
+
+
+def _finish(context: RunContext) -> None:
+    storage = context.instance.storage
+    run_id = context.run_id
+    last_step_kind: dict[str, EventKind] = {}
+    for _, event in storage.events(run_id):
+        if event.step_key is not None and event.kind in (
+            EventKind.STEP_SUCCESS,
+            EventKind.STEP_FAILURE,
+            EventKind.STEP_SKIPPED,
+            EventKind.STEP_UP_FOR_RETRY,
+        ):
+            last_step_kind[event.step_key] = event.kind
+    ok = all(last_step_kind.get(key) is EventKind.STEP_SUCCESS for key in context.plan.keys) or (
+        all(
+            last_step_kind.get(key) is EventKind.STEP_SUCCESS or key in context.already_succeeded
+            for key in context.plan.keys
+        )
+    )
+    if context.cancel_requested.is_set() and not ok:
+        context.record(_run_event(run_id, EventKind.RUN_CANCELED, "run canceled"))
+        storage.set_status(run_id, RunStatus.CANCELED)
+    elif ok:
+        context.record(_run_event(run_id, EventKind.RUN_SUCCESS, "all steps succeeded"))
+        storage.set_status(run_id, RunStatus.SUCCESS)
+    else:
+        failed = sorted(k for k, v in last_step_kind.items() if v is EventKind.STEP_FAILURE)
+        context.record(
+            _run_event(run_id, EventKind.RUN_FAILURE, f"steps failed: {', '.join(failed)}",
+                       failed_steps=failed)
+        )
+        storage.set_status(run_id, RunStatus.FAILURE)
+
+
+def result_of(context: RunContext) -> ExecutionResult:
+    record = context.instance.storage.get_run(context.run_id)
+    events = [event for _, event in context.instance.storage.events(context.run_id)]
+    return ExecutionResult(
+        run_id=context.run_id, status=record.status, events=events, io_manager=context.io_manager
+    )
+
+
+def raise_for(context: RunContext, result: ExecutionResult) -> None:
+    """Raise the error of the first failed step (or the run's), keeping the user's cause."""
+    if result.success or result.status is RunStatus.CANCELED:
+        return
+    for key in result.failed_steps:
+        cause = context.step_errors.get(key)
+        failure = next(
+            (e for e in reversed(result.events)
+             if e.step_key == key and e.kind is EventKind.STEP_FAILURE),
+            None,
+        )
+        message = failure.message if failure else "failed"
+        error = StepExecutionError(
+            f"step {key!r} failed: {message}",
+            run_id=result.run_id,
+            step_key=key,
+            attempt=failure.attempt if failure else None,
+        )
+        if cause is not None:
+            raise error from cause
+        raise error
+    raise RunFailedError(f"run {result.run_id} failed", run_id=result.run_id)
+
+
+def execute_job(
+    job: JobDefinition | str,
+    run_config: Mapping[str, Any] | None = None,
+    *,
+    tags: Mapping[str, TagValue] | None = None,
+    instance: Instance | None = None,
+    raise_on_error: bool = False,
+    listeners: list[EventListener] | None = None,
+    run_context_hook: Callable[[RunContext], None] | None = None,
+) -> ExecutionResult:
+    """Run a job (an object or a ``"package.module:attribute"`` reference) with this
+    process as its coordinator, on the executor the job or run config chooses."""
+    chosen_instance = instance or Instance.from_env()
+    record = create_run(job, run_config=run_config, tags=tags, instance=chosen_instance)
+    context = execute_run(
+        record.run_id,
+        instance=chosen_instance,
+        job=_resolve_job(job),
+        listeners=listeners,
+        run_context_hook=run_context_hook,
+    )
+    result = result_of(context)
+    if raise_on_error:
+        raise_for(context, result)
+    return result

@@ -1,0 +1,172 @@
+"""The executor framework: ``@executor`` definitions and the ``Executor`` base class.
+
+An executor decides when the steps of a plan start and where they run. Most executors
+are a :class:`DispatchingExecutor`: the shared :class:`~coreexec.execution.coordinator.Coordinator`
+keeps the run's state, asks the tag limiter for slots and hands ready steps to the
+executor's :class:`~coreexec.execution.dispatcher.StepDispatcher`. To write your own,
+either subclass ``DispatchingExecutor`` and return a dispatcher from
+``create_dispatcher`` (the usual case), or subclass ``Executor`` and drive the run
+yourself in ``execute``: report every step event through ``run.record`` and return when
+every step has ended.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field, replace
+from enum import StrEnum
+from typing import TYPE_CHECKING, Any
+
+from pydantic import BaseModel, ConfigDict, model_validator
+
+from coreexec.errors import ConfigError
+from coreexec.limits.base import TagLimiter
+from coreexec.limits.rules import TagConcurrencyLimit
+from coreexec.run_config import parse_model
+
+if TYPE_CHECKING:
+    from coreexec.execution.dispatcher import StepDispatcher
+    from coreexec.execution.run_context import RunContext
+    from coreexec.instance import Instance
+    from coreexec.job import JobDefinition
+
+
+class ExecutorRequirement(StrEnum):
+    """What an executor needs of the job and the instance, checked before a run starts."""
+
+    RECONSTRUCTABLE_JOB = "reconstructable_job"
+    """Other processes load the job by ``"package.module:attribute"`` reference."""
+    NON_EPHEMERAL_INSTANCE = "non_ephemeral_instance"
+    """Run storage other processes can reach (not ``Instance.ephemeral_instance()``)."""
+    PERSISTENT_OUTPUTS = "persistent_outputs"
+    """Outputs stored where other processes can load them (filesystem IO manager)."""
+
+
+class RetriesConfig(BaseModel):
+    """``retries: {enabled: {}}`` (the default) or ``retries: {disabled: {}}``."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    enabled: dict[str, Any] | None = None
+    disabled: dict[str, Any] | None = None
+
+    @model_validator(mode="after")
+    def _one_of(self) -> RetriesConfig:
+        if self.enabled is not None and self.disabled is not None:
+            raise ValueError("give either enabled: {} or disabled: {}, not both")
+        return self
+
+    @property
+    def is_enabled(self) -> bool:
+        return self.disabled is None
+
+
+@dataclass(frozen=True)
+class InitExecutorContext:
+    """What an executor factory gets: the job, its parsed config and the instance."""
+
+    job: JobDefinition
+    config: BaseModel | None
+    instance: Instance
+
+
+class Executor(ABC):
+    """Runs a plan to completion. See the module docstring for how to write one."""
+
+    retries_enabled: bool = True
+
+    @abstractmethod
+    def execute(self, run: RunContext) -> None:
+        """Run every step of ``run.plan``, reporting events through ``run.record``."""
+
+
+class DispatchingExecutor(Executor):
+    """An executor made of a dispatcher driven by the shared coordinator."""
+
+    tag_limiter: TagLimiter | None = None
+    tag_concurrency_limits: tuple[TagConcurrencyLimit, ...] = ()
+
+    @abstractmethod
+    def create_dispatcher(self, run: RunContext) -> StepDispatcher:
+        """A fresh dispatcher for one run."""
+
+    def execute(self, run: RunContext) -> None:
+        from coreexec.execution.coordinator import Coordinator
+
+        Coordinator(
+            run,
+            self.create_dispatcher(run),
+            retries_enabled=self.retries_enabled,
+            limiter=self.tag_limiter,
+            limit_rules=self.tag_concurrency_limits,
+        ).run()
+
+
+ExecutorFactory = Callable[[InitExecutorContext], Executor]
+
+
+@dataclass(frozen=True)
+class ExecutorDefinition:
+    """A named, configurable way to run a job's steps."""
+
+    name: str
+    factory: ExecutorFactory
+    config_schema: type[BaseModel] | None = None
+    requirements: frozenset[ExecutorRequirement] = field(default_factory=frozenset)
+    description: str | None = None
+    config: Mapping[str, Any] | None = None
+    """Config fixed by :meth:`configured`; run config may not override it."""
+
+    def parse_config(self, raw: Mapping[str, Any] | None, *, path: str) -> BaseModel | None:
+        """Validate executor config; errors name the field as ``<path>.<field>``."""
+        if self.config_schema is None:
+            if raw:
+                raise ConfigError(
+                    f"{path}: executor {self.name!r} takes no config", path=path
+                )
+            return None
+        return parse_model(self.config_schema, raw, prefix=path)
+
+    def configured(self, config: Mapping[str, Any], description: str | None = None) -> (
+        ExecutorDefinition
+    ):
+        """A copy with ``config`` fixed (validated now, so a typo fails at import)."""
+        self.parse_config(config, path=f"{self.name}.configured")
+        return replace(self, config=dict(config), description=description or self.description)
+
+    def resolve_config(self, run_config_part: Mapping[str, Any] | None) -> BaseModel | None:
+        """The config for a run: the configured one, else the run config's."""
+        if self.config is not None:
+            if run_config_part:
+                raise ConfigError(
+                    f"run_config.execution.config: executor {self.name!r} is already "
+                    "configured in code; remove the execution section from the run config",
+                    path="run_config.execution.config",
+                )
+            return self.parse_config(self.config, path=f"{self.name}.configured")
+        return self.parse_config(run_config_part, path="run_config.execution.config")
+
+    def create(self, context: InitExecutorContext) -> Executor:
+        return self.factory(context)
+
+
+def executor(
+    name: str | None = None,
+    *,
+    config_schema: type[BaseModel] | None = None,
+    requirements: Iterable[ExecutorRequirement] = (),
+    description: str | None = None,
+) -> Callable[[ExecutorFactory], ExecutorDefinition]:
+    """Define an executor from a factory ``fn(InitExecutorContext) -> Executor``."""
+
+    def decorate(fn: ExecutorFactory) -> ExecutorDefinition:
+        return ExecutorDefinition(
+            name=name or fn.__name__,
+            factory=fn,
+            config_schema=config_schema,
+            requirements=frozenset(requirements),
+            description=description or fn.__doc__,
+        )
+
+    return decorate

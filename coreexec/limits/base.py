@@ -1,0 +1,119 @@
+"""The tag limiter protocol: counting semaphores with leases, shared by every implementation.
+
+A step whose tags match rules needs one slot of each matching :class:`SlotSpec`. It asks
+for all of them in one :meth:`TagLimiter.try_acquire`: all are granted together or none
+is, so a step never holds one slot while it waits for another. A grant is a
+:class:`Lease` with a TTL: the holder refreshes it while the step is queued or running
+and releases it when the step ends; a lease that is not refreshed lapses and its slots
+come back. A refused request is remembered as a waiter (served by priority, then
+arrival) until it is granted, withdrawn or stops asking for ``waiter_ttl``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Protocol, runtime_checkable
+
+from coreexec.limits.rules import SlotSpec
+
+
+@dataclass(frozen=True)
+class SlotHolder:
+    """Who holds (or waits for) a slot."""
+
+    run_id: str
+    step_key: str
+    lease_id: str
+
+
+@dataclass(frozen=True)
+class SlotRequest:
+    """A step attempt asking for every slot its tags need.
+
+    ``lease_id`` names the holder and is the fencing token: only that id may refresh or
+    release what it was granted. ``wake_key`` is an opaque address (for the Redis
+    limiter: the key of a Redis stream) to which a wake-up is sent when a slot this
+    request waits for is released.
+    """
+
+    run_id: str
+    step_key: str
+    lease_id: str
+    priority: int
+    slots: tuple[SlotSpec, ...]
+    wake_key: str | None = None
+
+
+@dataclass(frozen=True)
+class Lease:
+    """Slots granted to one step attempt until ``release`` or until the TTL lapses."""
+
+    lease_id: str
+    run_id: str
+    step_key: str
+    slots: tuple[SlotSpec, ...]
+    ttl_ms: int
+
+
+@dataclass(frozen=True)
+class SlotBlock:
+    """A slot a request could not get, and who holds it now."""
+
+    slot: SlotSpec
+    holders: tuple[SlotHolder, ...]
+    waiters_ahead: int = 0
+
+
+@dataclass(frozen=True)
+class AcquireResult:
+    """A lease when every slot was granted; otherwise the slots that blocked it.
+
+    ``retry_in_ms`` (refused requests only): when to ask again even without a wake-up,
+    because a blocking lease or an earlier waiter may lapse then, and because a waiter
+    that stops asking for ``waiter_ttl`` loses its place.
+    """
+
+    lease: Lease | None
+    blocked_on: tuple[SlotBlock, ...] = ()
+    retry_in_ms: int | None = None
+
+    @property
+    def granted(self) -> bool:
+        return self.lease is not None
+
+
+@dataclass(frozen=True)
+class SlotState:
+    """One slot as `coreexec limits ls` shows it."""
+
+    name: str
+    limit: int
+    holders: tuple[SlotHolder, ...]
+    waiters: tuple[SlotHolder, ...] = field(default=())
+
+
+@runtime_checkable
+class TagLimiter(Protocol):
+    """Counting semaphores per slot name, taken all-or-nothing under leases."""
+
+    lease_ttl_ms: int
+
+    def try_acquire(self, request: SlotRequest) -> AcquireResult:
+        """Take every slot of ``request`` at once, or none and queue it as a waiter."""
+        ...
+
+    def refresh(self, lease: Lease) -> bool:
+        """Extend the lease; False when it had lapsed (its slots may be someone else's)."""
+        ...
+
+    def release(self, lease: Lease) -> bool:
+        """Give the slots back; False when the lease had already lapsed (nothing freed)."""
+        ...
+
+    def withdraw(self, request: SlotRequest) -> None:
+        """Stop waiting (a cancelled or failed run); idempotent."""
+        ...
+
+    def slots(self) -> tuple[SlotState, ...]:
+        """Every slot with holders or waiters, for display."""
+        ...
