@@ -1,0 +1,26 @@
+"""The ``coreexec`` command line."""
+
+from __future__ import annotations
+
+import click
+
+from coreexec.cli.run import run_command
+from coreexec.cli.runs import runs_group
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="coreexec")
+def cli() -> None:
+    """coreexec: run data-pipeline jobs (DAGs of Python steps) in-process, on a process
+    pool or on a Celery worker fleet.
+
+    Runs, their events and step outputs live under $COREEXEC_HOME (default ~/.coreexec).
+    """
+
+
+cli.add_command(run_command)
+cli.add_command(runs_group)
+
+
+def main() -> None:
+    cli()

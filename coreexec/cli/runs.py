@@ -1,0 +1,90 @@
+"""``coreexec runs``: list runs and show one."""
+
+from __future__ import annotations
+
+import datetime as dt
+
+import click
+
+from coreexec.cli.options import instance_from_env
+from coreexec.cli.progress import format_summary
+from coreexec.errors import CoreExecError
+from coreexec.run_summary import summarize
+from coreexec.storage.base import RunStatus
+
+
+def _when(timestamp: float | None) -> str:
+    if timestamp is None:
+        return "-"
+    return dt.datetime.fromtimestamp(timestamp).strftime("%Y-%m-%d %H:%M:%S")
+
+
+@click.group("runs")
+def runs_group() -> None:
+    """Inspect and control runs stored under $COREEXEC_HOME."""
+
+
+@runs_group.command("ls")
+@click.option("--limit", default=20, show_default=True, help="How many runs, newest first.")
+@click.option(
+    "--status",
+    "statuses",
+    multiple=True,
+    type=click.Choice([status.value for status in RunStatus], case_sensitive=False),
+    help="Only runs with this status; repeatable.",
+)
+def list_runs(limit: int, statuses: tuple[str, ...]) -> None:
+    """List runs: id, job, status, start time and duration."""
+    try:
+        chosen = {RunStatus(value.upper()) for value in statuses} or None
+        runs = instance_from_env().storage.list_runs(limit=limit, statuses=chosen)
+    except CoreExecError as exc:
+        raise click.ClickException(str(exc)) from exc
+    if not runs:
+        click.echo("no runs yet; start one with `coreexec run package.module:job`")
+        return
+    click.echo(f"{'run id':<32}  {'job':<24} {'status':<10} {'created':<19} {'duration':>9}")
+    for record in runs:
+        duration = (
+            f"{record.ended_at - record.started_at:.2f}s"
+            if record.started_at is not None and record.ended_at is not None
+            else "-"
+        )
+        click.echo(
+            f"{record.run_id:<32}  {record.job_name:<24} {record.status.value:<10} "
+            f"{_when(record.created_at):<19} {duration:>9}"
+        )
+
+
+@runs_group.command("show")
+@click.argument("run_id")
+@click.option("--events", "show_events", is_flag=True, help="Also print every event.")
+def show_run(run_id: str, show_events: bool) -> None:
+    """Show a run: its steps with status, attempts, durations and errors, and why a
+    waiting step waits."""
+    try:
+        storage = instance_from_env().storage
+        record = storage.get_run(run_id)
+        events = [event for _, event in storage.events(run_id)]
+    except CoreExecError as exc:
+        raise click.ClickException(str(exc)) from exc
+    click.echo(f"run      {record.run_id}")
+    click.echo(f"job      {record.job_name}  ({record.job_reference or 'no reference'})")
+    click.echo(f"status   {record.status.value}")
+    click.echo(f"created  {_when(record.created_at)}   ended {_when(record.ended_at)}")
+    if record.tags:
+        click.echo("tags     " + ", ".join(f"{k}={v}" for k, v in record.tags.items()))
+    click.echo("")
+    click.echo(format_summary(summarize(events)))
+    failures = [e for e in events if e.kind.value == "STEP_FAILURE" and e.data.get("error")]
+    for event in failures:
+        trace = str(event.data["error"].get("traceback", "")).rstrip()
+        if trace:
+            click.echo(f"\n--- {event.step_key} attempt {event.attempt} ---\n{trace}")
+    if show_events:
+        click.echo("")
+        for event in events:
+            click.echo(
+                f"{_when(event.timestamp)} {event.kind.value:<20} {event.step_key or '':<20} "
+                f"{event.message}"
+            )

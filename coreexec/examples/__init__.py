@@ -1,0 +1,1 @@
+"""Example jobs used by the README demo and the tests."""

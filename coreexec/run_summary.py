@@ -1,0 +1,74 @@
+"""A run's steps as a table, derived from its event log (for the CLI and run handles)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+from coreexec.events import Event, EventKind
+
+
+@dataclass
+class StepSummary:
+    """Where one step stands, from the events seen so far."""
+
+    step_key: str
+    status: str = "pending"
+    attempts: int = 0
+    started_at: float | None = None
+    ended_at: float | None = None
+    error: str | None = None
+    waiting_for: str | None = None
+
+    @property
+    def duration_s(self) -> float | None:
+        if self.started_at is None or self.ended_at is None:
+            return None
+        return self.ended_at - self.started_at
+
+
+_STATUS_BY_KIND = {
+    EventKind.STEP_QUEUED: "queued",
+    EventKind.STEP_START: "running",
+    EventKind.STEP_SUCCESS: "succeeded",
+    EventKind.STEP_FAILURE: "failed",
+    EventKind.STEP_RETRY_REQUESTED: "retry requested",
+    EventKind.STEP_UP_FOR_RETRY: "waiting to retry",
+    EventKind.STEP_SKIPPED: "skipped",
+    EventKind.SLOT_WAIT: "waiting for slot",
+}
+
+
+def summarize(events: Iterable[Event], step_keys: Iterable[str] = ()) -> list[StepSummary]:
+    """One summary per step, in order of first appearance (``step_keys`` first)."""
+    steps: dict[str, StepSummary] = {key: StepSummary(key) for key in step_keys}
+    for event in events:
+        key = event.step_key
+        if key is None:
+            continue
+        summary = steps.setdefault(key, StepSummary(key))
+        kind = event.kind
+        if kind in _STATUS_BY_KIND:
+            summary.status = _STATUS_BY_KIND[kind]
+        if kind is EventKind.STEP_QUEUED:
+            summary.attempts = max(summary.attempts, event.attempt or 0)
+            summary.waiting_for = None
+        elif kind is EventKind.STEP_START:
+            summary.started_at = summary.started_at or event.timestamp
+            summary.attempts = max(summary.attempts, event.attempt or 0)
+        elif kind in (EventKind.STEP_SUCCESS, EventKind.STEP_FAILURE, EventKind.STEP_SKIPPED):
+            summary.ended_at = event.timestamp
+            if kind is EventKind.STEP_SUCCESS:
+                summary.error = None
+            elif kind is EventKind.STEP_FAILURE:
+                error = event.data.get("error") or {}
+                summary.error = event.message or str(error.get("message", ""))
+            elif kind is EventKind.STEP_SKIPPED:
+                summary.error = event.message
+        elif kind is EventKind.SLOT_WAIT:
+            summary.waiting_for = event.message
+        elif kind is EventKind.SLOT_ACQUIRED:
+            summary.waiting_for = None
+            if summary.status == "waiting for slot":
+                summary.status = "pending"
+    return list(steps.values())
