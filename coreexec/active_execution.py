@@ -158,13 +158,17 @@ class ActiveExecution:
         """
         self._promote_due_retries()
         passed_over: list[tuple[int, int, str]] = []
+        seen: set[str] = set()
         current: tuple[int, int, str] | None = None
         try:
             while self._heap:
                 current = heapq.heappop(self._heap)
-                if self._state[current[2]] is not StepState.READY:
+                # Entries of steps that left READY, or a second entry of a retried step,
+                # are dropped here rather than searched out of the heap eagerly.
+                if self._state[current[2]] is not StepState.READY or current[2] in seen:
                     current = None
                     continue
+                seen.add(current[2])
                 yield self.plan.step(current[2])
                 if self._state[current[2]] is StepState.READY:
                     passed_over.append(current)
