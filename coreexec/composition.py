@@ -69,8 +69,10 @@ class JobBuilder:
     def _bind(self, key: str, input_name: str, value: Any) -> InputBinding:
         if isinstance(value, OutputRef):
             return InputBinding((value,))
-        if isinstance(value, list | tuple) and value and all(
-            isinstance(item, OutputRef) for item in value
+        if (
+            isinstance(value, list | tuple)
+            and value
+            and all(isinstance(item, OutputRef) for item in value)
         ):
             return InputBinding(tuple(value), fan_in=True)
         raise DefinitionError(

@@ -80,7 +80,9 @@ class RunNotFoundError(StorageError):
     """No run with this id exists in the run storage."""
 
     def __init__(self, run_id: str) -> None:
-        super().__init__(f"no run with id {run_id!r} in the run storage; `coreexec runs ls` lists runs")
+        super().__init__(
+            f"no run with id {run_id!r} in the run storage; `coreexec runs ls` lists runs"
+        )
         self.run_id = run_id
 
 

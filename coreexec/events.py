@@ -53,7 +53,11 @@ class Event:
     data: Mapping[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
-        body: dict[str, Any] = {"kind": self.kind.value, "run_id": self.run_id, "ts": self.timestamp}
+        body: dict[str, Any] = {
+            "kind": self.kind.value,
+            "run_id": self.run_id,
+            "ts": self.timestamp,
+        }
         if self.step_key is not None:
             body["step_key"] = self.step_key
         if self.attempt is not None:

@@ -79,7 +79,7 @@ class RetryPolicy:
         return wait
 
 
-class RetryRequested(Exception):  # noqa: N818 - the name users know from Dagster
+class RetryRequested(Exception):
     """Raise inside a step to ask for another attempt after ``seconds_to_wait``.
 
     Logged as information, not as an error: the step is retried while the attempt
@@ -92,7 +92,7 @@ class RetryRequested(Exception):  # noqa: N818 - the name users know from Dagste
         self.seconds_to_wait = seconds_to_wait
 
 
-class Failure(Exception):  # noqa: N818 - the name users know from Dagster
+class Failure(Exception):
     """Raise inside a step to fail it with ``description``; retried only if allowed."""
 
     def __init__(self, description: str = "", *, allow_retries: bool = False) -> None:

@@ -37,9 +37,7 @@ def validation_error(prefix: str, exc: ValidationError, *, hint: str = "") -> Co
     return ConfigError(f"{where}: {first['msg']}{shown}{suffix}", path=where)
 
 
-def parse_model(
-    schema: type[BaseModel], raw: Any, *, prefix: str, hint: str = ""
-) -> BaseModel:
+def parse_model(schema: type[BaseModel], raw: Any, *, prefix: str, hint: str = "") -> BaseModel:
     try:
         return schema.model_validate(raw if raw is not None else {})
     except ValidationError as exc:
@@ -61,8 +59,10 @@ def check_run_config(job: JobDefinition, run_config: Mapping[str, Any] | None) -
             )
     steps = config.get("steps") or {}
     if not isinstance(steps, Mapping):
-        raise ConfigError("run_config.steps: must be a mapping of step key to {config: ...}",
-                          path="run_config.steps")
+        raise ConfigError(
+            "run_config.steps: must be a mapping of step key to {config: ...}",
+            path="run_config.steps",
+        )
     for step_key, body in steps.items():
         prefix = f"run_config.steps.{step_key}"
         if step_key not in job.nodes:
@@ -84,12 +84,16 @@ def check_run_config(job: JobDefinition, run_config: Mapping[str, Any] | None) -
         schema = node.step.config_schema
         if schema is not None and step_key not in steps:
             # Fails here, before the run starts, when the schema has required fields.
-            parse_model(schema, {}, prefix=f"run_config.steps.{step_key}.config",
-                        hint="give it in run_config.steps")
+            parse_model(
+                schema,
+                {},
+                prefix=f"run_config.steps.{step_key}.config",
+                hint="give it in run_config.steps",
+            )
     execution = config.get("execution")
-    if execution is not None and (not isinstance(execution, Mapping) or set(execution) - {
-        "config"
-    }):
+    if execution is not None and (
+        not isinstance(execution, Mapping) or set(execution) - {"config"}
+    ):
         raise ConfigError(
             "run_config.execution: must be {config: {...}}", path="run_config.execution"
         )

@@ -104,7 +104,7 @@ def _takes_context(params: list[inspect.Parameter]) -> bool:
     annotation = first.annotation
     if first.name == "context":
         return True
-    return getattr(annotation, "__name__", annotation) == "StepContext"
+    return bool(getattr(annotation, "__name__", annotation) == "StepContext")
 
 
 def _definition_from(

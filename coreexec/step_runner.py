@@ -120,11 +120,13 @@ def run_step(run: StepRun, emit: EventSink) -> StepOutcome:
     """
     report = _Reporter(run, emit)
     started = time.perf_counter()
-    report(EventKind.STEP_START, f"started attempt {run.attempt.number}", pid=os.getpid(),
-           host=_HOST)
+    report(
+        EventKind.STEP_START, f"started attempt {run.attempt.number}", pid=os.getpid(), host=_HOST
+    )
 
-    def failed(exc: BaseException, failure_class: FailureClass, retryable: bool,
-               *, user: bool) -> StepOutcome:
+    def failed(
+        exc: BaseException, failure_class: FailureClass, retryable: bool, *, user: bool
+    ) -> StepOutcome:
         report(
             EventKind.STEP_FAILURE,
             f"{type(exc).__name__}: {exc}",

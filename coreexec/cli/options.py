@@ -19,7 +19,9 @@ def load_run_config(paths: Sequence[str]) -> dict[str, Any]:
         try:
             loaded = yaml.safe_load(Path(path).read_text()) or {}
         except OSError as exc:
-            raise click.BadParameter(f"cannot read {path}: {exc.strerror}", param_hint="-c") from exc
+            raise click.BadParameter(
+                f"cannot read {path}: {exc.strerror}", param_hint="-c"
+            ) from exc
         except yaml.YAMLError as exc:
             raise click.BadParameter(f"{path} is not valid YAML: {exc}", param_hint="-c") from exc
         if not isinstance(loaded, dict):

@@ -57,9 +57,11 @@ def format_summary(rows: list[StepSummary]) -> str:
     lines = [f"{'step':<{width}}  {'status':<17} {'attempts':>8} {'duration':>9}  detail"]
     for row in rows:
         duration = f"{row.duration_s:.3f}s" if row.duration_s is not None else "-"
-        detail = row.waiting_for or (row.error or "").splitlines()[0] if (
-            row.waiting_for or row.error
-        ) else ""
+        detail = (
+            row.waiting_for or (row.error or "").splitlines()[0]
+            if (row.waiting_for or row.error)
+            else ""
+        )
         lines.append(
             f"{row.step_key:<{width}}  {row.status:<17} {row.attempts:>8} {duration:>9}  {detail}"
         )

@@ -10,8 +10,13 @@ from typing import Any
 
 import click
 
-from coreexec.cli.options import config_option, instance_from_env, load_run_config, parse_tags
-from coreexec.cli.options import tag_option
+from coreexec.cli.options import (
+    config_option,
+    instance_from_env,
+    load_run_config,
+    parse_tags,
+    tag_option,
+)
 from coreexec.cli.progress import ProgressPrinter, format_summary
 from coreexec.errors import CoreExecError
 from coreexec.execution.run_context import RunContext

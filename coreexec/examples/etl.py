@@ -79,9 +79,7 @@ def etl_job() -> None:
     """Extract, clean and load three regions, then report."""
     raw = extract()
     rates = fetch_rates()
-    counts = [
-        load.alias(f"load_{region}")(CLEANERS[region](raw, rates)) for region in REGIONS
-    ]
+    counts = [load.alias(f"load_{region}")(CLEANERS[region](raw, rates)) for region in REGIONS]
     report(counts)
 
 

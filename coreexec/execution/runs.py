@@ -200,8 +200,12 @@ def _finish(context: RunContext) -> None:
     else:
         failed = sorted(k for k, v in last_step_kind.items() if v is EventKind.STEP_FAILURE)
         context.record(
-            _run_event(run_id, EventKind.RUN_FAILURE, f"steps failed: {', '.join(failed)}",
-                       failed_steps=failed)
+            _run_event(
+                run_id,
+                EventKind.RUN_FAILURE,
+                f"steps failed: {', '.join(failed)}",
+                failed_steps=failed,
+            )
         )
         storage.set_status(run_id, RunStatus.FAILURE)
 
@@ -221,8 +225,11 @@ def raise_for(context: RunContext, result: ExecutionResult) -> None:
     for key in result.failed_steps:
         cause = context.step_errors.get(key)
         failure = next(
-            (e for e in reversed(result.events)
-             if e.step_key == key and e.kind is EventKind.STEP_FAILURE),
+            (
+                e
+                for e in reversed(result.events)
+                if e.step_key == key and e.kind is EventKind.STEP_FAILURE
+            ),
             None,
         )
         message = failure.message if failure else "failed"

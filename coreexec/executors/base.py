@@ -122,15 +122,13 @@ class ExecutorDefinition:
         """Validate executor config; errors name the field as ``<path>.<field>``."""
         if self.config_schema is None:
             if raw:
-                raise ConfigError(
-                    f"{path}: executor {self.name!r} takes no config", path=path
-                )
+                raise ConfigError(f"{path}: executor {self.name!r} takes no config", path=path)
             return None
         return parse_model(self.config_schema, raw, prefix=path)
 
-    def configured(self, config: Mapping[str, Any], description: str | None = None) -> (
-        ExecutorDefinition
-    ):
+    def configured(
+        self, config: Mapping[str, Any], description: str | None = None
+    ) -> ExecutorDefinition:
         """A copy with ``config`` fixed (validated now, so a typo fails at import)."""
         self.parse_config(config, path=f"{self.name}.configured")
         return replace(self, config=dict(config), description=description or self.description)

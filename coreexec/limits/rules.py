@@ -23,7 +23,7 @@ class PerUniqueValue(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    applyLimitPerUniqueValue: bool = True  # noqa: N815 - the name users write in YAML
+    applyLimitPerUniqueValue: bool = True
 
 
 class TagConcurrencyLimit(BaseModel):
@@ -45,9 +45,7 @@ class TagConcurrencyLimit(BaseModel):
         if isinstance(self.value, PerUniqueValue):
             if not self.value.applyLimitPerUniqueValue:
                 return SlotSpec(name=f"{self.key}=*", limit=self.limit, rule=self.describe())
-            return SlotSpec(
-                name=f"{self.key}={tag_value}", limit=self.limit, rule=self.describe()
-            )
+            return SlotSpec(name=f"{self.key}={tag_value}", limit=self.limit, rule=self.describe())
         if tag_value != self.value:
             return None
         return SlotSpec(name=f"{self.key}={self.value}", limit=self.limit, rule=self.describe())
@@ -72,7 +70,9 @@ class SlotSpec:
     rule: str
 
 
-def parse_limits(raw: Sequence[Mapping[str, Any]] | None, *, path: str) -> tuple[TagConcurrencyLimit, ...]:
+def parse_limits(
+    raw: Sequence[Mapping[str, Any] | TagConcurrencyLimit] | None, *, path: str
+) -> tuple[TagConcurrencyLimit, ...]:
     """Parse user rules; a bad rule raises ConfigError naming ``path[i].field``."""
     rules: list[TagConcurrencyLimit] = []
     for index, item in enumerate(raw or ()):

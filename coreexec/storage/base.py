@@ -71,9 +71,9 @@ class RunStorage(Protocol):
 
     def append_events(self, run_id: str, events: Sequence[Event]) -> None: ...
 
-    def events(self, run_id: str, *, after: int = 0, limit: int | None = None) -> list[
-        tuple[int, Event]
-    ]:
+    def events(
+        self, run_id: str, *, after: int = 0, limit: int | None = None
+    ) -> list[tuple[int, Event]]:
         """Events with a storage id above ``after``, in order, as (id, event)."""
         ...
 

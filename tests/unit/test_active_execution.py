@@ -140,7 +140,9 @@ def test_linear_backoff_and_jitter_bounds() -> None:
 
 
 def test_retry_policy_can_choose_failure_classes() -> None:
-    @step(retry_policy=RetryPolicy(max_retries=2, retry_on=frozenset({FailureClass.INFRASTRUCTURE})))
+    @step(
+        retry_policy=RetryPolicy(max_retries=2, retry_on=frozenset({FailureClass.INFRASTRUCTURE}))
+    )
     def only_infra() -> int:
         return 1
 

@@ -74,7 +74,12 @@ def test_bad_input_gives_clear_errors(home: Path, tmp_path: Path) -> None:
 
 
 def test_every_command_has_help(home: Path) -> None:
-    for args in (["--help"], ["run", "--help"], ["runs", "--help"], ["runs", "ls", "--help"],
-                 ["runs", "show", "--help"]):
+    for args in (
+        ["--help"],
+        ["run", "--help"],
+        ["runs", "--help"],
+        ["runs", "ls", "--help"],
+        ["runs", "show", "--help"],
+    ):
         shown = _cli(home, *args)
         assert shown.returncode == 0 and "Usage:" in shown.stdout

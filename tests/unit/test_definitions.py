@@ -24,8 +24,11 @@ def test_step_reads_inputs_hints_and_context_from_signature() -> None:
     class Cfg(BaseModel):
         n: int = 1
 
-    @step(tags={"database": "warehouse", PRIORITY_TAG: 5}, config_schema=Cfg,
-          retry_policy=RetryPolicy(max_retries=2))
+    @step(
+        tags={"database": "warehouse", PRIORITY_TAG: 5},
+        config_schema=Cfg,
+        retry_policy=RetryPolicy(max_retries=2),
+    )
     def transform(context: StepContext, rows: list[int], scale: float = 1.0) -> list[float]:
         """Scales rows."""
         return [row * scale for row in rows]

@@ -209,7 +209,9 @@ def test_bad_run_config_names_the_field() -> None:
 
     with pytest.raises(ConfigError, match=r"run_config\.steps\.configured\.config\.limit"):
         with_config.execute_in_process({"steps": {"configured": {"config": {"limit": "many"}}}})
-    with pytest.raises(ConfigError, match=r"run_config\.steps\.configured\.config\.limit: Field required"):
+    with pytest.raises(
+        ConfigError, match=r"run_config\.steps\.configured\.config\.limit: Field required"
+    ):
         with_config.execute_in_process()
     with pytest.raises(ConfigError, match="has no step 'nope'"):
         with_config.execute_in_process({"steps": {"nope": {"config": {}}}})

@@ -19,12 +19,12 @@ def test_loads_module_attribute_and_definitions_job() -> None:
 
 
 def test_unknown_module_is_named() -> None:
-    with pytest.raises(JobReferenceError, match="module 'tests.jobs.nowhere' not found"):
+    with pytest.raises(JobReferenceError, match=r"module 'tests\.jobs\.nowhere' not found"):
         load_job("tests.jobs.nowhere:job")
 
 
 def test_missing_attribute_lists_what_is_there() -> None:
-    with pytest.raises(JobReferenceError, match="no attribute 'etl'.*defs, scale_job"):
+    with pytest.raises(JobReferenceError, match=r"no attribute 'etl'.*defs, scale_job"):
         load_job("tests.jobs.core_jobs:etl")
 
 
@@ -38,7 +38,7 @@ def test_not_a_job_and_ambiguous_definitions() -> None:
 
 
 def test_malformed_reference() -> None:
-    with pytest.raises(JobReferenceError, match="must look like 'package.module:attribute'"):
+    with pytest.raises(JobReferenceError, match=r"must look like 'package\.module:attribute'"):
         load_job("tests.jobs.core_jobs")
 
 

@@ -109,7 +109,8 @@ def test_events_are_readable_from_another_process_after_the_run(tmp_path: Path) 
         "record = storage.get_run(sys.argv[2])\n"
         "print(json.dumps({'status': record.status.value,"
         " 'kinds': [e.kind.value for _, e in storage.events(sys.argv[2])],"
-        " 'logs': [e.message for _, e in storage.events(sys.argv[2]) if e.kind.value == 'STEP_LOG']}))\n"
+        " 'logs': [e.message for _, e in storage.events(sys.argv[2])"
+        " if e.kind.value == 'STEP_LOG']}))\n"
     )
     output = subprocess.run(
         [sys.executable, "-c", reader, str(tmp_path), result.run_id],
