@@ -262,6 +262,7 @@ class Coordinator:
                         self.active.fail_attempt(lost.attempt_id, lost.failure_class, lost.message)
                     )
                     self._release(lost.attempt_id)
+                self.context.flush()
                 if self.active.is_complete:
                     break
                 self.dispatcher.wait(self._wait_timeout())
@@ -273,4 +274,5 @@ class Coordinator:
             if self.limiter is not None:
                 for request in self._waiting.values():
                     self.limiter.withdraw(request)
+            self.context.flush()
         return self.active.succeeded

@@ -40,7 +40,21 @@ class RunContext:
     step_errors: dict[str, BaseException] = field(default_factory=dict)
     """User exceptions of failed steps, kept by executors that run steps in this process."""
 
+    _unsaved: list[Event] = field(default_factory=list)
+
     def record(self, event: Event) -> None:
-        self.instance.storage.append_events(self.run_id, [event])
+        """Keep an event for the run's history and tell the listeners at once.
+
+        Events are written to the run storage in batches by :meth:`flush`, which the
+        coordinator calls after every pass of its loop: one transaction per pass
+        rather than one per event.
+        """
+        self._unsaved.append(event)
         for listener in self.listeners:
             listener(event)
+
+    def flush(self) -> None:
+        """Write the recorded events to the run storage."""
+        if self._unsaved:
+            batch, self._unsaved = self._unsaved, []
+            self.instance.storage.append_events(self.run_id, batch)

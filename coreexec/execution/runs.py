@@ -163,12 +163,15 @@ def execute_run(
             resumed=resume,
         )
     )
+    context.flush()
     try:
         executor.execute(context)
     except BaseException as exc:
         context.record(_run_event(run_id, EventKind.RUN_FAILURE, f"executor error: {exc!r}"))
+        context.flush()
         storage.set_status(run_id, RunStatus.FAILURE)
         raise
+    context.flush()
     _finish(context)
     return context
 
@@ -192,22 +195,20 @@ def _finish(context: RunContext) -> None:
         )
     )
     if context.cancel_requested.is_set() and not ok:
-        context.record(_run_event(run_id, EventKind.RUN_CANCELED, "run canceled"))
-        storage.set_status(run_id, RunStatus.CANCELED)
+        final = _run_event(run_id, EventKind.RUN_CANCELED, "run canceled")
+        status = RunStatus.CANCELED
     elif ok:
-        context.record(_run_event(run_id, EventKind.RUN_SUCCESS, "all steps succeeded"))
-        storage.set_status(run_id, RunStatus.SUCCESS)
+        final = _run_event(run_id, EventKind.RUN_SUCCESS, "all steps succeeded")
+        status = RunStatus.SUCCESS
     else:
         failed = sorted(k for k, v in last_step_kind.items() if v is EventKind.STEP_FAILURE)
-        context.record(
-            _run_event(
-                run_id,
-                EventKind.RUN_FAILURE,
-                f"steps failed: {', '.join(failed)}",
-                failed_steps=failed,
-            )
+        final = _run_event(
+            run_id, EventKind.RUN_FAILURE, f"steps failed: {', '.join(failed)}", failed_steps=failed
         )
-        storage.set_status(run_id, RunStatus.FAILURE)
+        status = RunStatus.FAILURE
+    context.record(final)
+    context.flush()
+    storage.set_status(run_id, status)
 
 
 def result_of(context: RunContext) -> ExecutionResult:
