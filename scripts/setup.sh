@@ -1,0 +1,35 @@
+#!/usr/bin/env bash
+# Install what coreexec needs to run, test and demo: Debian's redis-server and this
+# repository as an editable package with its dev extras. Safe to run again: it only
+# installs what is missing or out of date.
+set -euo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+
+PYTHON=${PYTHON:-python3}
+log() { printf '[setup] %s\n' "$*"; }
+die() { printf '[setup] ERROR: %s\n' "$*" >&2; exit 1; }
+
+# --- Python -------------------------------------------------------------------------
+command -v "$PYTHON" >/dev/null 2>&1 || die "$PYTHON not found; install Python 3.11 or newer"
+"$PYTHON" -c 'import sys; sys.exit(sys.version_info < (3, 11))' \
+    || die "$("$PYTHON" --version 2>&1) is too old; coreexec needs Python 3.11 or newer"
+
+# --- redis-server (tests and the demo start their own on free ports) -----------------
+if command -v redis-server >/dev/null 2>&1; then
+    log "redis-server present: $(redis-server --version | head -n1)"
+elif [ "$(id -u)" -eq 0 ]; then
+    log "redis-server missing: installing Debian's redis-server"
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get update -qq
+    apt-get install -y -qq --no-install-recommends redis-server >/dev/null
+    command -v redis-server >/dev/null 2>&1 || die "apt-get installed redis-server but it is not on PATH"
+else
+    die "redis-server is missing and this user is not root, so it cannot be installed here.
+        Run this script as root, or install it yourself: sudo apt-get install redis-server"
+fi
+
+# --- the package, editable, with dev tools -------------------------------------------
+# pip itself makes this idempotent: satisfied requirements are left alone.
+log "installing coreexec editable with [dev] extras (pip, quiet)"
+"$PYTHON" -m pip install --quiet --disable-pip-version-check --root-user-action=ignore -e '.[dev]'
+log "done"
