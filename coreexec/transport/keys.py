@@ -1,0 +1,53 @@
+"""Every Redis key of the run and attempt machinery, in one place.
+
+Keys of one run carry the cluster hash tag ``{<run_id>}``, so a run's stream, settings
+and attempt claims live in one cluster slot and one MULTI or Lua script may touch them::
+
+    coreexec:run:{<run_id>}:events                  STREAM  the run's events and wake-ups
+    coreexec:run:{<run_id>}:settings                HASH    what workers need besides the
+                                                            message (heartbeat interval, ...)
+    coreexec:attempt:{<run_id>}:<attempt_id>:claim  STRING  who runs the attempt (SET NX)
+
+Keys of the tag limiter are in :mod:`coreexec.limits.keys`.
+"""
+
+from __future__ import annotations
+
+PREFIX = "coreexec"
+"""First component of every coreexec Redis key."""
+
+EVENT_FIELD = "e"
+"""Field of a stream entry holding one event as JSON (``Event.to_dict``)."""
+
+WAKE_FIELD = "wake"
+"""Field of a stream entry that only wakes the reader; its value says why."""
+
+EVENT_STREAM_MAXLEN = 200_000
+"""Approximate cap (``MAXLEN ~``) of a run's stream: far above what a reader that keeps
+up leaves unread, and a bound on memory if nobody reads."""
+
+FINISHED_RUN_TTL_S = 24 * 3600
+"""How long a finished run's stream and settings stay in Redis (for late watchers)."""
+
+
+def check_id(value: str, *, what: str) -> str:
+    """Return ``value`` or raise ValueError when it cannot sit inside a key's hash tag."""
+    if not value or any(ch in value for ch in "{}\r\n"):
+        raise ValueError(f"{what} {value!r} must be non-empty, without braces or newlines")
+    return value
+
+
+def run_events(run_id: str) -> str:
+    """The run's event stream: step events, wake-ups for its coordinator."""
+    return f"{PREFIX}:run:{{{check_id(run_id, what='run id')}}}:events"
+
+
+def run_settings(run_id: str) -> str:
+    """The run's settings hash, written by the dispatcher when the run starts."""
+    return f"{PREFIX}:run:{{{check_id(run_id, what='run id')}}}:settings"
+
+
+def attempt_claim(run_id: str, attempt_id: str) -> str:
+    """The claim of one step attempt; set once by the worker that runs it."""
+    run = check_id(run_id, what="run id")
+    return f"{PREFIX}:attempt:{{{run}}}:{check_id(attempt_id, what='attempt id')}:claim"

@@ -1,0 +1,262 @@
+"""A run's events on a Redis stream: workers publish, the coordinator reads with blocking
+XREAD, so nobody polls.
+
+Each entry holds either one event (field ``e``: the JSON of ``Event.to_dict()``) or a
+wake-up (field ``wake``: a reason such as ``"cancel"`` or the slot a tag limiter freed)
+whose only purpose is to end a blocked read.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import urlsplit, urlunsplit
+
+import redis
+
+from coreexec.errors import BrokerConnectionError, CoreExecError
+from coreexec.events import Event
+from coreexec.transport import keys
+
+log = logging.getLogger(__name__)
+
+_EVENT_FIELDS = (keys.EVENT_FIELD, keys.EVENT_FIELD.encode())
+_WAKE_FIELDS = (keys.WAKE_FIELD, keys.WAKE_FIELD.encode())
+
+
+class TransportError(CoreExecError):
+    """Redis answered, but refused a command of the event transport."""
+
+
+def safe_url(url: str) -> str:
+    """``url`` with any password replaced by ``***``, fit for messages and logs."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    host = parts.hostname or ""
+    netloc = f"{parts.username or ''}:***@{host}" + (f":{parts.port}" if parts.port else "")
+    return urlunsplit(parts._replace(netloc=netloc))
+
+
+def client_url(client: redis.Redis) -> str:
+    """A URL-like name of the Redis a client talks to, for error messages."""
+    kwargs = client.connection_pool.connection_kwargs
+    db = kwargs.get("db", 0)
+    if "path" in kwargs:
+        return f"unix://{kwargs['path']}?db={db}"
+    return f"redis://{kwargs.get('host', 'localhost')}:{kwargs.get('port', 6379)}/{db}"
+
+
+def wrap_redis_error(exc: redis.RedisError, *, url: str, what: str) -> CoreExecError:
+    """The coreexec error for a redis-py error met while doing ``what``."""
+    if isinstance(exc, redis.ConnectionError | redis.TimeoutError):
+        return BrokerConnectionError(
+            f"cannot reach Redis at {safe_url(url)} to {what} ({exc}); start redis-server "
+            "there, or set COREEXEC_REDIS_URL to the URL of a running Redis",
+            url=safe_url(url),
+        )
+    return TransportError(f"Redis at {safe_url(url)} refused to {what}: {exc}")
+
+
+def redis_client(url: str, *, check: bool = True) -> redis.Redis:
+    """A client for ``url`` (``redis://``, ``rediss://`` or ``unix://``).
+
+    With ``check`` it PINGs once, so a wrong URL fails here, as a
+    :class:`~coreexec.errors.BrokerConnectionError` naming the URL, rather than at the
+    first event. Replies are bytes (``decode_responses=False``); readers here accept both.
+    """
+    try:
+        client = redis.Redis.from_url(url, health_check_interval=30)
+    except ValueError as exc:
+        raise BrokerConnectionError(
+            f"{safe_url(url)!r} is not a Redis URL ({exc}); use redis://host:port/db",
+            url=safe_url(url),
+        ) from exc
+    if check:
+        try:
+            client.ping()
+        except redis.RedisError as exc:
+            client.close()
+            raise wrap_redis_error(exc, url=url, what="connect") from exc
+    return client
+
+
+@dataclass(frozen=True)
+class StreamEntry:
+    """One entry of a run's stream.
+
+    ``event`` is set for an event, ``wake`` for a wake-up; both are None for a malformed
+    entry (logged and otherwise ignored; it is returned so the reader's cursor moves past it).
+    """
+
+    entry_id: str
+    event: Event | None = None
+    wake: str | None = None
+
+
+def _text(value: Any) -> str:
+    return value.decode("utf-8") if isinstance(value, bytes) else str(value)
+
+
+def _field(fields: Mapping[Any, Any], names: tuple[str, bytes]) -> Any:
+    for name in names:
+        if name in fields:
+            return fields[name]
+    return None
+
+
+def encode_event(event: Event) -> str:
+    """The JSON stored in field ``e``; values JSON cannot hold are written with ``str``."""
+    return json.dumps(event.to_dict(), separators=(",", ":"), default=str)
+
+
+class RedisEventStream:
+    """The event stream of one run (``coreexec:run:{<run_id>}:events``).
+
+    Safe to share between threads: redis-py clients are thread-safe.
+    """
+
+    def __init__(self, client: redis.Redis, run_id: str, *, url: str | None = None) -> None:
+        self.client = client
+        self.run_id = run_id
+        self._key = keys.run_events(run_id)
+        self._url = url or client_url(client)
+
+    @property
+    def key(self) -> str:
+        """The stream's Redis key (also the tag limiter's ``wake_key`` for this run)."""
+        return self._key
+
+    def _fail(self, exc: redis.RedisError, what: str) -> CoreExecError:
+        return wrap_redis_error(exc, url=self._url, what=f"{what} stream {self._key}")
+
+    def publish(self, event: Event) -> str:
+        """Append one event; returns its entry id."""
+        try:
+            entry_id = self.client.xadd(
+                self._key,
+                {keys.EVENT_FIELD: encode_event(event)},
+                maxlen=keys.EVENT_STREAM_MAXLEN,
+                approximate=True,
+            )
+        except redis.RedisError as exc:
+            raise self._fail(exc, "append to") from exc
+        return _text(entry_id)
+
+    def publish_many(self, events: Iterable[Event]) -> list[str]:
+        """Append several events in one round trip (a pipeline, in order)."""
+        batch = list(events)
+        if not batch:
+            return []
+        if len(batch) == 1:
+            return [self.publish(batch[0])]
+        try:
+            with self.client.pipeline(transaction=False) as pipe:
+                for event in batch:
+                    pipe.xadd(
+                        self._key,
+                        {keys.EVENT_FIELD: encode_event(event)},
+                        maxlen=keys.EVENT_STREAM_MAXLEN,
+                        approximate=True,
+                    )
+                ids = pipe.execute()
+        except redis.RedisError as exc:
+            raise self._fail(exc, "append to") from exc
+        return [_text(entry_id) for entry_id in ids]
+
+    def publish_wake(self, reason: str) -> None:
+        """Append a wake-up, so a reader blocked in :meth:`read` returns at once."""
+        try:
+            self.client.xadd(
+                self._key,
+                {keys.WAKE_FIELD: reason},
+                maxlen=keys.EVENT_STREAM_MAXLEN,
+                approximate=True,
+            )
+        except redis.RedisError as exc:
+            raise self._fail(exc, "wake readers of") from exc
+
+    def last_id(self) -> str:
+        """The id of the newest entry (``"0-0"`` when the stream is empty or absent),
+        so a reader can start from "now"."""
+        try:
+            newest = self.client.xrevrange(self._key, count=1)
+        except redis.RedisError as exc:
+            raise self._fail(exc, "read") from exc
+        return _text(newest[0][0]) if newest else "0-0"
+
+    def read(self, last_id: str, block_ms: int | None, count: int = 500) -> list[StreamEntry]:
+        """Entries after ``last_id``, oldest first.
+
+        ``block_ms`` None returns at once; otherwise waits up to that many milliseconds
+        for a first entry (0 waits forever). A malformed entry is logged with the stream
+        and entry id and returned as a ``StreamEntry`` with neither event nor wake-up.
+        """
+        try:
+            reply = self.client.xread({self._key: last_id}, count=count, block=block_ms)
+        except redis.RedisError as exc:
+            raise self._fail(exc, "read") from exc
+        return self._decode(reply)
+
+    def _decode(self, reply: Any) -> list[StreamEntry]:
+        if not reply:
+            return []
+        # RESP2 replies [[key, entries]]; RESP3 replies {key: [entries]}.
+        streams = reply.items() if isinstance(reply, dict) else reply
+        entries: list[StreamEntry] = []
+        for _, items in streams:
+            if items and isinstance(items[0], list) and items[0] and isinstance(items[0][0], list):
+                items = items[0]
+            entries.extend(self.decode_entry(raw_id, fields) for raw_id, fields in items)
+        return entries
+
+    def decode_entry(self, raw_id: Any, fields: Mapping[Any, Any] | None) -> StreamEntry:
+        """One raw XREAD/XRANGE entry as a :class:`StreamEntry` (never raises)."""
+        entry_id = _text(raw_id)
+        fields = fields or {}
+        body = _field(fields, _EVENT_FIELDS)
+        if body is not None:
+            try:
+                return StreamEntry(entry_id, event=Event.from_dict(json.loads(_text(body))))
+            except (ValueError, TypeError, AttributeError) as exc:
+                log.warning(
+                    "skipping malformed event %s on stream %s: %s", entry_id, self._key, exc
+                )
+                return StreamEntry(entry_id)
+        wake = _field(fields, _WAKE_FIELDS)
+        if wake is not None:
+            return StreamEntry(entry_id, wake=_text(wake))
+        log.warning(
+            "skipping entry %s on stream %s: it has neither an %r nor a %r field",
+            entry_id,
+            self._key,
+            keys.EVENT_FIELD,
+            keys.WAKE_FIELD,
+        )
+        return StreamEntry(entry_id)
+
+    def history(self, count: int | None = None) -> list[StreamEntry]:
+        """Every entry from the start (XRANGE), for late watchers and tests."""
+        try:
+            items = self.client.xrange(self._key, count=count)
+        except redis.RedisError as exc:
+            raise self._fail(exc, "read") from exc
+        return [self.decode_entry(raw_id, fields) for raw_id, fields in items or ()]
+
+    def expire(self, ttl_s: int = keys.FINISHED_RUN_TTL_S) -> None:
+        """Let the stream (and the run's settings) lapse ``ttl_s`` after the run ended."""
+        try:
+            with self.client.pipeline(transaction=False) as pipe:
+                pipe.expire(self._key, ttl_s)
+                pipe.expire(keys.run_settings(self.run_id), ttl_s)
+                pipe.execute()
+        except redis.RedisError as exc:
+            raise self._fail(exc, "set the expiry of") from exc
+
+
+def events_of(entries: Sequence[StreamEntry]) -> list[Event]:
+    """The events among ``entries``, in order."""
+    return [entry.event for entry in entries if entry.event is not None]
