@@ -14,7 +14,22 @@ command -v "$PYTHON" >/dev/null 2>&1 || die "$PYTHON not found; install Python 3
 "$PYTHON" -c 'import sys; sys.exit(sys.version_info < (3, 11))' \
     || die "$("$PYTHON" --version 2>&1) is too old; coreexec needs Python 3.11 or newer"
 
-# --- redis-server (tests and the demo start their own on free ports) -----------------
+if ! "$PYTHON" -m pip --version >/dev/null 2>&1; then
+    [ "$(id -u)" -eq 0 ] || die "$PYTHON has no pip; install it (sudo apt-get install python3-pip)"
+    log "$PYTHON has no pip: installing Debian's python3-pip"
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get update -qq
+    apt-get install -y -qq --no-install-recommends python3-pip >/dev/null
+fi
+# Debian's own Python refuses global pip installs (PEP 668). This script installs
+# globally on purpose: CI machines here are single-purpose.
+stdlib=$("$PYTHON" -c 'import sysconfig; print(sysconfig.get_path("stdlib"))')
+if [ -f "$stdlib/EXTERNALLY-MANAGED" ] && [ -z "${VIRTUAL_ENV:-}" ]; then
+    log "$PYTHON is marked externally managed; installing into it anyway"
+    export PIP_BREAK_SYSTEM_PACKAGES=1
+fi
+
+# --- redis-server (the test fixtures start their own on free ports) ------------------
 if command -v redis-server >/dev/null 2>&1; then
     log "redis-server present: $(redis-server --version | head -n1)"
 elif [ "$(id -u)" -eq 0 ]; then
