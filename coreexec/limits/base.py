@@ -14,7 +14,17 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Protocol, runtime_checkable
 
+from coreexec.errors import LimiterError
 from coreexec.limits.rules import SlotSpec
+
+DEFAULT_LEASE_TTL_MS = 30_000
+"""How long a lease lives unless refreshed; a crashed holder's slots come back after it."""
+
+DEFAULT_WAITER_TTL_MS = 30_000
+"""How long a refused request keeps its place in the queues without asking again."""
+
+MAX_ABS_PRIORITY = 2**52
+"""Priorities are kept as floating-point scores in Redis; beyond this they lose order."""
 
 
 @dataclass(frozen=True)
@@ -117,3 +127,31 @@ class TagLimiter(Protocol):
     def slots(self) -> tuple[SlotState, ...]:
         """Every slot with holders or waiters, for display."""
         ...
+
+
+def check_ttl_ms(name: str, value: int) -> int:
+    """Return ``value`` or raise LimiterError when it is not a positive number of ms."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise LimiterError(f"{name} must be a positive integer of milliseconds, got {value!r}")
+    return value
+
+
+def check_request(request: SlotRequest) -> None:
+    """Raise LimiterError naming the lease and field when ``request`` cannot be served."""
+    where = f"slot request of run {request.run_id!r} step {request.step_key!r}"
+    if not request.lease_id:
+        raise LimiterError(f"{where}: lease_id is empty; give each step attempt a unique id")
+    if isinstance(request.priority, bool) or not isinstance(request.priority, int):
+        raise LimiterError(f"{where}: priority must be an integer, got {request.priority!r}")
+    if abs(request.priority) > MAX_ABS_PRIORITY:
+        raise LimiterError(f"{where}: priority {request.priority} is beyond ±2**52")
+    seen: set[str] = set()
+    for slot in request.slots:
+        if slot.name in seen:
+            raise LimiterError(
+                f"{where}: slot {slot.name!r} is asked for twice; build the slots with "
+                "rules.slots_for, which merges rules naming the same slot"
+            )
+        seen.add(slot.name)
+        if isinstance(slot.limit, bool) or not isinstance(slot.limit, int) or slot.limit < 0:
+            raise LimiterError(f"{where}: slot {slot.name!r} has limit {slot.limit!r}; use >= 0")
