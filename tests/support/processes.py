@@ -413,14 +413,10 @@ class RedisServerProcess(ManagedProcess):
         return f"redis://{LOOPBACK}:{self.port}/{db}"
 
     def client(self, db: int = 0) -> redis.Redis:
-        """A new client (bytes responses); close it, e.g. with ``with``."""
+        """A new client (bytes responses, no read timeout); close it, e.g. with ``with``."""
+        # No socket_timeout: tests may hold blocking reads (XREAD BLOCK) as long as they like.
         return redis.Redis(
-            host=LOOPBACK,
-            port=self.port,
-            db=db,
-            decode_responses=False,
-            socket_connect_timeout=2.0,
-            socket_timeout=10.0,
+            host=LOOPBACK, port=self.port, db=db, decode_responses=False, socket_connect_timeout=2.0
         )
 
     def ping(self) -> bool:
