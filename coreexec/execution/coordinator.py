@@ -55,6 +55,7 @@ class Coordinator:
         self._waiting: dict[str, SlotRequest] = {}
         self._wait_shown: dict[str, tuple[str, ...]] = {}
         self._next_refresh_at: float | None = None
+        self._next_slot_try_at: float | None = None
         self._next_cancel_check_at = run.clock.now() + CANCEL_CHECK_INTERVAL_S
 
     # -- events -----------------------------------------------------------------------
@@ -107,6 +108,11 @@ class Coordinator:
             self._waiting[step.key] = request
             blocked_slots.update(block.slot.name for block in result.blocked_on)
             self._show_wait(step, result.blocked_on)
+            if result.retry_in_ms is not None:
+                # No wake-up comes when a holder crashes: ask again once its lease can lapse.
+                ask_at = self.context.clock.now() + result.retry_in_ms / 1000
+                if self._next_slot_try_at is None or ask_at < self._next_slot_try_at:
+                    self._next_slot_try_at = ask_at
             return None
         self._waiting.pop(step.key, None)
         self._wait_shown.pop(step.key, None)
@@ -183,6 +189,7 @@ class Coordinator:
     # -- the loop ---------------------------------------------------------------------
 
     def _dispatch_ready(self) -> None:
+        self._next_slot_try_at = None
         capacity = self.dispatcher.max_in_flight
         blocked: set[str] = set()
         for step in self.active.ready_in_order():
@@ -245,6 +252,8 @@ class Coordinator:
             deadlines.append(self.active.next_retry_at)
         if self._next_refresh_at is not None:
             deadlines.append(self._next_refresh_at)
+        if self._next_slot_try_at is not None:
+            deadlines.append(self._next_slot_try_at)
         return max(0.0, min(deadlines) - self.context.clock.now())
 
     def run(self) -> bool:

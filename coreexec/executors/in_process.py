@@ -19,7 +19,9 @@ from coreexec.executors.base import (
     RetriesConfig,
     executor,
 )
-from coreexec.limits.rules import TagConcurrencyLimit, parse_limits
+from coreexec.limits.base import TagLimiter
+from coreexec.limits.rules import TagConcurrencyLimit
+from coreexec.limits.setup import build_limiter
 from coreexec.plan import PlannedStep
 from coreexec.step_runner import StepRun, run_step
 
@@ -31,6 +33,8 @@ class InProcessConfig(BaseModel):
 
     retries: RetriesConfig = Field(default_factory=RetriesConfig)
     tag_concurrency_limits: list[dict[str, Any]] | None = None
+    redis_url: str | None = None
+    """Makes the tag limits global: shared with every run using this Redis."""
 
 
 class InProcessDispatcher(StepDispatcher):
@@ -81,14 +85,15 @@ class InProcessDispatcher(StepDispatcher):
 
 class InProcessExecutor(DispatchingExecutor):
     def __init__(
-        self, *, retries_enabled: bool, limits: tuple[TagConcurrencyLimit, ...] = ()
+        self,
+        *,
+        retries_enabled: bool,
+        limiter: TagLimiter | None = None,
+        limits: tuple[TagConcurrencyLimit, ...] = (),
     ) -> None:
         self.retries_enabled = retries_enabled
+        self.tag_limiter = limiter
         self.tag_concurrency_limits = limits
-        if limits:
-            from coreexec.limits.memory import InMemoryTagLimiter
-
-            self.tag_limiter = InMemoryTagLimiter()
 
     def create_dispatcher(self, run: RunContext) -> StepDispatcher:
         return InProcessDispatcher(run)
@@ -99,9 +104,11 @@ def in_process_executor(context: InitExecutorContext) -> Executor:
     """Runs every step serially in the coordinating process."""
     config = context.config
     assert isinstance(config, InProcessConfig)
+    limiter, rules = build_limiter(
+        config.tag_concurrency_limits,
+        path="run_config.execution.config.tag_concurrency_limits",
+        redis_url=config.redis_url,
+    )
     return InProcessExecutor(
-        retries_enabled=config.retries.is_enabled,
-        limits=parse_limits(
-            config.tag_concurrency_limits, path="run_config.execution.config.tag_concurrency_limits"
-        ),
+        retries_enabled=config.retries.is_enabled, limiter=limiter, limits=rules
     )
