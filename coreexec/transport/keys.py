@@ -7,6 +7,8 @@ and attempt claims live in one cluster slot and one MULTI or Lua script may touc
     coreexec:run:{<run_id>}:settings                HASH    what workers need besides the
                                                             message (heartbeat interval, ...)
     coreexec:attempt:{<run_id>}:<attempt_id>:claim  STRING  who runs the attempt (SET NX)
+    coreexec:queue:{<queue>}:consumers              SET     workers consuming the queue
+    coreexec:queue:{<queue>}:consumers:<worker>     STRING  a worker's presence (with TTL)
 
 Keys of the tag limiter are in :mod:`coreexec.limits.keys`.
 """
@@ -51,3 +53,13 @@ def attempt_claim(run_id: str, attempt_id: str) -> str:
     """The claim of one step attempt; set once by the worker that runs it."""
     run = check_id(run_id, what="run id")
     return f"{PREFIX}:attempt:{{{run}}}:{check_id(attempt_id, what='attempt id')}:claim"
+
+
+def queue_consumers(queue: str) -> str:
+    """SET of the workers that said they consume ``queue`` (members: worker names)."""
+    return f"{PREFIX}:queue:{{{check_id(queue, what='queue name')}}}:consumers"
+
+
+def queue_consumer(queue: str, worker: str) -> str:
+    """One worker's presence on ``queue``: a key with a TTL the worker keeps refreshing."""
+    return f"{queue_consumers(queue)}:{worker}"
