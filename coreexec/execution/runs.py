@@ -7,6 +7,8 @@ import uuid
 from collections.abc import Callable, Mapping
 from typing import Any
 
+from pydantic import BaseModel
+
 from coreexec.errors import ConfigError, RequirementError, RunFailedError, StepExecutionError
 from coreexec.events import Event, EventKind
 from coreexec.execution.run_context import EventListener, RunContext
@@ -32,27 +34,32 @@ def resolve_executor_def(job: JobDefinition) -> ExecutorDefinition:
 
 
 def check_requirements(
-    executor_def: ExecutorDefinition, job: JobDefinition, reference: str | None, instance: Instance
+    executor_def: ExecutorDefinition,
+    job: JobDefinition,
+    reference: str | None,
+    instance: Instance,
+    config: BaseModel | None = None,
 ) -> None:
     """Fail before the run starts when the executor cannot run this job here."""
-    needs = executor_def.requirements
+    needs = executor_def.requirements_for(config)
+    hint = f"; {executor_def.requirement_hint}" if executor_def.requirement_hint else ""
     if ExecutorRequirement.RECONSTRUCTABLE_JOB in needs and reference is None:
         raise RequirementError(
             f"executor {executor_def.name!r} loads job {job.name!r} in other processes, so the "
             "job must be reachable as 'package.module:attribute': define it at module level "
             "in an importable module (not in __main__ or inside a function) and run it by "
-            "reference, e.g. `coreexec run mypkg.jobs:my_job`"
+            "reference, e.g. `coreexec run mypkg.jobs:my_job`" + hint
         )
     if ExecutorRequirement.NON_EPHEMERAL_INSTANCE in needs and instance.ephemeral:
         raise RequirementError(
             f"executor {executor_def.name!r} needs run storage other processes can reach, "
             "but the instance is ephemeral; use Instance.from_env() (COREEXEC_HOME) or "
-            "execute_in_process() for a run that stays in this process"
+            "execute_in_process() for a run that stays in this process" + hint
         )
     if ExecutorRequirement.PERSISTENT_OUTPUTS in needs and instance.ephemeral:
         raise RequirementError(
             f"executor {executor_def.name!r} passes outputs between processes through files "
-            "under COREEXEC_HOME; use a durable instance (Instance.from_env())"
+            "under COREEXEC_HOME; use a durable instance (Instance.from_env())" + hint
         )
 
 
@@ -75,9 +82,9 @@ def create_run(
     definition = _resolve_job(job)
     config = check_run_config(definition, run_config)
     chosen = executor_def or resolve_executor_def(definition)
-    chosen.resolve_config(execution_config(config))
+    exec_config = chosen.resolve_config(execution_config(config))
     reference = definition.reference or infer_reference(definition)
-    check_requirements(chosen, definition, reference, instance)
+    check_requirements(chosen, definition, reference, instance, exec_config)
     now = time.time()
     record = RunRecord(
         run_id=uuid.uuid4().hex,

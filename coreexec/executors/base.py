@@ -51,6 +51,14 @@ class RetriesConfig(BaseModel):
     enabled: dict[str, Any] | None = None
     disabled: dict[str, Any] | None = None
 
+    @model_validator(mode="before")
+    @classmethod
+    def _null_means_selected(cls, value: Any) -> Any:
+        # YAML ``disabled:`` with nothing after it is None; it must still disable.
+        if isinstance(value, dict):
+            return {key: ({} if item is None else item) for key, item in value.items()}
+        return value
+
     @model_validator(mode="after")
     def _one_of(self) -> RetriesConfig:
         if self.enabled is not None and self.disabled is not None:
@@ -104,6 +112,7 @@ class DispatchingExecutor(Executor):
 
 
 ExecutorFactory = Callable[[InitExecutorContext], Executor]
+RequirementsFn = Callable[[BaseModel | None], frozenset[ExecutorRequirement]]
 
 
 @dataclass(frozen=True)
@@ -117,6 +126,16 @@ class ExecutorDefinition:
     description: str | None = None
     config: Mapping[str, Any] | None = None
     """Config fixed by :meth:`configured`; run config may not override it."""
+    requirements_fn: RequirementsFn | None = None
+    """Requirements that depend on the run's config (else ``requirements``)."""
+    requirement_hint: str | None = None
+    """Another way out, added to requirement errors (e.g. a config that needs less)."""
+
+    def requirements_for(self, config: BaseModel | None) -> frozenset[ExecutorRequirement]:
+        """What this executor needs when run with ``config`` (parsed)."""
+        if self.requirements_fn is not None:
+            return self.requirements_fn(config)
+        return self.requirements
 
     def parse_config(self, raw: Mapping[str, Any] | None, *, path: str) -> BaseModel | None:
         """Validate executor config; errors name the field as ``<path>.<field>``."""
