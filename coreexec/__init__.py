@@ -14,6 +14,7 @@ from coreexec.result import ExecutionResult
 from coreexec.retry import Backoff, Failure, FailureClass, Jitter, RetryPolicy, RetryRequested
 from coreexec.step import Out, StepDefinition, step
 from coreexec.storage.base import RunStatus
+from coreexec.submission import RunHandle, submit_job
 
 __version__ = "0.1.0"
 
@@ -33,6 +34,7 @@ __all__ = [
     "Out",
     "RetryPolicy",
     "RetryRequested",
+    "RunHandle",
     "RunStatus",
     "StepContext",
     "StepDefinition",
@@ -40,4 +42,5 @@ __all__ = [
     "job",
     "load_job",
     "step",
+    "submit_job",
 ]

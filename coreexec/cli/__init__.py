@@ -4,8 +4,12 @@ from __future__ import annotations
 
 import click
 
+from coreexec.cli.limits import limits_group
 from coreexec.cli.run import run_command
 from coreexec.cli.runs import runs_group
+from coreexec.cli.runs_control import cancel_command, resume_command, watch_command
+from coreexec.cli.submit import submit_command
+from coreexec.cli.worker import worker_command
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -20,6 +24,12 @@ def cli() -> None:
 
 cli.add_command(run_command)
 cli.add_command(runs_group)
+cli.add_command(limits_group)
+cli.add_command(submit_command)
+cli.add_command(worker_command)
+runs_group.add_command(watch_command)
+runs_group.add_command(cancel_command)
+runs_group.add_command(resume_command)
 
 
 def main() -> None:

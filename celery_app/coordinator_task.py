@@ -1,0 +1,90 @@
+"""The coordinator task (``coreexec.coordinate_run``): one submitted run, coordinated in a
+worker of the ``coreexec.runs`` queue until it ends.
+
+Arguments: ``[run_id]`` and ``resume`` (a bool); the task id is the run id (a resume's is
+``<run_id>:resume:<n>``). Everything else comes from the run storage. The task claims
+the run first (see :mod:`coreexec.coordination`), so a duplicate delivery does nothing,
+and a delivery that comes back after its coordinator died resumes the run. It returns a
+small status dict (Flower shows it).
+
+The coordinator holds its pool process for the whole run, mostly blocked on Redis; give
+``coreexec.runs`` its own worker. Jobs on the multiprocess executor cannot be
+coordinated inside a prefork pool process (its processes may not have children); run
+them with ``execute_job`` or on the Celery executor.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from typing import TYPE_CHECKING, Any
+
+from celery_app.app import COORDINATOR_TASK_NAME
+from coreexec.coordination import coordinate_launched_run
+from coreexec.errors import CoreExecError, RunNotFoundError
+from coreexec.instance import Instance
+
+if TYPE_CHECKING:
+    from celery_app.app import CoreexecApp
+
+__all__ = ["COORDINATOR_TASK_NAME", "coordinate", "register_coordinator_task"]
+
+log = logging.getLogger(__name__)
+
+
+def coordinator_instance(app: CoreexecApp) -> Instance:
+    """The durable instance of this worker, with the app's Redis for run events."""
+    settings = app.settings
+    if settings.home:
+        os.environ.setdefault("COREEXEC_HOME", settings.home)
+    instance = Instance.from_env()
+    instance.redis_url = settings.events_redis_url
+    return instance
+
+
+def coordinate(app: CoreexecApp, run_id: str, *, resume: bool, owner: str) -> dict[str, Any]:
+    """What the task does; returns its status dict."""
+    try:
+        instance = coordinator_instance(app)
+        outcome = coordinate_launched_run(
+            run_id,
+            instance=instance,
+            redis_url=instance.redis_url,
+            resume=resume,
+            owner=owner,
+        )
+    except RunNotFoundError as exc:
+        # A worker whose COREEXEC_HOME is not the submitter's: nothing it can do.
+        log.error("coordinator %s: %s (is COREEXEC_HOME shared?)", owner, exc)
+        return {"run_id": run_id, "status": "UNKNOWN_RUN", "coordinated": False}
+    except CoreExecError as exc:
+        log.error("coordinator %s could not coordinate run %s: %s", owner, run_id, exc)
+        raise
+    log.info("%s", outcome.message)
+    return {
+        "run_id": run_id,
+        "status": outcome.status.value,
+        "coordinated": outcome.coordinated,
+        "resumed": outcome.resumed,
+    }
+
+
+def register_coordinator_task(app: CoreexecApp) -> Any:
+    """Add ``coreexec.coordinate_run`` to ``app``; returns the task."""
+
+    @app.task(  # type: ignore[untyped-decorator]
+        name=COORDINATOR_TASK_NAME,
+        bind=True,
+        acks_late=True,
+        # A coordinator killed with its process comes back to another worker, which
+        # resumes the run (or drops the message when a coordinator is alive).
+        reject_on_worker_lost=True,
+        autoretry_for=(),
+        max_retries=0,
+        track_started=True,
+    )
+    def coordinate_run(self: Any, run_id: str, resume: bool = False) -> dict[str, Any]:
+        owner = f"{self.request.hostname or 'worker'} pid {os.getpid()} task {self.request.id}"
+        return coordinate(self.app, run_id, resume=bool(resume), owner=owner)
+
+    return coordinate_run

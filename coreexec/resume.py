@@ -1,0 +1,318 @@
+"""Resuming a run: re-execute a failed, canceled or orphaned run without re-running the
+steps that already succeeded.
+
+``execute_run(run_id, resume=True)`` skips steps with a STEP_SUCCESS event in the run
+storage. Before it starts, :func:`prepare_resume` makes the storage complete:
+
+1. attempts the old coordinator dispatched that have not ended are settled: one still
+   queued (no worker claimed it) is claimed here as abandoned, so a late delivery of its
+   message is dropped rather than run next to the new attempt; one a worker still runs
+   (heartbeats arriving) is waited for, so a step never runs twice at once;
+2. the run's Redis stream is drained: step events that arrived while no coordinator
+   listened (a step that succeeded after its coordinator died) are written to the run
+   storage, so they count.
+
+A run is resumable when it FAILED or was CANCELED, or when its status says it is
+running but its coordinator is dead (see :mod:`coreexec.transport.coordinator_heartbeat`).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+
+import redis
+
+from coreexec.errors import CoreExecError
+from coreexec.events import STEP_ATTEMPT_ENDINGS, TRANSIENT_KINDS, Event, EventKind
+from coreexec.instance import Instance
+from coreexec.storage.base import RunRecord, RunStatus
+from coreexec.transport import keys
+from coreexec.transport.coordinator_heartbeat import (
+    CoordinatorState,
+    coordinator_status,
+)
+from coreexec.transport.redis_events import (
+    RedisEventStream,
+    StreamEntry,
+    client_url,
+    wrap_redis_error,
+)
+
+log = logging.getLogger(__name__)
+
+ABANDONED_CLAIM = "abandoned-by-resume"
+"""Value a resume writes into the claim of a never-started attempt: no worker runs it."""
+
+DEFAULT_IN_FLIGHT_TIMEOUT_S = 300.0
+"""How long a resume waits for attempts a worker still runs to end."""
+
+ATTEMPT_SILENCE_S = 30.0
+"""An attempt with a claim but no event for this long counts as lost (its worker died)."""
+
+FINISHED = frozenset({RunStatus.FAILURE, RunStatus.CANCELED})
+MAYBE_RUNNING = frozenset(
+    {RunStatus.QUEUED, RunStatus.STARTING, RunStatus.STARTED, RunStatus.CANCELING}
+)
+
+
+class ResumeError(CoreExecError):
+    """A run cannot be resumed now; the message says why and what to do."""
+
+    def __init__(self, message: str, *, run_id: str) -> None:
+        super().__init__(message)
+        self.run_id = run_id
+
+
+def check_resumable(
+    instance: Instance, run_id: str, client: redis.Redis | None, *, force: bool = False
+) -> RunRecord:
+    """The run, if it may be resumed now; else :class:`ResumeError` saying why.
+
+    ``force`` resumes a run whose status says it runs without proof that its
+    coordinator died (no heartbeat was ever recorded, or no Redis to ask).
+    """
+    record = instance.storage.get_run(run_id)
+    status = record.status
+    if record.job_reference is None:
+        raise ResumeError(
+            f"run {run_id} has no job reference, so no process can load its job again; "
+            "start a new run of a job defined at module level",
+            run_id=run_id,
+        )
+    if status is RunStatus.SUCCESS:
+        raise ResumeError(
+            f"run {run_id} already succeeded; there is nothing to resume (start a new run "
+            f"with `coreexec submit {record.job_reference}`)",
+            run_id=run_id,
+        )
+    if status in FINISHED or force:
+        return record
+    if client is None:
+        raise ResumeError(
+            f"run {run_id} is {status} and no Redis is configured (COREEXEC_REDIS_URL) to "
+            "tell whether its coordinator is alive; if you know it is gone, use --force",
+            run_id=run_id,
+        )
+    try:
+        seen = coordinator_status(client, run_id)
+    except redis.RedisError as exc:
+        raise wrap_redis_error(
+            exc, url=client_url(client), what="read the coordinator heartbeat"
+        ) from exc
+    if seen.state is CoordinatorState.ALIVE:
+        who = seen.info.describe() if seen.info else "a coordinator"
+        raise ResumeError(
+            f"run {run_id} is {status} and its coordinator {who} is alive; cancel it first "
+            f"(`coreexec runs cancel {run_id}`) or let it finish",
+            run_id=run_id,
+        )
+    if seen.state is CoordinatorState.UNKNOWN:
+        if status is RunStatus.QUEUED:
+            raise ResumeError(
+                f"run {run_id} is QUEUED: no coordinator has picked it up yet (does a worker "
+                "consume coreexec.runs?); to coordinate it here anyway, use --force",
+                run_id=run_id,
+            )
+        raise ResumeError(
+            f"run {run_id} is {status} but no coordinator heartbeat was ever recorded for it "
+            "(a run started by `coreexec run` in a terminal has none); if its coordinator "
+            "is gone, resume with --force",
+            run_id=run_id,
+        )
+    return record
+
+
+# -- settling attempts the old coordinator left in flight ------------------------------
+
+
+@dataclass(frozen=True)
+class OpenAttempt:
+    """An attempt that was dispatched and has no ending event yet."""
+
+    step_key: str
+    attempt: int
+    attempt_id: str
+
+
+@dataclass(frozen=True)
+class ResumePreparation:
+    """What :func:`prepare_resume` did."""
+
+    drained_events: int = 0
+    abandoned_attempts: tuple[str, ...] = ()
+    waited_attempts: tuple[str, ...] = ()
+    lost_attempts: tuple[str, ...] = ()
+
+
+def open_attempts(events: Iterable[Event]) -> list[OpenAttempt]:
+    """Attempts with a STEP_QUEUED and no ending (success, failure, retry request)."""
+    queued: dict[str, OpenAttempt] = {}
+    ended: set[str] = set()
+    for event in events:
+        if event.attempt_id is None or event.step_key is None:
+            continue
+        if event.kind is EventKind.STEP_QUEUED:
+            queued[event.attempt_id] = OpenAttempt(
+                event.step_key, event.attempt or 0, event.attempt_id
+            )
+        elif event.kind in STEP_ATTEMPT_ENDINGS:
+            ended.add(event.attempt_id)
+    return [attempt for key, attempt in queued.items() if key not in ended]
+
+
+def _claim_or_running(client: redis.Redis, run_id: str, attempt_id: str) -> bool:
+    """Claim a never-started attempt as abandoned; True when a worker had claimed it."""
+    claimed_here = client.set(
+        keys.attempt_claim(run_id, attempt_id), ABANDONED_CLAIM, nx=True, ex=keys.FINISHED_RUN_TTL_S
+    )
+    return not claimed_here
+
+
+def _entry_ms(entry_id: str) -> int:
+    # A stream entry id is "<Redis server time in ms>-<sequence>".
+    return int(entry_id.split("-", 1)[0])
+
+
+def _redis_now_ms(client: redis.Redis) -> int:
+    seconds, micros = client.time()
+    return int(seconds) * 1000 + int(micros) // 1000
+
+
+def _settle(
+    stream: RedisEventStream,
+    open_ones: Sequence[OpenAttempt],
+    *,
+    timeout_s: float,
+    silence_s: float,
+) -> tuple[list[str], list[str], list[str]]:
+    """Abandon unclaimed attempts, wait for live ones; (abandoned, waited, lost).
+
+    Times come from Redis (entry ids and TIME), so hosts' clocks do not matter.
+    """
+    client, run_id = stream.client, stream.run_id
+    abandoned: list[str] = []
+    running: dict[str, OpenAttempt] = {}
+    for attempt in open_ones:
+        if _claim_or_running(client, run_id, attempt.attempt_id):
+            running[attempt.attempt_id] = attempt
+        else:
+            abandoned.append(attempt.attempt_id)
+    if not running:
+        return abandoned, [], []
+    # Last heard of: any entry of the attempt (heartbeats included); never heard: now.
+    start_ms = _redis_now_ms(client)
+    heard_ms = dict.fromkeys(running, 0)
+    cursor = "0-0"
+    for entry in stream.history():
+        cursor = entry.entry_id
+        event = entry.event
+        if event is not None and event.attempt_id in running:
+            heard_ms[event.attempt_id] = _entry_ms(entry.entry_id)
+            if event.kind in STEP_ATTEMPT_ENDINGS:
+                running.pop(event.attempt_id)
+    for attempt_id, at_ms in heard_ms.items():
+        if at_ms == 0:
+            heard_ms[attempt_id] = start_ms
+    waited = list(running)
+    lost: list[str] = []
+    deadline = time.monotonic() + timeout_s
+    while running:
+        now_ms = _redis_now_ms(client)
+        for attempt_id in [a for a in running if now_ms - heard_ms[a] > silence_s * 1000]:
+            lost.append(attempt_id)
+            running.pop(attempt_id)
+        remaining_s = deadline - time.monotonic()
+        if not running:
+            break
+        if remaining_s <= 0:
+            steps = ", ".join(
+                sorted(f"{a.step_key} (attempt {a.attempt})" for a in running.values())
+            )
+            raise ResumeError(
+                f"run {run_id}: steps still running on workers after {timeout_s:g}s: {steps}; "
+                "resume again when they end",
+                run_id=run_id,
+            )
+        entries = stream.read(cursor, block_ms=max(1, int(min(remaining_s, 1.0) * 1000)))
+        for entry in entries:
+            cursor = entry.entry_id
+            event = entry.event
+            if event is None or event.attempt_id not in running:
+                continue
+            heard_ms[event.attempt_id] = _entry_ms(entry.entry_id)
+            if event.kind in STEP_ATTEMPT_ENDINGS:
+                running.pop(event.attempt_id)
+    return abandoned, [a for a in waited if a not in lost], lost
+
+
+# -- draining the stream ---------------------------------------------------------------
+
+
+def _identity(event: Event) -> str:
+    return json.dumps(event.to_dict(), sort_keys=True, separators=(",", ":"), default=str)
+
+
+def missing_step_events(stored: Iterable[Event], entries: Iterable[StreamEntry]) -> list[Event]:
+    """Step events on the stream that the run storage lacks, in stream order."""
+    have = {_identity(event) for event in stored}
+    missing: list[Event] = []
+    for entry in entries:
+        event = entry.event
+        if event is None or not event.is_step_event or event.kind in TRANSIENT_KINDS:
+            continue
+        identity = _identity(event)
+        if identity not in have:
+            have.add(identity)
+            missing.append(event)
+    return missing
+
+
+def prepare_resume(
+    instance: Instance,
+    run_id: str,
+    stream: RedisEventStream | None,
+    *,
+    in_flight_timeout_s: float = DEFAULT_IN_FLIGHT_TIMEOUT_S,
+    attempt_silence_s: float = ATTEMPT_SILENCE_S,
+) -> ResumePreparation:
+    """Settle the old coordinator's open attempts and drain the stream into storage.
+
+    Without a stream (no Redis configured) there is nothing to drain or settle.
+    """
+    if stream is None:
+        return ResumePreparation()
+    storage = instance.storage
+    try:
+        # A finished run's stream was given an expiry; the resumed run needs it again.
+        stream.client.persist(stream.key)
+        stored = [event for _, event in storage.events(run_id)]
+        stream_events = [e for e in (entry.event for entry in stream.history()) if e is not None]
+        open_ones = open_attempts([*stored, *stream_events])
+        abandoned, waited, lost = _settle(
+            stream, open_ones, timeout_s=in_flight_timeout_s, silence_s=attempt_silence_s
+        )
+        missing = missing_step_events(stored, stream.history())
+    except redis.RedisError as exc:
+        raise wrap_redis_error(
+            exc, url=client_url(stream.client), what="drain the run's stream"
+        ) from exc
+    if missing:
+        storage.append_events(run_id, missing)
+    log.info(
+        "resume of run %s: %d events drained, attempts abandoned %s, waited for %s, lost %s",
+        run_id,
+        len(missing),
+        abandoned,
+        waited,
+        lost,
+    )
+    return ResumePreparation(
+        drained_events=len(missing),
+        abandoned_attempts=tuple(abandoned),
+        waited_attempts=tuple(waited),
+        lost_attempts=tuple(lost),
+    )

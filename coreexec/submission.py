@@ -1,0 +1,302 @@
+"""Programmatic submission: store a run, hand it to a run launcher, follow it by handle.
+
+``submit_job`` returns as soon as the run is handed over; the run's coordinator runs
+elsewhere (with the Celery launcher: as a task on the ``coreexec.runs`` queue). The
+:class:`RunHandle` reads the run storage for the truth and blocks on the run's Redis
+event stream to learn, without polling, when to read it again.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Iterator, Mapping
+from pathlib import Path
+from typing import Any
+
+import redis
+
+from coreexec.errors import CoreExecError, LauncherError, RequirementError
+from coreexec.events import Event, EventKind
+from coreexec.execution.runs import create_run
+from coreexec.instance import Instance, home_from_env
+from coreexec.job import JobDefinition
+from coreexec.reference import infer_reference, load_job
+from coreexec.run_launcher import RunLauncher, get_run_launcher
+from coreexec.storage.base import RunRecord, RunStatus
+from coreexec.tags import TagValue
+from coreexec.transport.cancel import CancelOutcome, request_cancel
+from coreexec.transport.coordinator_heartbeat import CoordinatorStatus, coordinator_status
+from coreexec.transport.redis_events import RedisEventStream, redis_client, wrap_redis_error
+
+log = logging.getLogger(__name__)
+
+MAX_BLOCK_S = 2.0
+"""Longest single blocking read while waiting: the storage is read again at least this
+often, so a run whose coordinator cannot reach Redis is still seen to end."""
+
+FOLLOW_SETTLE_S = 0.2
+"""After a stream entry, the coordinator writes its events to storage within a loop pass;
+a follower that found nothing new reads again after at most this long."""
+
+NO_REDIS_INTERVAL_S = 0.5
+"""How often a handle without Redis reads the run storage (the only way it can learn)."""
+
+
+class RunWaitTimeout(CoreExecError, TimeoutError):
+    """A run did not end within the time given to :meth:`RunHandle.wait`."""
+
+    def __init__(self, message: str, *, run_id: str, status: RunStatus) -> None:
+        super().__init__(message)
+        self.run_id = run_id
+        self.status = status
+
+
+class RunHandle:
+    """A submitted (or any stored) run, seen from any process sharing its instance.
+
+    ``redis_url`` is the Redis holding the run's event stream; without it, waiting
+    falls back to reading the run storage every half second.
+    """
+
+    def __init__(self, run_id: str, instance: Instance, redis_url: str | None) -> None:
+        self.run_id = run_id
+        self.instance = instance
+        self.redis_url = redis_url
+        self._stream: RedisEventStream | None = None
+
+    def __repr__(self) -> str:
+        return f"RunHandle(run_id={self.run_id!r})"
+
+    # -- reading the storage ----------------------------------------------------------
+
+    def record(self) -> RunRecord:
+        """The run as stored now."""
+        return self.instance.storage.get_run(self.run_id)
+
+    def status(self) -> RunStatus:
+        """The run's status now."""
+        return self.record().status
+
+    def events(self) -> list[Event]:
+        """Every event of the run stored so far, in order."""
+        return [event for _, event in self.instance.storage.events(self.run_id)]
+
+    def cancel(self) -> CancelOutcome:
+        """Ask the run to stop: no more steps start, running steps are terminated."""
+        return request_cancel(self.instance, self.run_id, self.redis_url)
+
+    # -- waiting ----------------------------------------------------------------------
+
+    def _events_stream(self) -> RedisEventStream | None:
+        if self.redis_url is None:
+            return None
+        if self._stream is None:
+            self._stream = RedisEventStream(
+                redis_client(self.redis_url), self.run_id, url=self.redis_url
+            )
+        return self._stream
+
+    def _block(self, cursor: str | None, timeout_s: float) -> tuple[str | None, bool]:
+        """Wait up to ``timeout_s`` for something on the run's stream; (cursor, woke)."""
+        stream = self._events_stream()
+        if stream is None or cursor is None:
+            time.sleep(min(timeout_s, NO_REDIS_INTERVAL_S))
+            return cursor, False
+        entries = stream.read(cursor, block_ms=max(1, int(timeout_s * 1000)))
+        if not entries:
+            return cursor, False
+        return entries[-1].entry_id, True
+
+    def _arm(self, cursor: str | None) -> tuple[str | None, bool]:
+        """(cursor, newly armed): the stream position to block from, taken once.
+
+        It is taken after a first look at the storage (a run that has ended needs no
+        Redis) and followed by a second look before blocking: whatever is announced
+        after the cursor was taken wakes the block, so no end can be missed.
+        """
+        if cursor is not None:
+            return cursor, False
+        stream = self._events_stream()
+        if stream is None:
+            return None, False
+        return stream.last_id(), True
+
+    def wait(self, timeout: float | None = None) -> RunStatus:
+        """Block until the run ends; returns SUCCESS, FAILURE or CANCELED.
+
+        Raises :class:`RunWaitTimeout` (a ``TimeoutError``) naming the run when
+        ``timeout`` seconds pass first.
+        """
+        deadline = None if timeout is None else time.monotonic() + timeout
+        cursor: str | None = None
+        while True:
+            status = self.status()
+            if status.is_finished:
+                return status
+            cursor, armed = self._arm(cursor)
+            if armed:
+                continue
+            remaining_s = MAX_BLOCK_S if deadline is None else deadline - time.monotonic()
+            if remaining_s <= 0:
+                raise RunWaitTimeout(
+                    f"run {self.run_id} did not end within {timeout:g}s (it is {status}); "
+                    f"`coreexec runs watch {self.run_id}` follows it",
+                    run_id=self.run_id,
+                    status=status,
+                )
+            cursor, _ = self._block(cursor, min(remaining_s, MAX_BLOCK_S))
+
+    def coordinator(self) -> CoordinatorStatus | None:
+        """Whether a coordinator beats for this run now (None when no Redis is known)."""
+        stream = self._events_stream()
+        if stream is None:
+            return None
+        try:
+            return coordinator_status(stream.client, self.run_id)
+        except redis.RedisError as exc:
+            raise wrap_redis_error(
+                exc, url=self.redis_url or "", what="read the coordinator heartbeat"
+            ) from exc
+
+    def follow(
+        self,
+        *,
+        after: int = 0,
+        timeout: float | None = None,
+        on_idle: Callable[[RunStatus], None] | None = None,
+    ) -> Iterator[Event]:
+        """Yield the run's stored events as they are written, until the run has ended.
+
+        ``after`` is a storage event id to start after (0: from the first event).
+        ``on_idle(status)`` is called after a wait in which nothing happened (at most
+        every couple of seconds); it may raise to stop following. Raises
+        :class:`RunWaitTimeout` when ``timeout`` seconds pass first.
+        """
+        deadline = None if timeout is None else time.monotonic() + timeout
+        cursor: str | None = None
+        last_id = after
+        woke = False
+        while True:
+            finished = self.status()
+            # Events are read after the status, so an ended run's last events are yielded.
+            fresh = self.instance.storage.events(self.run_id, after=last_id)
+            for storage_id, event in fresh:
+                last_id = storage_id
+                yield event
+            if finished.is_finished:
+                return
+            cursor, armed = self._arm(cursor)
+            if armed:
+                continue
+            remaining_s = MAX_BLOCK_S if deadline is None else deadline - time.monotonic()
+            if remaining_s <= 0:
+                raise RunWaitTimeout(
+                    f"run {self.run_id} did not end within {timeout:g}s (it is {finished})",
+                    run_id=self.run_id,
+                    status=finished,
+                )
+            block_s = FOLLOW_SETTLE_S if woke and not fresh else MAX_BLOCK_S
+            cursor, woke = self._block(cursor, min(remaining_s, block_s))
+            if not woke and on_idle is not None:
+                on_idle(finished)
+
+    def close(self) -> None:
+        """Drop the Redis connection (the handle reconnects if used again)."""
+        if self._stream is not None:
+            self._stream.client.close()
+            self._stream = None
+
+
+def event_redis_url(instance: Instance, launcher: RunLauncher | None = None) -> str | None:
+    """The Redis of the run event streams: the instance's (``COREEXEC_REDIS_URL``), else
+    the launcher's (given, else the configured one when it loads), else None."""
+    if instance.redis_url:
+        return instance.redis_url
+    if launcher is None:
+        try:
+            launcher = get_run_launcher()
+        except CoreExecError:
+            return None
+    url = getattr(launcher, "redis_url", None)
+    return url if isinstance(url, str) else None
+
+
+def _reference_of(job: JobDefinition) -> str:
+    reference = job.reference or infer_reference(job)
+    if reference is None:
+        raise RequirementError(
+            f"submit_job hands job {job.name!r} to a coordinator in another process, which "
+            "loads it by reference: define it at module level in an importable module and "
+            "submit it as 'package.module:attribute'"
+        )
+    return reference
+
+
+def mark_launch_failed(
+    instance: Instance, run_id: str, launcher_name: str, exc: BaseException
+) -> None:
+    """Record why a run never reached a coordinator: status FAILURE and a RUN_FAILURE event."""
+    message = f"could not hand the run to the {launcher_name!r} run launcher: {exc}"
+    instance.storage.append_events(
+        run_id,
+        [
+            Event(
+                kind=EventKind.RUN_FAILURE,
+                run_id=run_id,
+                timestamp=time.time(),
+                message=message,
+                data={"reason": "launch_failed", "error": type(exc).__name__},
+            )
+        ],
+    )
+    instance.storage.set_status(run_id, RunStatus.FAILURE, expected=(RunStatus.QUEUED,))
+
+
+def submit_job(
+    ref: JobDefinition | str,
+    run_config: Mapping[str, Any] | None = None,
+    *,
+    tags: Mapping[str, TagValue] | None = None,
+    instance: Instance | None = None,
+    launcher: RunLauncher | None = None,
+) -> RunHandle:
+    """Store a run of ``ref`` and hand it to the run launcher; returns its handle at once.
+
+    ``ref`` is a ``"package.module:attribute"`` reference (or a job defined at module
+    level, whose reference is found). The run config, tags and job are validated before
+    anything is stored. The launcher is ``launcher``, else the configured one
+    (``$COREEXEC_RUN_LAUNCHER``, default Celery: the coordinator runs as a task on the
+    ``coreexec.runs`` queue). When the hand-over fails (e.g. the broker is down) the
+    stored run is marked FAILURE with an event saying why, and the error is raised:
+    :class:`~coreexec.errors.BrokerConnectionError` names the broker URL.
+    """
+    chosen_instance = instance or Instance.from_env()
+    if chosen_instance.ephemeral:
+        raise RequirementError(
+            "submit_job needs run storage the coordinator's process can read; use "
+            "Instance.from_env() (COREEXEC_HOME), not an ephemeral instance"
+        )
+    if Path(chosen_instance.home).resolve() != home_from_env().resolve():
+        log.warning(
+            "submitting to an instance at %s while COREEXEC_HOME is %s: coordinators read "
+            "the instance their own COREEXEC_HOME names",
+            chosen_instance.home,
+            home_from_env(),
+        )
+    job = load_job(ref) if isinstance(ref, str) else ref
+    _reference_of(job)
+    chosen_launcher = launcher or get_run_launcher()
+    record = create_run(job, run_config=run_config, tags=tags, instance=chosen_instance)
+    try:
+        chosen_launcher.launch(record.run_id)
+    except BaseException as exc:
+        mark_launch_failed(chosen_instance, record.run_id, chosen_launcher.name, exc)
+        if isinstance(exc, CoreExecError) or not isinstance(exc, Exception):
+            raise
+        raise LauncherError(
+            f"run launcher {chosen_launcher.name!r} failed to launch run {record.run_id}: {exc!r}"
+        ) from exc
+    return RunHandle(
+        record.run_id, chosen_instance, event_redis_url(chosen_instance, chosen_launcher)
+    )

@@ -1,0 +1,134 @@
+"""Asking a run to stop, from any process.
+
+The request is durable first and fast second: the run storage gets status CANCELING and
+a RUN_CANCELING event (a coordinator checks the storage about once a second, and checks
+for such an event when it starts, so a request made while it was starting is not lost);
+then, when a Redis URL is known, a ``wake``=``cancel`` entry on the run's stream ends the
+coordinator's blocking read at once. A run still QUEUED has no coordinator yet and goes
+straight to CANCELED, so the coordinator that later receives it does nothing.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+
+import redis
+
+from coreexec.errors import CoreExecError
+from coreexec.events import Event, EventKind
+from coreexec.instance import Instance
+from coreexec.storage.base import RunStatus
+from coreexec.transport.coordinator_heartbeat import CoordinatorState, coordinator_status
+from coreexec.transport.redis_events import RedisEventStream, redis_client, safe_url
+
+log = logging.getLogger(__name__)
+
+CANCEL_WAKE = "cancel"
+"""The ``wake`` reason a coordinator treats as a cancel request for its run."""
+
+_ACTIVE = (RunStatus.STARTING, RunStatus.STARTED, RunStatus.CANCELING)
+
+
+@dataclass(frozen=True)
+class CancelOutcome:
+    """What a cancel request did."""
+
+    run_id: str
+    before: RunStatus
+    after: RunStatus
+    message: str
+    woke_coordinator: bool = False
+
+
+def _event(run_id: str, kind: EventKind, message: str, **data: object) -> Event:
+    return Event(kind=kind, run_id=run_id, timestamp=time.time(), message=message, data=data)
+
+
+def _wake(run_id: str, redis_url: str | None) -> tuple[bool, str]:
+    """Publish the cancel wake-up; (done, why not)."""
+    if redis_url is None:
+        return False, "no Redis URL is configured (COREEXEC_REDIS_URL)"
+    try:
+        client = redis_client(redis_url)
+    except CoreExecError as exc:
+        log.warning("cancel of run %s: %s", run_id, exc)
+        return False, f"Redis at {safe_url(redis_url)} is unreachable"
+    try:
+        RedisEventStream(client, run_id, url=redis_url).publish_wake(CANCEL_WAKE)
+        return True, ""
+    except CoreExecError as exc:
+        log.warning("cancel of run %s: %s", run_id, exc)
+        return False, f"waking it through Redis failed: {exc}"
+    finally:
+        client.close()
+
+
+def _coordinator_dead(run_id: str, redis_url: str | None) -> bool:
+    if redis_url is None:
+        return False
+    try:
+        client = redis_client(redis_url)
+    except CoreExecError:
+        return False
+    try:
+        return coordinator_status(client, run_id).state is CoordinatorState.DEAD
+    except redis.RedisError as exc:
+        log.warning("cannot read the coordinator heartbeat of run %s: %s", run_id, exc)
+        return False
+    finally:
+        client.close()
+
+
+def request_cancel(instance: Instance, run_id: str, redis_url: str | None) -> CancelOutcome:
+    """Ask run ``run_id`` to stop; returns what happened (never waits for the run).
+
+    Raises :class:`~coreexec.errors.RunNotFoundError` for an unknown id. A finished run
+    is left as it is. A running run whose coordinator is known dead (its heartbeat
+    lapsed) is marked CANCELED here, since nobody else would.
+    """
+    storage = instance.storage
+    before = storage.get_run(run_id).status
+    if before.is_finished:
+        return CancelOutcome(run_id, before, before, f"run {run_id} already ended: {before}")
+    if before is RunStatus.QUEUED and storage.set_status(
+        run_id, RunStatus.CANCELED, expected=(RunStatus.QUEUED,)
+    ):
+        storage.append_events(
+            run_id, [_event(run_id, EventKind.RUN_CANCELED, "canceled before it started")]
+        )
+        # Wakes anyone waiting on the run; no coordinator reads the stream yet.
+        woke, _ = _wake(run_id, redis_url)
+        return CancelOutcome(
+            run_id, before, RunStatus.CANCELED, f"run {run_id} canceled before it started", woke
+        )
+    changed = storage.set_status(run_id, RunStatus.CANCELING, expected=_ACTIVE)
+    now = storage.get_run(run_id).status
+    if not changed:
+        # It ended (or was canceled) between our two reads.
+        return CancelOutcome(run_id, before, now, f"run {run_id} already ended: {now}")
+    if before is not RunStatus.CANCELING:
+        storage.append_events(run_id, [_event(run_id, EventKind.RUN_CANCELING, "cancel requested")])
+    if _coordinator_dead(run_id, redis_url) and storage.set_status(
+        run_id, RunStatus.CANCELED, expected=(RunStatus.CANCELING,)
+    ):
+        message = (
+            f"run {run_id} has no live coordinator (its heartbeat stopped), so it was marked "
+            "CANCELED here; step attempts it left running are not stopped"
+        )
+        storage.append_events(run_id, [_event(run_id, EventKind.RUN_CANCELED, message)])
+        woke, _ = _wake(run_id, redis_url)
+        return CancelOutcome(run_id, before, RunStatus.CANCELED, message, woke)
+    woke, why_not = _wake(run_id, redis_url)
+    if woke:
+        message = (
+            f"run {run_id}: cancel requested; its coordinator was woken, stops dispatching "
+            "and terminates running steps"
+        )
+    else:
+        message = (
+            f"run {run_id}: cancel requested in the run storage ({why_not}); its coordinator "
+            "notices within about a second, stops dispatching and terminates running steps"
+        )
+    return CancelOutcome(run_id, before, RunStatus.CANCELING, message, woke)

@@ -1,0 +1,190 @@
+"""The coordinator's heartbeat: how another process tells a live coordinator from a dead one.
+
+A coordinator started by a run launcher (and one started by ``coreexec runs resume``)
+keeps two keys in Redis while it runs::
+
+    coreexec:run:{<run_id>}:coordinator        STRING  JSON CoordinatorInfo, PX ttl_ms
+    coreexec:run:{<run_id>}:coordinator:seen   STRING  the same JSON, kept for a day
+
+The first lapses ``ttl_ms`` after the last beat, so its absence means "nobody coordinates
+this run now"; the second says a heartbeating coordinator ran it at all. A run whose
+status says it is running, with the first key gone and the second present, lost its
+coordinator and may be resumed. A key whose owner ran on this host under a pid that no
+longer exists is dead at once: no need to wait for the TTL after a ``kill -9``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import socket
+import threading
+import time
+from dataclasses import asdict, dataclass
+from enum import StrEnum
+from types import TracebackType
+
+import redis
+
+from coreexec.transport import keys
+
+log = logging.getLogger(__name__)
+
+COORDINATOR_TTL_MS = 15_000
+"""A coordinator silent for this long is dead."""
+
+SEEN_TTL_S = keys.FINISHED_RUN_TTL_S
+_HOST = socket.gethostname()
+
+
+def coordinator_key(run_id: str) -> str:
+    """The liveness key of a run's coordinator (lapses when the beats stop)."""
+    return f"{keys.PREFIX}:run:{{{keys.check_id(run_id, what='run id')}}}:coordinator"
+
+
+def coordinator_seen_key(run_id: str) -> str:
+    """The long-lived record that a heartbeating coordinator ran this run."""
+    return coordinator_key(run_id) + ":seen"
+
+
+class CoordinatorState(StrEnum):
+    ALIVE = "alive"
+    """A coordinator beats for this run now."""
+    DEAD = "dead"
+    """A heartbeating coordinator ran this run and has stopped beating (or its pid is gone)."""
+    UNKNOWN = "unknown"
+    """No heartbeating coordinator ever ran it (e.g. `coreexec run` in a terminal)."""
+
+
+@dataclass(frozen=True)
+class CoordinatorInfo:
+    """Who coordinates a run: host, pid, since when, and a free-form owner label."""
+
+    host: str
+    pid: int
+    started_at: float
+    owner: str
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), separators=(",", ":"))
+
+    @classmethod
+    def from_json(cls, raw: bytes | str) -> CoordinatorInfo | None:
+        try:
+            body = json.loads(raw)
+            return cls(
+                host=str(body["host"]),
+                pid=int(body["pid"]),
+                started_at=float(body["started_at"]),
+                owner=str(body.get("owner", "")),
+            )
+        except (ValueError, TypeError, KeyError):
+            return None
+
+    def describe(self) -> str:
+        return f"{self.owner} (pid {self.pid} on {self.host})"
+
+
+@dataclass(frozen=True)
+class CoordinatorStatus:
+    state: CoordinatorState
+    info: CoordinatorInfo | None = None
+
+
+def _pid_exists(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def coordinator_status(client: redis.Redis, run_id: str) -> CoordinatorStatus:
+    """Whether a coordinator is alive for ``run_id`` (raises redis errors as they are)."""
+    with client.pipeline(transaction=False) as pipe:
+        pipe.get(coordinator_key(run_id))
+        pipe.get(coordinator_seen_key(run_id))
+        alive_raw, seen_raw = pipe.execute()
+    if alive_raw is not None:
+        info = CoordinatorInfo.from_json(alive_raw)
+        if info is not None and info.host == _HOST and not _pid_exists(info.pid):
+            return CoordinatorStatus(CoordinatorState.DEAD, info)
+        return CoordinatorStatus(CoordinatorState.ALIVE, info)
+    if seen_raw is not None:
+        return CoordinatorStatus(CoordinatorState.DEAD, CoordinatorInfo.from_json(seen_raw))
+    return CoordinatorStatus(CoordinatorState.UNKNOWN)
+
+
+class CoordinatorHeartbeat:
+    """Beats for one run from a daemon thread until :meth:`stop` (or the ``with`` exits).
+
+    Redis errors are logged, never raised: a coordinator keeps coordinating through a
+    Redis hiccup, and at worst looks dead to a concurrent ``runs resume`` for a while.
+    """
+
+    def __init__(
+        self,
+        client: redis.Redis,
+        run_id: str,
+        *,
+        owner: str,
+        ttl_ms: int = COORDINATOR_TTL_MS,
+    ) -> None:
+        self.client = client
+        self.run_id = run_id
+        self.ttl_ms = ttl_ms
+        self.info = CoordinatorInfo(
+            host=_HOST, pid=os.getpid(), started_at=time.time(), owner=owner
+        )
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def beat(self) -> None:
+        """Write both keys once (also called by the thread every ``ttl_ms / 3``)."""
+        body = self.info.to_json()
+        with self.client.pipeline(transaction=False) as pipe:
+            pipe.set(coordinator_key(self.run_id), body, px=self.ttl_ms)
+            pipe.set(coordinator_seen_key(self.run_id), body, ex=SEEN_TTL_S)
+            pipe.execute()
+
+    def _loop(self) -> None:
+        interval_s = self.ttl_ms / 3000
+        while not self._stop.wait(interval_s):
+            try:
+                self.beat()
+            except redis.RedisError as exc:
+                log.warning("coordinator heartbeat of run %s failed: %s", self.run_id, exc)
+
+    def start(self) -> CoordinatorHeartbeat:
+        """Beat now (errors propagate, so a dead Redis is noticed up front), then keep on."""
+        self.beat()
+        self._thread = threading.Thread(
+            target=self._loop, name=f"coordinator-heartbeat-{self.run_id[:8]}", daemon=True
+        )
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        """Stop beating and drop the liveness key: the run has no coordinator any more."""
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join()
+            self._thread = None
+        try:
+            self.client.delete(coordinator_key(self.run_id))
+        except redis.RedisError as exc:
+            log.warning("could not drop the heartbeat of run %s: %s", self.run_id, exc)
+
+    def __enter__(self) -> CoordinatorHeartbeat:
+        return self.start() if self._thread is None else self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.stop()
