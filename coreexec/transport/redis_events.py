@@ -126,6 +126,11 @@ class RedisEventStream:
         self._url = url or client_url(client)
 
     @property
+    def url(self) -> str:
+        """The Redis this stream lives on (password hidden), for messages."""
+        return safe_url(self._url)
+
+    @property
     def key(self) -> str:
         """The stream's Redis key (also the tag limiter's ``wake_key`` for this run)."""
         return self._key

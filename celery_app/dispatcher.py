@@ -1,0 +1,381 @@
+"""``CeleryDispatcher``: the coordinator's side of the celery executor.
+
+It publishes one message per step attempt (task id = attempt id, arguments = identifiers,
+Flower name ``<job>.<step_key>``) and hears back on the run's Redis stream with blocking
+XREAD: no sleep-and-poll loop. It also notices attempts that went quiet:
+
+* **Heartbeat loss.** A started attempt from which nothing (not even a heartbeat) came
+  for ``heartbeat_timeout_s`` is lost: an infrastructure failure, and the step's retry
+  policy decides. The broker's visibility timeout plays no part; a redelivered message
+  of the lost attempt is dropped by its claim.
+* **Queued timeout.** An attempt that has not started ``queued_timeout_s`` after it was
+  published fails, naming its queue, *if no live worker consumes that queue* (see
+  :mod:`celery_app.queue_presence`). A queue with live consumers is busy, not dead, so
+  its attempts wait another period instead: a large fan-out on a small fleet never
+  fails for being queued long. The attempt is fenced first, so a worker that starts
+  later drops its message instead of running it.
+* **Termination.** Cancelled attempts that no worker has claimed are fenced and end
+  CANCELLED at once; running ones are revoked with ``terminate=True`` and end when the
+  worker reports the cancellation (or, failing that, when their heartbeats stop).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from collections import OrderedDict
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import redis
+from kombu.exceptions import KombuError
+
+from celery_app.app import CoreexecApp
+from celery_app.routing import StepRouter
+from celery_app.step_task import STEP_TASK_NAME
+from celery_app.worker_runtime import RunSettings
+from coreexec.active_execution import StepAttempt
+from coreexec.context import EventSink
+from coreexec.errors import BrokerConnectionError, CoreExecError
+from coreexec.events import STEP_ATTEMPT_ENDINGS, Event, EventKind
+from coreexec.execution.dispatcher import LostAttempt, StepDispatcher
+from coreexec.execution.run_context import RunContext
+from coreexec.plan import PlannedStep
+from coreexec.retry import FailureClass
+from coreexec.transport import keys
+from coreexec.transport.attempts import AttemptClaims
+from coreexec.transport.redis_events import RedisEventStream, StreamEntry, safe_url
+
+log = logging.getLogger(__name__)
+
+READ_COUNT = 1000
+"""Stream entries read per XREAD."""
+
+MAX_BLOCK_S = 30.0
+"""Longest single blocking read (the coordinator's own timers are usually shorter)."""
+
+CONSUMER_CHECK_TTL_S = 1.0
+"""How long one answer to "does queue Q have live consumers?" is reused."""
+
+
+@dataclass(frozen=True)
+class DispatchTimings:
+    """The executor's timers, in seconds."""
+
+    queued_timeout_s: float
+    heartbeat_interval_s: float
+    heartbeat_timeout_s: float
+
+
+@dataclass
+class _Queued:
+    step_key: str
+    number: int
+    queue: str
+    deadline: float
+
+
+@dataclass
+class _Running:
+    step_key: str
+    number: int
+    queue: str
+    last_seen: float
+    pid: int | None = None
+    host: str | None = None
+
+
+class CeleryDispatcher(StepDispatcher):
+    """Dispatches one run's attempts as Celery tasks; see the module docstring."""
+
+    def __init__(
+        self,
+        run: RunContext,
+        app: CoreexecApp,
+        client: redis.Redis,
+        router: StepRouter,
+        timings: DispatchTimings,
+        *,
+        redis_url: str,
+        presence: Any,
+    ) -> None:
+        if run.plan.job_reference is None:
+            raise CoreExecError(
+                f"run {run.run_id} has no job reference; the celery executor sends "
+                "workers the reference, so run the job by 'package.module:attribute'"
+            )
+        self.run = run
+        self.app = app
+        self.router = router
+        self.timings = timings
+        self.stream = RedisEventStream(client, run.run_id, url=redis_url)
+        self.wake_key = self.stream.key
+        self.claims = AttemptClaims(client, url=redis_url)
+        self.presence = presence
+        self._client = client
+        self._job_reference = run.plan.job_reference
+        self._shadow_prefix = f"{run.job.name}."
+        self._broker = safe_url(str(app.conf.broker_url))
+        self._sink: EventSink | None = None
+        self._last_id = "0-0"
+        self._producer: Any = None
+        self._queued: OrderedDict[str, _Queued] = OrderedDict()
+        self._running: dict[str, _Running] = {}
+        self._terminating: set[str] = set()
+        self._lost: list[LostAttempt] = []
+        self._consumers_seen: dict[str, tuple[float, bool]] = {}
+
+    # -- lifecycle --------------------------------------------------------------------
+
+    def start(self, sink: EventSink) -> None:
+        self._sink = sink
+        settings = RunSettings(heartbeat_interval_s=self.timings.heartbeat_interval_s)
+        key = keys.run_settings(self.run.run_id)
+        try:
+            with self._client.pipeline(transaction=False) as pipe:
+                for name, value in settings.to_hash().items():
+                    pipe.hset(key, name, value)
+                pipe.expire(key, keys.FINISHED_RUN_TTL_S * 7)
+                pipe.execute()
+        except redis.RedisError as exc:
+            raise BrokerConnectionError(
+                f"cannot write the settings of run {self.run.run_id} to Redis: {exc}",
+                url=self.stream.url,
+            ) from exc
+        # Only what happens from now on: a resumed run's stream holds its past too.
+        self._last_id = self.stream.last_id()
+        self._producer = self.app.producer_pool.acquire(block=True)
+
+    def close(self) -> None:
+        if self._producer is not None:
+            self._producer.release()
+            self._producer = None
+        try:
+            self.stream.expire()
+        except CoreExecError as exc:
+            log.warning("could not set the expiry of %s: %s", self.stream.key, exc)
+
+    # -- dispatch ---------------------------------------------------------------------
+
+    def dispatch(self, step: PlannedStep, attempt: StepAttempt) -> None:
+        route = self.router.route(step)
+        try:
+            self.app.send_task(
+                STEP_TASK_NAME,
+                args=[
+                    self.run.run_id,
+                    step.key,
+                    attempt.number,
+                    attempt.attempt_id,
+                    self._job_reference,
+                ],
+                task_id=attempt.attempt_id,
+                queue=route.queue,
+                priority=route.message_priority,
+                shadow=self._shadow_prefix + step.key,
+                ignore_result=True,
+                producer=self._producer,
+            )
+        except (KombuError, OSError, redis.RedisError) as exc:
+            raise BrokerConnectionError(
+                f"cannot publish step {step.key!r} to queue {route.queue!r} on broker "
+                f"{self._broker}: {exc}; check that the broker runs and the URL is right",
+                url=self._broker,
+            ) from exc
+        self._queued[attempt.attempt_id] = _Queued(
+            step.key,
+            attempt.number,
+            route.queue,
+            time.monotonic() + self.timings.queued_timeout_s,
+        )
+
+    # -- hearing back -----------------------------------------------------------------
+
+    def wait(self, timeout_s: float | None) -> None:
+        block_s = MAX_BLOCK_S if timeout_s is None else min(timeout_s, MAX_BLOCK_S)
+        deadline = self._next_deadline()
+        if deadline is not None:
+            block_s = min(block_s, deadline - time.monotonic())
+        if block_s <= 0.0005:
+            entries = self.stream.read(self._last_id, None, READ_COUNT)
+        else:
+            entries = self.stream.read(self._last_id, math.ceil(block_s * 1000), READ_COUNT)
+        self._take(entries)
+        while len(entries) >= READ_COUNT:
+            entries = self.stream.read(self._last_id, None, READ_COUNT)
+            self._take(entries)
+
+    def _take(self, entries: Sequence[StreamEntry]) -> None:
+        assert self._sink is not None, "start() first"
+        for entry in entries:
+            self._last_id = entry.entry_id
+            if entry.wake == "cancel":
+                self.run.cancel_requested.set()
+            if entry.event is not None:
+                self._track(entry.event)
+                self._sink(entry.event)
+
+    def _track(self, event: Event) -> None:
+        attempt_id = event.attempt_id
+        if attempt_id is None:
+            return
+        if event.kind in STEP_ATTEMPT_ENDINGS:
+            self._queued.pop(attempt_id, None)
+            self._running.pop(attempt_id, None)
+            self._terminating.discard(attempt_id)
+            return
+        if event.kind is EventKind.STEP_LOG and "dropped_by" in event.data:
+            return  # a dropped second delivery says nothing about the attempt itself
+        now = time.monotonic()
+        running = self._running.get(attempt_id)
+        if running is None:
+            queued = self._queued.pop(attempt_id, None)
+            if queued is None:
+                return  # not ours: an attempt of an earlier coordinator of this run
+            running = _Running(queued.step_key, queued.number, queued.queue, now)
+            self._running[attempt_id] = running
+        running.last_seen = now
+        if event.kind is EventKind.STEP_START:
+            pid = event.data.get("pid")
+            running.pid = int(pid) if pid is not None else None
+            host = event.data.get("host")
+            running.host = str(host) if host is not None else None
+
+    # -- lost attempts ----------------------------------------------------------------
+
+    def _next_deadline(self) -> float | None:
+        deadlines = []
+        if self._queued:
+            deadlines.append(next(iter(self._queued.values())).deadline)
+        if self._running:
+            oldest = min(r.last_seen for r in self._running.values())
+            deadlines.append(oldest + self.timings.heartbeat_timeout_s)
+        return min(deadlines) if deadlines else None
+
+    def lost_attempts(self) -> Sequence[LostAttempt]:
+        now = time.monotonic()
+        lost, self._lost = self._lost, []
+        timeout_s = self.timings.heartbeat_timeout_s
+        for attempt_id, running in list(self._running.items()):
+            silent_s = now - running.last_seen
+            if silent_s <= timeout_s:
+                continue
+            del self._running[attempt_id]
+            if attempt_id in self._terminating:
+                self._terminating.discard(attempt_id)
+                lost.append(
+                    LostAttempt(
+                        attempt_id,
+                        FailureClass.CANCELLED,
+                        f"step {running.step_key!r} attempt {running.number} was terminated "
+                        "(run canceled); its worker has gone silent",
+                    )
+                )
+                continue
+            where = f"pid {running.pid} on {running.host}" if running.pid else "its worker"
+            lost.append(
+                LostAttempt(
+                    attempt_id,
+                    FailureClass.INFRASTRUCTURE,
+                    f"step {running.step_key!r} attempt {running.number} (queue "
+                    f"{running.queue!r}) lost: nothing from {where} for {silent_s:.1f}s "
+                    f"(heartbeat timeout {timeout_s:g}s); the worker process died or cannot "
+                    "reach Redis",
+                )
+            )
+        if self._queued and next(iter(self._queued.values())).deadline <= now:
+            lost.extend(self._overdue(now))
+        return lost
+
+    def _queue_alive(self, queue: str, now: float) -> bool:
+        seen = self._consumers_seen.get(queue)
+        if seen is not None and now - seen[0] < CONSUMER_CHECK_TTL_S:
+            return seen[1]
+        try:
+            alive = bool(self.presence.consumers(queue))
+        except CoreExecError as exc:
+            log.warning("cannot tell whether queue %s has consumers: %s", queue, exc)
+            alive = True  # do not fail steps because the check itself failed
+        self._consumers_seen[queue] = (now, alive)
+        return alive
+
+    def _overdue(self, now: float) -> list[LostAttempt]:
+        overdue: list[tuple[str, _Queued]] = []
+        while self._queued:
+            attempt_id, queued = next(iter(self._queued.items()))
+            if queued.deadline > now:
+                break
+            del self._queued[attempt_id]
+            overdue.append((attempt_id, queued))
+        dead: list[tuple[str, _Queued]] = []
+        for attempt_id, queued in overdue:
+            if self._queue_alive(queued.queue, now):
+                # Busy, not dead: wait another period (appended last: deadlines stay sorted).
+                queued.deadline = now + self.timings.queued_timeout_s
+                self._queued[attempt_id] = queued
+            else:
+                dead.append((attempt_id, queued))
+        if not dead:
+            return []
+        fenced = self.claims.fence(
+            self.run.run_id, [attempt_id for attempt_id, _ in dead], "no consumer on queue"
+        )
+        lost = []
+        for (attempt_id, queued), was_fenced in zip(dead, fenced, strict=True):
+            if not was_fenced:
+                # A worker claimed it just now: it is starting after all.
+                self._running[attempt_id] = _Running(
+                    queued.step_key, queued.number, queued.queue, now
+                )
+                continue
+            lost.append(
+                LostAttempt(
+                    attempt_id,
+                    FailureClass.INFRASTRUCTURE,
+                    f"step {queued.step_key!r} attempt {queued.number} was not picked up from "
+                    f"queue {queued.queue!r} within {self.timings.queued_timeout_s:g}s and no "
+                    f"worker consumes {queued.queue!r}; start one with "
+                    f"`celery -A celery_app worker -Q {queued.queue}`",
+                )
+            )
+        return lost
+
+    # -- cancellation -----------------------------------------------------------------
+
+    def terminate(self, attempts: Sequence[StepAttempt]) -> None:
+        ids = [a.attempt_id for a in attempts]
+        if not ids:
+            return
+        fenced = self.claims.fence(self.run.run_id, ids, "run canceled")
+        now = time.monotonic()
+        for attempt, was_fenced in zip(attempts, fenced, strict=True):
+            queued = self._queued.pop(attempt.attempt_id, None)
+            if was_fenced:
+                self._running.pop(attempt.attempt_id, None)
+                self._lost.append(
+                    LostAttempt(
+                        attempt.attempt_id,
+                        FailureClass.CANCELLED,
+                        f"run canceled before a worker started step {attempt.step_key!r}",
+                    )
+                )
+                continue
+            if queued is not None:
+                self._running[attempt.attempt_id] = _Running(
+                    queued.step_key, queued.number, queued.queue, now
+                )
+            self._terminating.add(attempt.attempt_id)
+        try:
+            # Revoked ids are discarded by workers on receipt; the running ones get SIGTERM,
+            # which the step runner reports as a cancelled attempt.
+            self.app.control.revoke(ids, terminate=True, signal="SIGTERM")
+        except (KombuError, OSError, redis.RedisError) as exc:
+            log.warning("revoking %d attempts of run %s failed: %s", len(ids), self.run.run_id, exc)
+
+    def wake(self) -> None:
+        try:
+            self.stream.publish_wake("wake")
+        except CoreExecError as exc:
+            log.warning("could not wake the coordinator of run %s: %s", self.run.run_id, exc)

@@ -1,0 +1,139 @@
+"""Settings of the Celery application, read from the environment (or given in code).
+
+=========================== ==============================================================
+``COREEXEC_BROKER_URL``     broker (default ``redis://127.0.0.1:6379/0``)
+``COREEXEC_RESULT_BACKEND`` result backend (default: the broker URL)
+``COREEXEC_REDIS_URL``      Redis of the run event streams, attempt claims and tag limits
+                            (default: the broker URL when it is ``redis://``)
+``COREEXEC_HOME``           run storage and outputs (read by :class:`coreexec.Instance`)
+``COREEXEC_CELERY_CONFIG``  extra Celery settings: a Python module (``pkg.celeryconfig``,
+                            its lowercase attributes) or a ``.yaml``/``.yml`` file
+=========================== ==============================================================
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from coreexec.errors import ConfigError
+from coreexec.run_config import validation_error
+
+BROKER_URL_ENV = "COREEXEC_BROKER_URL"
+RESULT_BACKEND_ENV = "COREEXEC_RESULT_BACKEND"
+REDIS_URL_ENV = "COREEXEC_REDIS_URL"
+HOME_ENV = "COREEXEC_HOME"
+CELERY_CONFIG_ENV = "COREEXEC_CELERY_CONFIG"
+
+DEFAULT_BROKER_URL = "redis://127.0.0.1:6379/0"
+REDIS_SCHEMES = ("redis://", "rediss://", "unix://")
+
+
+def is_redis_url(url: str) -> bool:
+    """True for URLs redis-py can open (and kombu's Redis transport serves)."""
+    return url.startswith(REDIS_SCHEMES)
+
+
+class CelerySettings(BaseModel):
+    """Where the Celery app talks to and what it adds to Celery's own settings."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    broker_url: str = DEFAULT_BROKER_URL
+    result_backend: str | None = None
+    """None: the broker URL."""
+    redis_url: str | None = None
+    """None: the broker URL when it is a Redis URL."""
+    home: str | None = None
+    include: tuple[str, ...] = ()
+    """Modules every worker imports at start (jobs whose import is slow, signal handlers)."""
+    celery_config: Mapping[str, Any] = Field(default_factory=dict)
+    """Extra Celery settings (lowercase names), applied over coreexec's defaults."""
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> CelerySettings:
+        """Settings from ``COREEXEC_*`` variables; errors name the variable."""
+        env = os.environ if environ is None else environ
+        source = env.get(CELERY_CONFIG_ENV) or None
+        raw: dict[str, Any] = {
+            "broker_url": env.get(BROKER_URL_ENV) or DEFAULT_BROKER_URL,
+            "result_backend": env.get(RESULT_BACKEND_ENV) or None,
+            "redis_url": env.get(REDIS_URL_ENV) or None,
+            "home": env.get(HOME_ENV) or None,
+            "celery_config": load_celery_config(source, path=CELERY_CONFIG_ENV) if source else {},
+        }
+        try:
+            return cls.model_validate(raw)
+        except ValidationError as exc:
+            raise validation_error("settings", exc) from exc
+
+    @property
+    def backend_url(self) -> str:
+        return self.result_backend or self.broker_url
+
+    @property
+    def events_redis_url(self) -> str:
+        """The Redis of event streams and claims, or a ConfigError saying how to set one."""
+        if self.redis_url:
+            return self.redis_url
+        if is_redis_url(self.broker_url):
+            return self.broker_url
+        raise ConfigError(
+            f"the broker {self.broker_url.split('://')[0]}:// is not Redis, so coreexec needs "
+            f"a Redis for run events: set {REDIS_URL_ENV} (or the executor's redis_url)",
+            path=REDIS_URL_ENV,
+        )
+
+    def merged(self, **changes: Any) -> CelerySettings:
+        """A copy with the non-None ``changes`` applied (executor config over env)."""
+        values = {key: value for key, value in changes.items() if value is not None}
+        return self.model_copy(update=values) if values else self
+
+
+def _module_settings(module: ModuleType) -> dict[str, Any]:
+    return {
+        name: value
+        for name, value in vars(module).items()
+        if name.islower()
+        and not name.startswith("_")
+        and not isinstance(value, ModuleType)
+        and not callable(value)
+    }
+
+
+def load_celery_config(source: str, *, path: str) -> dict[str, Any]:
+    """Extra Celery settings from a YAML file or a Python module; ``path`` names the
+    setting that gave ``source`` in errors."""
+    if source.endswith((".yaml", ".yml")):
+        file = Path(source).expanduser()
+        try:
+            loaded = yaml.safe_load(file.read_text(encoding="utf-8"))
+        except OSError as exc:
+            raise ConfigError(f"{path}: cannot read {str(file)!r}: {exc}", path=path) from exc
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"{path}: {str(file)!r} is not valid YAML: {exc}", path=path) from exc
+        if loaded is None:
+            return {}
+        if not isinstance(loaded, dict):
+            raise ConfigError(
+                f"{path}: {str(file)!r} must hold a mapping of Celery settings, e.g. "
+                "'broker_pool_limit: 10'",
+                path=path,
+            )
+        return {str(key): value for key, value in loaded.items()}
+    try:
+        module = importlib.import_module(source)
+    except ImportError as exc:
+        raise ConfigError(
+            f"{path}: cannot import module {source!r} ({exc}); give a module on PYTHONPATH "
+            "or a path ending in .yaml",
+            path=path,
+        ) from exc
+    return _module_settings(module)
