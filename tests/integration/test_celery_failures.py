@@ -1,0 +1,207 @@
+"""Failures on the celery executor with real workers: a worker process killed with -9,
+a message delivered twice, a queue nobody consumes, a busy queue, cancellation."""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+
+from celery_app.queues import STEP_QUEUES
+from celery_app.step_task import STEP_TASK_NAME
+from coreexec import Event, EventKind, Instance
+from coreexec.storage.base import RunStatus
+from coreexec.transport.cancel import request_cancel
+from coreexec.transport.redis_events import RedisEventStream, redis_client
+from tests.jobs import celery_jobs
+from tests.jobs.celery_jobs import RunWatcher, marks, open_gate
+from tests.support.processes import CeleryWorkerProcess, pid_alive
+
+REF = "tests.jobs.celery_jobs"
+HEARTBEAT_TIMEOUT_S = 1.0
+FAST = {
+    "heartbeat_interval_s": 0.2,
+    "heartbeat_timeout_s": HEARTBEAT_TIMEOUT_S,
+    "queued_timeout_s": 30.0,
+}
+WorkerFactory = Callable[..., CeleryWorkerProcess]
+
+
+def run_config(**overrides: Any) -> dict[str, Any]:
+    return {"execution": {"config": {**FAST, **overrides}}}
+
+
+@pytest.fixture
+def celery_env(redis_url: str, coreexec_home: object, monkeypatch: pytest.MonkeyPatch) -> str:
+    monkeypatch.setenv("COREEXEC_BROKER_URL", redis_url)
+    for name in ("COREEXEC_REDIS_URL", "COREEXEC_RESULT_BACKEND", "COREEXEC_CELERY_CONFIG"):
+        monkeypatch.delenv(name, raising=False)
+    return redis_url
+
+
+def wait_until(condition: Callable[[], bool], timeout_s: float, what: str) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"no {what} within {timeout_s}s")
+        time.sleep(0.02)
+
+
+def stream_events(redis_url: str, run_id: str) -> list[Event]:
+    stream = RedisEventStream(redis_client(redis_url), run_id)
+    return [entry.event for entry in stream.history() if entry.event is not None]
+
+
+def dropped_deliveries(events: list[Event], attempt_id: str) -> list[Event]:
+    return [
+        e
+        for e in events
+        if e.kind is EventKind.STEP_LOG and e.attempt_id == attempt_id and "dropped_by" in e.data
+    ]
+
+
+def publish_again(app_url: str, start: Event, reference: str) -> None:
+    """Publish the attempt's message once more, as a broker redelivery would."""
+    from celery_app.executor import CeleryExecutorConfig, _app_for, settings_for
+
+    app = _app_for(settings_for(CeleryExecutorConfig(broker=app_url)))
+    assert start.step_key is not None and start.attempt is not None
+    app.send_task(
+        STEP_TASK_NAME,
+        args=[start.run_id, start.step_key, start.attempt, start.attempt_id, reference],
+        task_id=start.attempt_id,
+        queue="coreexec.default",
+        ignore_result=True,
+    )
+
+
+def test_kill_9_of_the_step_process_retries_on_another_process_within_heartbeat_timeout(
+    celery_env: str, celery_worker_factory: WorkerFactory
+) -> None:
+    celery_worker_factory(queues=STEP_QUEUES, concurrency=1)
+    celery_worker_factory(queues=STEP_QUEUES, concurrency=1)
+    watcher = RunWatcher(f"{REF}:kill_job", run_config()).start()
+    first = watcher.event(EventKind.STEP_START, "victim", attempt=1)
+    killed_pid = int(first.data["pid"])
+
+    os.kill(killed_pid, signal.SIGKILL)
+    killed_at = time.monotonic()
+    result = watcher.join()
+
+    assert result.status is RunStatus.SUCCESS, watcher.summary()
+    # Heartbeat timeout plus a few seconds, not the broker's visibility timeout (1 hour).
+    assert watcher.ended_at - killed_at < HEARTBEAT_TIMEOUT_S + 4.0
+    assert result.output_for("after_victim") == 20
+    second = watcher.event(EventKind.STEP_START, "victim", attempt=2)
+    assert int(second.data["pid"]) != killed_pid
+    lost = [
+        e
+        for e in result.events
+        if e.kind is EventKind.STEP_FAILURE and e.attempt_id == first.attempt_id
+    ]
+    assert lost and lost[0].data["failure_class"] == "infrastructure"
+    assert "heartbeat" in lost[0].message
+    # The killed attempt's message comes back (acks_late + reject_on_worker_lost) and is
+    # dropped by its claim: it never runs again and never reports success.
+    assert first.attempt_id is not None
+    wait_until(
+        lambda: bool(
+            dropped_deliveries(stream_events(celery_env, result.run_id), first.attempt_id)
+        ),
+        10.0,
+        "dropped redelivery of the killed attempt",
+    )
+    for events in (result.events, stream_events(celery_env, result.run_id)):
+        assert not [
+            e
+            for e in events
+            if e.kind is EventKind.STEP_SUCCESS and e.attempt_id == first.attempt_id
+        ]
+    # The kill may land before attempt 1 reached the step's body; attempt 2 ran it once.
+    ran = marks(result.run_id, "victim")
+    assert ran[-1] == str(second.data["pid"]) and len(ran) <= 2
+
+
+def test_a_duplicated_message_does_not_run_the_step_twice(
+    celery_env: str, celery_worker_factory: WorkerFactory
+) -> None:
+    celery_worker_factory(queues=STEP_QUEUES, concurrency=2)
+    reference = f"{REF}:gated_job"
+    watcher = RunWatcher(reference, run_config()).start()
+    start = watcher.event(EventKind.STEP_START, "gated")
+    assert start.attempt_id is not None
+
+    # While the attempt runs, the same message arrives again (the worker's second process
+    # takes it): it is dropped, not run.
+    publish_again(celery_env, start, reference)
+    watcher.wait_for(
+        lambda events: dropped_deliveries(events, start.attempt_id or ""), 15.0, "a dropped copy"
+    )
+    open_gate(start.run_id, "go")
+    result = watcher.join()
+    assert result.status is RunStatus.SUCCESS
+    assert len(marks(result.run_id, "gated")) == 1
+
+    # And once more after the run ended (a late redelivery).
+    publish_again(celery_env, start, reference)
+    wait_until(
+        lambda: (
+            len(
+                dropped_deliveries(stream_events(celery_env, result.run_id), start.attempt_id or "")
+            )
+            >= 2
+        ),
+        15.0,
+        "a second dropped copy",
+    )
+    assert len(marks(result.run_id, "gated")) == 1
+
+
+def test_a_step_on_a_queue_nobody_consumes_fails_after_queued_timeout_naming_the_queue(
+    celery_env: str,
+) -> None:
+    queued_timeout_s = 1.0
+    watcher = RunWatcher(f"{REF}:no_worker_job", run_config(queued_timeout_s=queued_timeout_s))
+    result = watcher.start().join()
+
+    assert result.status is RunStatus.FAILURE
+    failure = next(e for e in result.events if e.kind is EventKind.STEP_FAILURE)
+    assert failure.step_key == "stranded"
+    assert celery_jobs.NOWHERE_QUEUE in failure.message
+    assert failure.data["failure_class"] == "infrastructure"
+    assert queued_timeout_s <= watcher.elapsed_s < queued_timeout_s + 3.0
+
+
+def test_a_busy_queue_with_live_consumers_is_not_taken_for_a_dead_one(
+    celery_env: str, celery_worker_factory: WorkerFactory
+) -> None:
+    celery_worker_factory(queues=STEP_QUEUES, concurrency=1)
+    # Three 0.6 s steps on one process: the last waits ~1.2 s, past the 0.5 s timeout.
+    result = RunWatcher(f"{REF}:busy_queue_job", run_config(queued_timeout_s=0.5)).start().join()
+
+    assert result.status is RunStatus.SUCCESS
+    assert [e for e in result.events if e.kind is EventKind.STEP_FAILURE] == []
+
+
+def test_cancel_terminates_the_running_step(
+    celery_env: str, celery_worker_factory: WorkerFactory
+) -> None:
+    celery_worker_factory(queues=STEP_QUEUES, concurrency=1)
+    watcher = RunWatcher(f"{REF}:cancel_job", run_config()).start()
+    start = watcher.event(EventKind.STEP_START, "sleeper")
+    pid = int(start.data["pid"])
+
+    request_cancel(Instance.from_env(), start.run_id, celery_env)
+    result = watcher.join(timeout_s=10.0)
+
+    assert result.status is RunStatus.CANCELED, watcher.summary()
+    failure = next(e for e in result.events if e.kind is EventKind.STEP_FAILURE)
+    assert failure.data["failure_class"] == "cancelled"
+    # Reported by the step's own process as it stopped, not inferred from silence.
+    assert failure.attempt_id == start.attempt_id and "silent" not in failure.message
+    assert not [e for e in result.events if e.kind is EventKind.STEP_SUCCESS]
+    wait_until(lambda: not pid_alive(pid), 5.0, f"exit of step process {pid}")
