@@ -1,0 +1,215 @@
+"""Dagster baseline: the workloads as Dagster ops and jobs, run inside bench/.venv-dagster.
+
+Run by :mod:`bench.baselines.dagster_runner` as
+``.venv-dagster/bin/python -m bench.baselines.dagster_workloads --workload W1 --width 100
+--executor in_process|forkserver|spawn --runs 3 --warmups 1 --out result.json``;
+it times the runs itself and writes ``{"dagster_version", "samples": [...]}`` as JSON.
+
+This module imports Dagster and the standard library only (plus the stdlib-only
+:mod:`bench.harness`), because the venv holds nothing else.
+"""
+# mypy: ignore-errors
+# (Dagster is not installed in the project's interpreter, so mypy cannot see its types.)
+
+from __future__ import annotations
+
+import argparse
+import json
+import tempfile
+import time
+from collections.abc import Callable
+from typing import Any
+
+import dagster
+from dagster import (
+    DagsterInstance,
+    JobDefinition,
+    build_reconstructable_job,
+    execute_job,
+    job,
+    op,
+)
+from dagster._core.execution.api import create_execution_plan
+
+from bench.harness import (
+    W2_STEPS,
+    W3_SLEEP_S,
+    W3_STEPS,
+    W4_LIMIT,
+    W4_SLEEP_S,
+    W4_STEPS,
+    W5_STEPS,
+    IntervalCapture,
+    record_interval,
+)
+
+MODULE = "bench.baselines.dagster_workloads"
+MAX_CONCURRENT = 4
+
+
+@op
+def root() -> int:
+    return 1
+
+
+@op
+def leaf(x: int) -> int:
+    return x + 1
+
+
+@op
+def join(xs: list[int]) -> int:
+    return sum(xs)
+
+
+@op
+def nap() -> None:
+    started = time.time()
+    time.sleep(W3_SLEEP_S)
+    record_interval(started, time.time())
+
+
+@op(tags={"database": "warehouse"})
+def warehouse_nap() -> None:
+    started = time.time()
+    time.sleep(W4_SLEEP_S)
+    record_interval(started, time.time())
+
+
+def make_job(workload: str, width: int = 0) -> JobDefinition:
+    """The job of a workload; also the reconstructor multiprocess children call."""
+    if workload in ("W1", "W5"):
+
+        @job(name=f"w1_fanout_{width}")
+        def fanout() -> None:
+            r = root()
+            join([leaf.alias(f"leaf_{i}")(r) for i in range(width)])
+
+        return fanout
+    if workload == "W2":
+
+        @job(name="w2_chain")
+        def chain() -> None:
+            x = root()
+            for i in range(W2_STEPS - 1):
+                x = leaf.alias(f"leaf_{i}")(x)
+
+        return chain
+    if workload == "W3":
+
+        @job(name="w3_sleepy")
+        def sleepy() -> None:
+            for i in range(W3_STEPS):
+                nap.alias(f"nap_{i}")()
+
+        return sleepy
+    if workload == "W4":
+
+        @job(name="w4_tag_limited")
+        def tag_limited() -> None:
+            for i in range(W4_STEPS):
+                warehouse_nap.alias(f"warehouse_nap_{i}")()
+
+        return tag_limited
+    raise SystemExit(f"dagster_workloads: no workload {workload!r}")
+
+
+def _check(result: Any, workload: str, width: int) -> None:
+    if not result.success:
+        raise SystemExit(f"dagster run of {workload} failed")
+    if workload == "W1" and result.output_for_node("join") != 2 * width:
+        raise SystemExit(f"dagster W1 joined {result.output_for_node('join')}")
+
+
+def _expected_intervals(workload: str) -> int:
+    return {"W3": W3_STEPS, "W4": W4_STEPS}.get(workload, 0)
+
+
+def in_process_once(workload: str, width: int) -> dict[str, float]:
+    job_def = make_job(workload, width)
+    with IntervalCapture() as capture:
+        result = job_def.execute_in_process()
+    _check(result, workload, width)
+    expected = _expected_intervals(workload)
+    return {"max_concurrency": capture.max_concurrency(expected=expected)} if expected else {}
+
+
+def multiprocess_once(
+    workload: str, width: int, start_method: str, instance: DagsterInstance
+) -> dict[str, float]:
+    config: dict[str, Any] = {"max_concurrent": MAX_CONCURRENT, "start_method": {start_method: {}}}
+    if workload == "W4":
+        config["tag_concurrency_limits"] = [
+            {"key": "database", "value": "warehouse", "limit": W4_LIMIT}
+        ]
+    recon = build_reconstructable_job(MODULE, "make_job", (workload, width))
+    with (
+        IntervalCapture() as capture,
+        execute_job(
+            recon, instance=instance, run_config={"execution": {"config": {"multiprocess": config}}}
+        ) as result,
+    ):
+        _check(result, workload, width)
+    expected = _expected_intervals(workload)
+    return {"max_concurrency": capture.max_concurrency(expected=expected)} if expected else {}
+
+
+def plan_sample() -> dict[str, Any]:
+    """W5: build a 10,000-step job definition, then its execution plan; time both."""
+    started = time.perf_counter()
+    job_def = make_job("W5", W5_STEPS - 2)
+    built = time.perf_counter()
+    plan = create_execution_plan(job_def)
+    planned = time.perf_counter()
+    if len(plan.step_keys_to_execute) != W5_STEPS:
+        raise SystemExit(f"dagster W5 plan has {len(plan.step_keys_to_execute)} steps")
+    return {"wall_s": planned - built, "extras": {"job_def_s": built - started}}
+
+
+def _timed(
+    run_once: Callable[[], dict[str, float]], runs: int, warmups: int
+) -> list[dict[str, Any]]:
+    for _ in range(warmups):
+        run_once()
+    samples = []
+    for _ in range(runs):
+        started = time.perf_counter()
+        extras = run_once()
+        samples.append({"wall_s": time.perf_counter() - started, "extras": extras})
+    return samples
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--workload", required=True, choices=["W1", "W2", "W3", "W4", "W5"])
+    parser.add_argument("--width", type=int, default=100)
+    parser.add_argument("--executor", required=True, choices=["in_process", "forkserver", "spawn"])
+    parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument("--warmups", type=int, default=1)
+    parser.add_argument("--out", required=True)
+    args = parser.parse_args()
+
+    if args.workload == "W5":
+        for _ in range(args.warmups):
+            plan_sample()
+        samples = [plan_sample() for _ in range(args.runs)]
+    elif args.executor == "in_process":
+        samples = _timed(
+            lambda: in_process_once(args.workload, args.width), args.runs, args.warmups
+        )
+    else:
+        with (
+            tempfile.TemporaryDirectory(prefix="bench-dagster-home-") as home,
+            DagsterInstance.local_temp(tempdir=home) as instance,
+        ):
+            samples = _timed(
+                lambda: multiprocess_once(args.workload, args.width, args.executor, instance),
+                args.runs,
+                args.warmups,
+            )
+    with open(args.out, "w", encoding="utf-8") as out:
+        json.dump({"dagster_version": dagster.__version__, "samples": samples}, out)
+
+
+if __name__ == "__main__":
+    main()
