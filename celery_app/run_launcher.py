@@ -7,6 +7,7 @@ resume); its task id is the run id, so a second launch of the same run is the sa
 
 from __future__ import annotations
 
+import logging
 import uuid
 from typing import TYPE_CHECKING, Any
 
@@ -14,12 +15,15 @@ import redis
 from kombu.exceptions import KombuError, OperationalError
 
 from celery_app.app import COORDINATOR_TASK_NAME
+from celery_app.queue_presence import QueuePresence
 from celery_app.queues import RUNS_QUEUE
-from coreexec.errors import BrokerConnectionError, ConfigError, LauncherError
-from coreexec.transport.redis_events import safe_url
+from coreexec.errors import BrokerConnectionError, ConfigError, CoreExecError, LauncherError
+from coreexec.transport.redis_events import redis_client, safe_url
 
 if TYPE_CHECKING:
     from celery_app.app import CoreexecApp
+
+log = logging.getLogger(__name__)
 
 PUBLISH_RETRY_POLICY: dict[str, Any] = {
     "max_retries": 2,
@@ -87,3 +91,28 @@ class CeleryRunLauncher:
             raise LauncherError(
                 f"the broker at {url} refused the coordinator task of run {run_id}: {exc}"
             ) from exc
+        self._warn_without_consumers(run_id)
+
+    def _warn_without_consumers(self, run_id: str) -> None:
+        """Say so when no live worker consumes ``coreexec.runs``: the run would wait."""
+        redis_url = self.redis_url
+        if redis_url is None:
+            return
+        try:
+            client = redis_client(redis_url)
+        except CoreExecError:
+            return
+        try:
+            consumers = QueuePresence(client, url=redis_url).consumers(RUNS_QUEUE)
+        except CoreExecError:
+            return
+        finally:
+            client.close()
+        if not consumers:
+            log.warning(
+                "run %s waits in queue %s, which no worker consumes right now; start one "
+                "with `coreexec worker -Q %s`",
+                run_id,
+                RUNS_QUEUE,
+                RUNS_QUEUE,
+            )

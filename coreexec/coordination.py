@@ -38,8 +38,10 @@ from coreexec.run_launcher import RunLauncher, get_run_launcher
 from coreexec.storage.base import RunStatus, RunStorage
 from coreexec.submission import event_redis_url, mark_launch_failed
 from coreexec.transport.coordinator_heartbeat import (
+    COORDINATOR_TTL_MS,
     CoordinatorHeartbeat,
     CoordinatorState,
+    coordinator_key,
     coordinator_status,
 )
 from coreexec.transport.redis_events import RedisEventStream, redis_client
@@ -178,6 +180,26 @@ def _coordinate(
     return CoordinationOutcome(run_id, status, True, message, resume, preparation)
 
 
+def _coordinator_dead(client: redis.Redis, run_id: str) -> bool:
+    """Whether the run's coordinator is dead, waiting out its heartbeat's TTL once.
+
+    A coordinator's task comes back to the queue when its process dies; on another host
+    its heartbeat key lives on until its TTL lapses, so one wait of that TTL tells a
+    dead coordinator from a live one whose message was merely delivered again.
+    """
+    try:
+        state = coordinator_status(client, run_id).state
+        if state is CoordinatorState.ALIVE:
+            ttl_ms = client.pttl(coordinator_key(run_id))
+            if 0 < ttl_ms <= COORDINATOR_TTL_MS:
+                time.sleep(ttl_ms / 1000 + 0.05)
+                state = coordinator_status(client, run_id).state
+    except redis.RedisError as exc:
+        log.warning("cannot tell whether run %s has a live coordinator: %s", run_id, exc)
+        return False
+    return state is CoordinatorState.DEAD
+
+
 def _client(redis_url: str | None) -> redis.Redis | None:
     return redis_client(redis_url) if redis_url else None
 
@@ -205,11 +227,7 @@ def coordinate_launched_run(
         claimed = storage.set_status(run_id, RunStatus.STARTING, expected=(RunStatus.QUEUED,))
         if not claimed:
             status = storage.get_run(run_id).status
-            if (
-                status in _RUNNING
-                and client is not None
-                and coordinator_status(client, run_id).state is CoordinatorState.DEAD
-            ):
+            if status in _RUNNING and client is not None and _coordinator_dead(client, run_id):
                 # Our message came back after its coordinator died: take the run over.
                 claimed = storage.set_status(run_id, RunStatus.STARTING, expected=(status,))
                 resume = claimed or resume

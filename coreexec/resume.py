@@ -50,8 +50,12 @@ ABANDONED_CLAIM = "abandoned-by-resume"
 DEFAULT_IN_FLIGHT_TIMEOUT_S = 300.0
 """How long a resume waits for attempts a worker still runs to end."""
 
-ATTEMPT_SILENCE_S = 30.0
-"""An attempt with a claim but no event for this long counts as lost (its worker died)."""
+MISSED_HEARTBEATS = 5
+"""An attempt silent for this many of its run's heartbeat intervals counts as lost."""
+
+MIN_ATTEMPT_SILENCE_S = 5.0
+DEFAULT_HEARTBEAT_INTERVAL_S = 2.0
+"""Used when the run's settings (written by its dispatcher) say nothing."""
 
 FINISHED = frozenset({RunStatus.FAILURE, RunStatus.CANCELED})
 MAYBE_RUNNING = frozenset(
@@ -172,6 +176,17 @@ def _claim_or_running(client: redis.Redis, run_id: str, attempt_id: str) -> bool
     return not claimed_here
 
 
+def attempt_silence(client: redis.Redis, run_id: str) -> float:
+    """How long an attempt of this run may be silent before it counts as lost: a few of
+    the heartbeat intervals its dispatcher told workers to keep."""
+    raw = client.hget(keys.run_settings(run_id), "heartbeat_interval_s")
+    try:
+        interval_s = float(raw) if raw is not None else DEFAULT_HEARTBEAT_INTERVAL_S
+    except ValueError:
+        interval_s = DEFAULT_HEARTBEAT_INTERVAL_S
+    return max(MIN_ATTEMPT_SILENCE_S, MISSED_HEARTBEATS * interval_s)
+
+
 def _entry_ms(entry_id: str) -> int:
     # A stream entry id is "<Redis server time in ms>-<sequence>".
     return int(entry_id.split("-", 1)[0])
@@ -277,7 +292,7 @@ def prepare_resume(
     stream: RedisEventStream | None,
     *,
     in_flight_timeout_s: float = DEFAULT_IN_FLIGHT_TIMEOUT_S,
-    attempt_silence_s: float = ATTEMPT_SILENCE_S,
+    attempt_silence_s: float | None = None,
 ) -> ResumePreparation:
     """Settle the old coordinator's open attempts and drain the stream into storage.
 
@@ -293,7 +308,10 @@ def prepare_resume(
         stream_events = [e for e in (entry.event for entry in stream.history()) if e is not None]
         open_ones = open_attempts([*stored, *stream_events])
         abandoned, waited, lost = _settle(
-            stream, open_ones, timeout_s=in_flight_timeout_s, silence_s=attempt_silence_s
+            stream,
+            open_ones,
+            timeout_s=in_flight_timeout_s,
+            silence_s=attempt_silence_s or attempt_silence(stream.client, run_id),
         )
         missing = missing_step_events(stored, stream.history())
     except redis.RedisError as exc:

@@ -23,6 +23,7 @@ import threading
 import time
 from dataclasses import asdict, dataclass
 from enum import StrEnum
+from pathlib import Path
 from types import TracebackType
 
 import redis
@@ -93,6 +94,16 @@ class CoordinatorStatus:
 
 
 def _pid_exists(pid: int) -> bool:
+    """True while ``pid`` is a live process of this host (a zombie is dead)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except FileNotFoundError:
+        return False
+    except OSError:
+        stat = ""
+    if stat:
+        # The state follows the command name, which may hold spaces and parentheses.
+        return stat[stat.rindex(")") + 2 :][:1] not in ("Z", "X")
     try:
         os.kill(pid, 0)
     except ProcessLookupError:

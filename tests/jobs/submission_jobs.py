@@ -13,10 +13,11 @@ from __future__ import annotations
 
 import os
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 from coreexec import StepContext, job, step
-from coreexec.executors import in_process_executor
+from coreexec.executors import ExecutorDefinition, in_process_executor
 
 
 def _home() -> Path:
@@ -139,3 +140,26 @@ def _flaky_chain() -> None:
 
 
 flaky_local = job(name="flaky_local", executor_def=in_process_executor)(_flaky_chain)
+
+
+def _celery_executor() -> ExecutorDefinition:
+    from celery_app import celery_executor
+
+    # Short heartbeats, so a lost attempt is noticed within seconds in tests.
+    return celery_executor.configured(
+        {"heartbeat_interval_s": 0.5, "heartbeat_timeout_s": 3.0, "queued_timeout_s": 30.0}
+    )
+
+
+chain = job(name="chain", executor_def=_celery_executor())(_chain)
+gated_chain = job(name="gated_chain", executor_def=_celery_executor())(_gated_chain)
+fan = job(name="fan", executor_def=_celery_executor())(_fan)
+
+
+def wait_until(predicate: Callable[[], bool], timeout_s: float, what: str) -> None:
+    """For tests: wait until ``predicate()`` holds, failing after ``timeout_s``."""
+    deadline = time.monotonic() + timeout_s
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout_s:g}s waiting for {what}")
+        time.sleep(0.02)

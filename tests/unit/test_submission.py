@@ -4,6 +4,9 @@ The same paths through Redis and Celery workers are in tests/integration."""
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -33,6 +36,7 @@ from coreexec.resume import ResumeError, check_resumable, missing_step_events, o
 from coreexec.run_launcher import RUN_LAUNCHER_ENV, get_run_launcher
 from coreexec.submission import RunWaitTimeout
 from coreexec.transport.cancel import request_cancel
+from coreexec.transport.coordinator_heartbeat import CoordinatorInfo, _pid_exists
 from coreexec.transport.redis_events import StreamEntry
 from tests.jobs.submission_jobs import runs_of
 
@@ -296,3 +300,26 @@ def test_missing_step_events_are_the_streams_step_events_not_stored() -> None:
     assert [(e.kind, e.timestamp) for e in missing_step_events(stored, entries)] == [
         (EventKind.STEP_SUCCESS, 4.0)
     ]
+
+
+def test_a_zombie_or_missing_pid_is_a_dead_coordinator() -> None:
+    assert _pid_exists(os.getpid())
+    child = subprocess.Popen([sys.executable, "-c", "pass"])
+    try:
+        # Until it is reaped the exited child is a zombie: dead, though its pid exists.
+        deadline = time.monotonic() + 30
+        while _pid_exists(child.pid):
+            assert time.monotonic() < deadline, "the child never exited"
+            time.sleep(0.01)
+        assert Path(f"/proc/{child.pid}").exists()
+    finally:
+        child.wait()
+    assert not _pid_exists(child.pid)
+
+
+def test_coordinator_info_round_trips_and_refuses_garbage() -> None:
+    info = CoordinatorInfo(host="h", pid=12, started_at=1.5, owner="coord@h")
+    assert CoordinatorInfo.from_json(info.to_json()) == info
+    assert CoordinatorInfo.from_json(b"not json") is None
+    assert CoordinatorInfo.from_json('{"host": "h"}') is None
+    assert info.describe() == "coord@h (pid 12 on h)"
