@@ -118,6 +118,7 @@ class CeleryDispatcher(StepDispatcher):
         self._job_reference = run.plan.job_reference
         self._shadow_prefix = f"{run.job.name}."
         self._broker = safe_url(str(app.conf.broker_url))
+        self._sent_events = bool(app.conf.task_send_sent_event)
         self._sink: EventSink | None = None
         self._last_id = "0-0"
         self._producer: Any = None
@@ -161,22 +162,29 @@ class CeleryDispatcher(StepDispatcher):
 
     def dispatch(self, step: PlannedStep, attempt: StepAttempt) -> None:
         route = self.router.route(step)
+        shadow = self._shadow_prefix + step.key
+        amqp = self.app.amqp
+        args = [self.run.run_id, step.key, attempt.number, attempt.attempt_id, self._job_reference]
         try:
-            self.app.send_task(
+            # The two halves of ``app.send_task`` without its per-call routing work, so
+            # the task-sent event can carry the Flower name too.
+            message = amqp.create_task_message(
+                attempt.attempt_id,
                 STEP_TASK_NAME,
-                args=[
-                    self.run.run_id,
-                    step.key,
-                    attempt.number,
-                    attempt.attempt_id,
-                    self._job_reference,
-                ],
-                task_id=attempt.attempt_id,
+                args,
+                {},
+                create_sent_event=self._sent_events,
+                shadow=shadow,
+                ignore_result=True,
+            )
+            if message.sent_event is not None:
+                message.sent_event["name"] = shadow
+            amqp.send_task_message(
+                self._producer,
+                STEP_TASK_NAME,
+                message,
                 queue=route.queue,
                 priority=route.message_priority,
-                shadow=self._shadow_prefix + step.key,
-                ignore_result=True,
-                producer=self._producer,
             )
         except (KombuError, OSError, redis.RedisError) as exc:
             raise BrokerConnectionError(
