@@ -174,6 +174,8 @@ def register_step_task(app: CoreexecApp) -> Any:
     @app.task(  # type: ignore[untyped-decorator]
         name=STEP_TASK_NAME,
         bind=True,
+        # Registered on this app only: every make_app() call builds its own callable.
+        shared=False,
         acks_late=True,
         reject_on_worker_lost=True,
         ignore_result=True,
