@@ -205,3 +205,26 @@ def test_cancel_terminates_the_running_step(
     assert failure.attempt_id == start.attempt_id and "silent" not in failure.message
     assert not [e for e in result.events if e.kind is EventKind.STEP_SUCCESS]
     wait_until(lambda: not pid_alive(pid), 5.0, f"exit of step process {pid}")
+
+
+def test_malformed_entries_on_the_run_stream_are_skipped_not_fatal(
+    celery_env: str, celery_worker_factory: WorkerFactory, caplog: pytest.LogCaptureFixture
+) -> None:
+    celery_worker_factory(queues=STEP_QUEUES, concurrency=1)
+    watcher = RunWatcher(f"{REF}:gated_job", run_config()).start()
+    start = watcher.event(EventKind.STEP_START, "gated")
+    client = redis_client(celery_env)
+    key = RedisEventStream(client, start.run_id).key
+    with caplog.at_level("WARNING", logger="coreexec.transport.redis_events"):
+        junk_ids = [
+            client.xadd(key, {"junk": "1"}),
+            client.xadd(key, {"e": "{not json"}),
+            client.xadd(key, {"e": '{"kind": "NO_SUCH_KIND", "run_id": "x", "ts": 1}'}),
+        ]
+        open_gate(start.run_id, "go")
+        result = watcher.join()
+
+    assert result.status is RunStatus.SUCCESS
+    warned = "\n".join(record.getMessage() for record in caplog.records)
+    for entry_id in junk_ids:
+        assert entry_id.decode() in warned and key in warned
