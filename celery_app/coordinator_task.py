@@ -8,15 +8,17 @@ and a delivery that comes back after its coordinator died resumes the run. It re
 small status dict (Flower shows it).
 
 The coordinator holds its pool process for the whole run, mostly blocked on Redis; give
-``coreexec.runs`` its own worker. Jobs on the multiprocess executor cannot be
-coordinated inside a prefork pool process (its processes may not have children); run
-them with ``execute_job`` or on the Celery executor.
+``coreexec.runs`` its own worker.
 """
 
 from __future__ import annotations
 
 import logging
+import multiprocessing
+import multiprocessing.process
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
 
 from celery_app.app import COORDINATOR_TASK_NAME
@@ -42,17 +44,46 @@ def coordinator_instance(app: CoreexecApp) -> Instance:
     return instance
 
 
+@contextmanager
+def may_start_processes() -> Iterator[None]:
+    """Let the run's executor start processes from this pool process.
+
+    Celery's prefork pool processes are daemonic and carry billiard's authentication
+    key, so multiprocessing would refuse to start children (``daemonic processes are
+    not allowed to have children``) or to hand them the key, and a job on the (default)
+    multiprocess executor could not run here. Its pool processes die with the
+    coordinator anyway (they ask the kernel for SIGKILL when their parent dies).
+    """
+    process = multiprocessing.current_process()
+    config = getattr(process, "_config", None)
+    if not isinstance(config, dict):
+        yield
+        return
+    saved = dict(config)
+    config["daemon"] = False
+    # multiprocessing hands its children the key, but billiard's key type refuses to be
+    # pickled outside billiard; the same bytes in multiprocessing's own type may be.
+    key_type = multiprocessing.process.AuthenticationString  # type: ignore[attr-defined]
+    config["authkey"] = key_type(bytes(process.authkey))
+    try:
+        yield
+    finally:
+        config.clear()
+        config.update(saved)
+
+
 def coordinate(app: CoreexecApp, run_id: str, *, resume: bool, owner: str) -> dict[str, Any]:
     """What the task does; returns its status dict."""
     try:
         instance = coordinator_instance(app)
-        outcome = coordinate_launched_run(
-            run_id,
-            instance=instance,
-            redis_url=instance.redis_url,
-            resume=resume,
-            owner=owner,
-        )
+        with may_start_processes():
+            outcome = coordinate_launched_run(
+                run_id,
+                instance=instance,
+                redis_url=instance.redis_url,
+                resume=resume,
+                owner=owner,
+            )
     except RunNotFoundError as exc:
         # A worker whose COREEXEC_HOME is not the submitter's: nothing it can do.
         log.error("coordinator %s: %s (is COREEXEC_HOME shared?)", owner, exc)
@@ -75,6 +106,7 @@ def register_coordinator_task(app: CoreexecApp) -> Any:
     @app.task(  # type: ignore[untyped-decorator]
         name=COORDINATOR_TASK_NAME,
         bind=True,
+        shared=False,  # each make_app() registers its own; shared ones clash across apps
         acks_late=True,
         # A coordinator killed with its process comes back to another worker, which
         # resumes the run (or drops the message when a coordinator is alive).

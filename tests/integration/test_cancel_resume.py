@@ -211,6 +211,10 @@ def test_resume_after_the_coordinator_is_killed_does_not_rerun_succeeded_steps(
     )
     assert handle.status() is RunStatus.STARTED
     assert EventKind.STEP_SUCCESS not in [e.kind for e in handle.events() if e.step_key == "gated"]
+    watched = _cli("runs", "watch", handle.run_id)
+    assert watched.returncode == 1
+    assert "its coordinator died (no heartbeat) while the run was STARTED" in watched.stderr
+    assert f"coreexec runs resume {handle.run_id}" in watched.stderr
 
     resumed = _cli("runs", "resume", handle.run_id)
     assert resumed.returncode == 0, resumed.stdout + resumed.stderr

@@ -211,3 +211,17 @@ def test_a_run_waits_queued_until_a_coordinator_worker_starts(
     assert waiting.wait(timeout=60) is RunStatus.SUCCESS
     assert canceled.status() is RunStatus.CANCELED
     assert [runs_of(key) for key in ("first", "second", "third")] == [1, 1, 1]
+
+
+def test_a_job_on_the_default_multiprocess_executor_runs_inside_a_coordinator_worker(
+    env: Path, launcher: CeleryRunLauncher, celery_worker_factory: WorkerFactory
+) -> None:
+    coordinator = celery_worker_factory(queues=[RUNS_QUEUE], concurrency=1, hostname="coord")
+    handle = submit_job("tests.jobs.core_jobs:scale_job", launcher=launcher)
+    assert handle.wait(timeout=90) is RunStatus.SUCCESS, [e.message for e in handle.events()]
+    assert "multi_or_in_process" in handle.events()[0].message
+    output = Instance.from_env().io_manager().load(OutputKey(handle.run_id, "total", "result"))
+    assert output == 12
+    starts = [e for e in handle.events() if e.kind is EventKind.STEP_START]
+    # The steps ran in processes the coordinator (a pool process of the worker) started.
+    assert {int(e.data["pid"]) for e in starts}.isdisjoint({coordinator.pid})
