@@ -202,28 +202,47 @@ class CeleryDispatcher(StepDispatcher):
     # -- hearing back -----------------------------------------------------------------
 
     def wait(self, timeout_s: float | None) -> None:
-        block_s = MAX_BLOCK_S if timeout_s is None else min(timeout_s, MAX_BLOCK_S)
-        deadline = self._next_deadline()
-        if deadline is not None:
-            block_s = min(block_s, deadline - time.monotonic())
-        if block_s <= 0.0005:
-            entries = self.stream.read(self._last_id, None, READ_COUNT)
-        else:
-            entries = self.stream.read(self._last_id, math.ceil(block_s * 1000), READ_COUNT)
-        self._take(entries)
-        while len(entries) >= READ_COUNT:
-            entries = self.stream.read(self._last_id, None, READ_COUNT)
-            self._take(entries)
+        """Block on the stream until something the coordinator acts on arrives (an
+        attempt ended, a wake-up), a timer of ours is due, or ``timeout_s`` passed.
 
-    def _take(self, entries: Sequence[StreamEntry]) -> None:
+        Other events (a step started, logged, heartbeat) are handed to the sink as they
+        come without ending the wait, so the coordinator makes one pass per change of
+        state rather than one per event.
+        """
+        end = time.monotonic() + (MAX_BLOCK_S if timeout_s is None else min(timeout_s, MAX_BLOCK_S))
+        while True:
+            until = end
+            deadline = self._next_deadline()
+            if deadline is not None:
+                until = min(until, deadline)
+            block_s = until - time.monotonic()
+            if block_s <= 0.0005:
+                entries = self.stream.read(self._last_id, None, READ_COUNT)
+            else:
+                entries = self.stream.read(self._last_id, math.ceil(block_s * 1000), READ_COUNT)
+            acted = self._take(entries)
+            while len(entries) >= READ_COUNT:
+                entries = self.stream.read(self._last_id, None, READ_COUNT)
+                acted = self._take(entries) or acted
+            if acted or time.monotonic() >= until - 0.0005:
+                return
+
+    def _take(self, entries: Sequence[StreamEntry]) -> bool:
+        """Pass events to the sink; True when one of them calls for a coordinator pass."""
         assert self._sink is not None, "start() first"
+        acted = False
         for entry in entries:
             self._last_id = entry.entry_id
-            if entry.wake == "cancel":
-                self.run.cancel_requested.set()
-            if entry.event is not None:
-                self._track(entry.event)
-                self._sink(entry.event)
+            if entry.wake is not None:
+                acted = True
+                if entry.wake == "cancel":
+                    self.run.cancel_requested.set()
+            event = entry.event
+            if event is not None:
+                self._track(event)
+                self._sink(event)
+                acted = acted or event.kind in STEP_ATTEMPT_ENDINGS or event.step_key is None
+        return acted
 
     def _track(self, event: Event) -> None:
         attempt_id = event.attempt_id
