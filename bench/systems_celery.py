@@ -38,6 +38,7 @@ from bench.baselines.processes import RedisServer, WorkerSpec, celery_workers, r
 from bench.harness import (
     W4_LIMIT,
     BenchError,
+    CellOutcome,
     IntervalCapture,
     Measurement,
     RunContext,
@@ -190,11 +191,12 @@ def run(workload: WorkloadSpec, ctx: RunContext) -> Measurement:
 # ----------------------------------------------------------------------- the report
 
 
-def _overhead_ms(outcome: Any) -> float | None:
+def _overhead_ms(outcome: CellOutcome) -> float | None:
     if outcome.measurement is None:
         return None
     ideal = outcome.workload.ideal_s(outcome.system.parallelism)
-    return (outcome.measurement.wall_median_s - ideal) / outcome.workload.steps * 1e3
+    wall = outcome.measurement.wall_median_s
+    return (wall - ideal) / outcome.workload.steps * 1e3
 
 
 def _extras_line(extras: Mapping[str, float]) -> str:

@@ -40,7 +40,7 @@ def queued_messages(client: redis.Redis, queue: str) -> list[bytes]:
     """Raw messages waiting on ``queue`` (every priority list of it)."""
     found: list[bytes] = []
     for key in redis_queue_keys(queue):
-        found.extend(client.lrange(key, 0, -1))
+        found.extend(item for item in client.lrange(key, 0, -1) if isinstance(item, bytes))
     return found
 
 

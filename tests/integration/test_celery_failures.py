@@ -56,6 +56,10 @@ def stream_events(redis_url: str, run_id: str) -> list[Event]:
     return [entry.event for entry in stream.history() if entry.event is not None]
 
 
+def _text(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value
+
+
 def dropped_deliveries(events: list[Event], attempt_id: str) -> list[Event]:
     return [
         e
@@ -107,11 +111,10 @@ def test_kill_9_of_the_step_process_retries_on_another_process_within_heartbeat_
     assert "heartbeat" in lost[0].message
     # The killed attempt's message comes back (acks_late + reject_on_worker_lost) and is
     # dropped by its claim: it never runs again and never reports success.
-    assert first.attempt_id is not None
+    killed_id = first.attempt_id
+    assert killed_id is not None
     wait_until(
-        lambda: bool(
-            dropped_deliveries(stream_events(celery_env, result.run_id), first.attempt_id)
-        ),
+        lambda: bool(dropped_deliveries(stream_events(celery_env, result.run_id), killed_id)),
         10.0,
         "dropped redelivery of the killed attempt",
     )
@@ -124,6 +127,26 @@ def test_kill_9_of_the_step_process_retries_on_another_process_within_heartbeat_
     # The kill may land before attempt 1 reached the step's body; attempt 2 ran it once.
     ran = marks(result.run_id, "victim")
     assert ran[-1] == str(second.data["pid"]) and len(ran) <= 2
+
+
+def test_heartbeats_keep_a_long_step_alive_past_the_heartbeat_timeout(
+    celery_env: str, celery_worker_factory: WorkerFactory
+) -> None:
+    celery_worker_factory(queues=STEP_QUEUES, concurrency=1)
+    assert celery_jobs.LONG_STEP_S > 1.5 * HEARTBEAT_TIMEOUT_S
+    result = RunWatcher(f"{REF}:long_step_job", run_config()).start().join()
+
+    assert result.status is RunStatus.SUCCESS
+    assert result.output_for("long_step") == 1  # first attempt, never taken for lost
+    heartbeats = [
+        e
+        for e in stream_events(celery_env, result.run_id)
+        if e.kind is EventKind.STEP_HEARTBEAT and e.step_key == "long_step"
+    ]
+    # Every 0.2 s (the run's setting, not the 2 s default) for 2 s.
+    assert len(heartbeats) >= 5
+    # Transient: they drive the coordinator but stay out of the run's history.
+    assert not [e for e in result.events if e.kind is EventKind.STEP_HEARTBEAT]
 
 
 def test_a_duplicated_message_does_not_run_the_step_twice(
@@ -227,4 +250,4 @@ def test_malformed_entries_on_the_run_stream_are_skipped_not_fatal(
     assert result.status is RunStatus.SUCCESS
     warned = "\n".join(record.getMessage() for record in caplog.records)
     for entry_id in junk_ids:
-        assert entry_id.decode() in warned and key in warned
+        assert _text(entry_id) in warned and key in warned

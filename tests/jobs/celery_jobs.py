@@ -194,6 +194,21 @@ def busy_queue_job() -> None:
 
 # -- failures -----------------------------------------------------------------------
 
+LONG_STEP_S = 2.0
+
+
+@step
+def long_step(context: StepContext) -> int:
+    """Runs for several heartbeat timeouts; only its heartbeats keep it alive."""
+    mark(context)
+    time.sleep(LONG_STEP_S)
+    return context.attempt
+
+
+@job(executor_def=celery_executor)
+def long_step_job() -> None:
+    long_step()
+
 
 @step(retry_policy=RetryPolicy(max_retries=1, retry_on=frozenset({FailureClass.INFRASTRUCTURE})))
 def victim(context: StepContext) -> int:
