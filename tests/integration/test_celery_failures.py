@@ -210,24 +210,51 @@ def test_a_busy_queue_with_live_consumers_is_not_taken_for_a_dead_one(
     assert [e for e in result.events if e.kind is EventKind.STEP_FAILURE] == []
 
 
-def test_cancel_terminates_the_running_step(
+def test_cancel_terminates_the_running_step_and_the_queued_one_never_starts(
     celery_env: str, celery_worker_factory: WorkerFactory
 ) -> None:
-    celery_worker_factory(queues=STEP_QUEUES, concurrency=1)
+    worker = celery_worker_factory(queues=STEP_QUEUES, concurrency=1)
     watcher = RunWatcher(f"{REF}:cancel_job", run_config()).start()
-    start = watcher.event(EventKind.STEP_START, "sleeper")
+    start = watcher.wait_for(
+        lambda events: next((e for e in events if e.kind is EventKind.STEP_START), None),
+        20.0,
+        "a step start",
+    )
+    queued_key = "sleeper_2" if start.step_key == "sleeper" else "sleeper"
     pid = int(start.data["pid"])
 
     request_cancel(Instance.from_env(), start.run_id, celery_env)
     result = watcher.join(timeout_s=10.0)
 
     assert result.status is RunStatus.CANCELED, watcher.summary()
-    failure = next(e for e in result.events if e.kind is EventKind.STEP_FAILURE)
-    assert failure.data["failure_class"] == "cancelled"
-    # Reported by the step's own process as it stopped, not inferred from silence.
-    assert failure.attempt_id == start.attempt_id and "silent" not in failure.message
+    failures = {e.step_key: e for e in result.events if e.kind is EventKind.STEP_FAILURE}
+    assert {e.data["failure_class"] for e in failures.values()} == {"cancelled"}
+    # The running one reported it from its own process as it stopped (not from silence);
+    # the queued one was fenced before any worker took it.
+    running = failures[start.step_key]
+    assert running.attempt_id == start.attempt_id and "silent" not in running.message
+    assert "before a worker started" in failures[queued_key].message
     assert not [e for e in result.events if e.kind is EventKind.STEP_SUCCESS]
     wait_until(lambda: not pid_alive(pid), 5.0, f"exit of step process {pid}")
+
+    # The queued message still reaches the freed worker, which discards it (revoked) or
+    # drops it (fenced claim): it never runs.
+    queued_attempt = failures[queued_key].attempt_id or ""
+    discarded = f"Discarding revoked task: cancel_job.{queued_key}[{queued_attempt}]"
+    wait_until(
+        lambda: (
+            discarded in worker.read_log()
+            or bool(dropped_deliveries(stream_events(celery_env, result.run_id), queued_attempt))
+        ),
+        10.0,
+        "the queued message to be discarded",
+    )
+    assert marks(result.run_id, queued_key) == []
+    assert not [
+        e
+        for e in stream_events(celery_env, result.run_id)
+        if e.kind is EventKind.STEP_START and e.step_key == queued_key
+    ]
 
 
 def test_malformed_entries_on_the_run_stream_are_skipped_not_fatal(

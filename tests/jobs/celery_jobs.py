@@ -251,7 +251,9 @@ def sleeper(context: StepContext) -> str:
 
 @job(executor_def=celery_executor)
 def cancel_job() -> None:
+    """On a worker of concurrency 1: ``sleeper`` runs, ``sleeper_2`` waits in the queue."""
     sleeper()
+    sleeper.alias("sleeper_2")()
 
 
 class SecretConfig(BaseModel):
