@@ -19,9 +19,10 @@ from coreexec.errors import CoreExecError
 from coreexec.transport import keys
 from coreexec.transport.redis_events import client_url, wrap_redis_error
 
-DEFAULT_CLAIM_TTL_S = 7 * 24 * 3600
-"""How long a claim or fence is kept: longer than any broker redelivery (Redis
-visibility timeout: 1 hour by default), so a late duplicate still finds it."""
+DEFAULT_CLAIM_TTL_S = 24 * 3600
+"""How long a claim or fence is kept: far longer than a broker takes to redeliver
+(kombu's Redis visibility timeout is 1 hour by default), so a late duplicate still
+finds it, yet short enough that a 10,000-step run's claims (~1 MB) do not pile up."""
 
 FENCE_PREFIX = "fenced:"
 """Claim values written by the coordinator start with this; a worker's never do."""
