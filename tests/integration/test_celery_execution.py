@@ -156,3 +156,31 @@ def test_broker_messages_carry_identifiers_only(
     result = watcher.join()
     assert result.status is RunStatus.SUCCESS
     assert result.output_for("use_secret") == len(secret)
+
+
+def max_overlap(spans: list[tuple[float, float]]) -> int:
+    edges = sorted([(start, 1) for start, _ in spans] + [(end, -1) for _, end in spans])
+    best = current = 0
+    for _, delta in edges:
+        current += delta
+        best = max(best, current)
+    return best
+
+
+def test_tag_limit_holds_across_two_concurrent_runs(
+    celery_env: str, celery_worker_factory: WorkerFactory
+) -> None:
+    celery_worker_factory(queues=STEP_QUEUES, concurrency=4)
+    limits = [{"key": "database", "value": "warehouse", "limit": 2}]
+    config = run_config(tag_concurrency_limits=limits)
+    first = RunWatcher(f"{REF}:warehouse_job", config).start()
+    second = RunWatcher(f"{REF}:warehouse_job", config).start()
+    results = [first.join(), second.join()]
+
+    assert [r.status for r in results] == [RunStatus.SUCCESS, RunStatus.SUCCESS]
+    spans = [span for r in results for span in celery_jobs.intervals(r.run_id)]
+    assert len(spans) == 2 * celery_jobs.WAREHOUSE_STEPS
+    # Four workers' worth of processes, eight steps, one limit of 2 for both runs.
+    assert max_overlap(spans) == 2
+    waits = [e for r in results for e in r.events if e.kind is EventKind.SLOT_WAIT]
+    assert waits and all("database" in e.message for e in waits)

@@ -192,6 +192,36 @@ def busy_queue_job() -> None:
         nap.alias(f"nap_{i}")()
 
 
+# -- tag limits ---------------------------------------------------------------------
+
+WAREHOUSE_STEPS = 4
+
+
+@step(tags={"database": "warehouse"})
+def warehouse_load(context: StepContext) -> float:
+    """Records when it ran (``start end`` in its mark file) for the overlap check."""
+    started = time.time()
+    time.sleep(0.3)
+    path = home() / "marks" / context.run_id / context.step_key
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(f"{started!r} {time.time()!r}\n", encoding="utf-8")
+    return started
+
+
+@job(executor_def=celery_executor)
+def warehouse_job() -> None:
+    for i in range(WAREHOUSE_STEPS):
+        warehouse_load.alias(f"load_{i}")()
+
+
+def intervals(run_id: str) -> list[tuple[float, float]]:
+    found = []
+    for path in (home() / "marks" / run_id).glob("load_*"):
+        start, end = path.read_text(encoding="utf-8").split()
+        found.append((float(start), float(end)))
+    return found
+
+
 # -- failures -----------------------------------------------------------------------
 
 LONG_STEP_S = 2.0
