@@ -31,6 +31,7 @@ from coreexec.events import STEP_ATTEMPT_ENDINGS, TRANSIENT_KINDS, Event, EventK
 from coreexec.instance import Instance
 from coreexec.storage.base import RunRecord, RunStatus
 from coreexec.transport import keys
+from coreexec.transport.attempts import FENCE_PREFIX, AttemptClaims
 from coreexec.transport.coordinator_heartbeat import (
     CoordinatorState,
     coordinator_status,
@@ -44,8 +45,8 @@ from coreexec.transport.redis_events import (
 
 log = logging.getLogger(__name__)
 
-ABANDONED_CLAIM = "abandoned-by-resume"
-"""Value a resume writes into the claim of a never-started attempt: no worker runs it."""
+FENCE_REASON = "run resumed"
+"""Why a resume fences a never-started attempt (workers log it when they drop it)."""
 
 DEFAULT_IN_FLIGHT_TIMEOUT_S = 300.0
 """How long a resume waits for attempts a worker still runs to end."""
@@ -168,12 +169,22 @@ def open_attempts(events: Iterable[Event]) -> list[OpenAttempt]:
     return [attempt for key, attempt in queued.items() if key not in ended]
 
 
-def _claim_or_running(client: redis.Redis, run_id: str, attempt_id: str) -> bool:
-    """Claim a never-started attempt as abandoned; True when a worker had claimed it."""
-    claimed_here = client.set(
-        keys.attempt_claim(run_id, attempt_id), ABANDONED_CLAIM, nx=True, ex=keys.FINISHED_RUN_TTL_S
-    )
-    return not claimed_here
+def _started_elsewhere(
+    client: redis.Redis, run_id: str, attempts: Sequence[OpenAttempt]
+) -> tuple[list[OpenAttempt], list[OpenAttempt]]:
+    """(abandoned, claimed): fence the attempts no worker has claimed, so a late delivery
+    of their messages is dropped; the others a worker took (it may still run them)."""
+    claims = AttemptClaims(client, url=client_url(client))
+    fenced = claims.fence(run_id, [a.attempt_id for a in attempts], FENCE_REASON)
+    abandoned: list[OpenAttempt] = []
+    claimed: list[OpenAttempt] = []
+    for attempt, was_fenced in zip(attempts, fenced, strict=True):
+        holder = None if was_fenced else claims.holder(run_id, attempt.attempt_id)
+        if holder is None or holder.startswith(FENCE_PREFIX):
+            abandoned.append(attempt)  # fenced now, or given up by the old coordinator
+        else:
+            claimed.append(attempt)
+    return abandoned, claimed
 
 
 def attempt_silence(client: redis.Redis, run_id: str) -> float:
@@ -209,13 +220,9 @@ def _settle(
     Times come from Redis (entry ids and TIME), so hosts' clocks do not matter.
     """
     client, run_id = stream.client, stream.run_id
-    abandoned: list[str] = []
-    running: dict[str, OpenAttempt] = {}
-    for attempt in open_ones:
-        if _claim_or_running(client, run_id, attempt.attempt_id):
-            running[attempt.attempt_id] = attempt
-        else:
-            abandoned.append(attempt.attempt_id)
+    given_up, claimed = _started_elsewhere(client, run_id, open_ones)
+    abandoned = [attempt.attempt_id for attempt in given_up]
+    running = {attempt.attempt_id: attempt for attempt in claimed}
     if not running:
         return abandoned, [], []
     # Last heard of: any entry of the attempt (heartbeats included); never heard: now.

@@ -19,7 +19,9 @@ import redis
 from coreexec.errors import CoreExecError
 from coreexec.events import Event, EventKind
 from coreexec.instance import Instance
+from coreexec.resume import OpenAttempt, open_attempts
 from coreexec.storage.base import RunStatus
+from coreexec.transport.attempts import AttemptClaims
 from coreexec.transport.coordinator_heartbeat import CoordinatorState, coordinator_status
 from coreexec.transport.redis_events import RedisEventStream, redis_client, safe_url
 
@@ -65,20 +67,45 @@ def _wake(run_id: str, redis_url: str | None) -> tuple[bool, str]:
         client.close()
 
 
-def _coordinator_dead(run_id: str, redis_url: str | None) -> bool:
+def _cancel_orphan(instance: Instance, run_id: str, redis_url: str | None) -> str | None:
+    """Cancel a CANCELING run whose coordinator is dead; a message, or None when the run
+    has a live coordinator (or nobody can tell) and is left to it."""
     if redis_url is None:
-        return False
+        return None
     try:
         client = redis_client(redis_url)
     except CoreExecError:
-        return False
+        return None
+    open_ones: list[OpenAttempt] = []
+    fenced: list[bool] = []
     try:
-        return coordinator_status(client, run_id).state is CoordinatorState.DEAD
-    except redis.RedisError as exc:
-        log.warning("cannot read the coordinator heartbeat of run %s: %s", run_id, exc)
-        return False
+        if coordinator_status(client, run_id).state is not CoordinatorState.DEAD:
+            return None
+        storage = instance.storage
+        if not storage.set_status(run_id, RunStatus.CANCELED, expected=(RunStatus.CANCELING,)):
+            return None
+        # Messages of attempts nobody started yet must never run: fence them.
+        open_ones = open_attempts(event for _, event in storage.events(run_id))
+        fenced = AttemptClaims(client, url=redis_url).fence(
+            run_id, [attempt.attempt_id for attempt in open_ones], "run canceled"
+        )
+    except (redis.RedisError, CoreExecError) as exc:
+        log.warning("cancel of run %s: cannot settle its dead coordinator's work: %s", run_id, exc)
+        if not instance.storage.get_run(run_id).status.is_finished:
+            return None
     finally:
         client.close()
+    taken = sorted(
+        {a.step_key for a, was_fenced in zip(open_ones, fenced, strict=False) if not was_fenced}
+    )
+    message = (
+        f"run {run_id} has no live coordinator (its heartbeat stopped), so it was marked "
+        f"CANCELED here; {sum(fenced)} queued step attempts will not start"
+    )
+    if taken:
+        message += f"; steps a worker had taken ({', '.join(taken)}) are not stopped"
+    instance.storage.append_events(run_id, [_event(run_id, EventKind.RUN_CANCELED, message)])
+    return message
 
 
 def request_cancel(instance: Instance, run_id: str, redis_url: str | None) -> CancelOutcome:
@@ -110,16 +137,10 @@ def request_cancel(instance: Instance, run_id: str, redis_url: str | None) -> Ca
         return CancelOutcome(run_id, before, now, f"run {run_id} already ended: {now}")
     if before is not RunStatus.CANCELING:
         storage.append_events(run_id, [_event(run_id, EventKind.RUN_CANCELING, "cancel requested")])
-    if _coordinator_dead(run_id, redis_url) and storage.set_status(
-        run_id, RunStatus.CANCELED, expected=(RunStatus.CANCELING,)
-    ):
-        message = (
-            f"run {run_id} has no live coordinator (its heartbeat stopped), so it was marked "
-            "CANCELED here; step attempts it left running are not stopped"
-        )
-        storage.append_events(run_id, [_event(run_id, EventKind.RUN_CANCELED, message)])
+    orphan_message = _cancel_orphan(instance, run_id, redis_url)
+    if orphan_message is not None:
         woke, _ = _wake(run_id, redis_url)
-        return CancelOutcome(run_id, before, RunStatus.CANCELED, message, woke)
+        return CancelOutcome(run_id, before, RunStatus.CANCELED, orphan_message, woke)
     woke, why_not = _wake(run_id, redis_url)
     if woke:
         message = (

@@ -299,3 +299,34 @@ def _live_coordinator_pid(redis_url: str, run_id: str) -> int | None:
         raw = client.get(coordinator_key(run_id))
     info = CoordinatorInfo.from_json(raw) if raw is not None else None
     return info.pid if info is not None else None
+
+
+def test_cancel_of_a_run_whose_coordinator_died_then_resume(
+    env: Path,
+    redis_url: str,
+    launcher: CeleryRunLauncher,
+    celery_worker_factory: WorkerFactory,
+) -> None:
+    coordinator = celery_worker_factory(queues=[RUNS_QUEUE], concurrency=1, hostname="coord")
+    celery_worker_factory(queues=list(STEP_QUEUES), concurrency=2, hostname="steps")
+    handle = submit_job(GATED, launcher=launcher)
+    _gated_pid()
+    info = _live_coordinator(redis_url, handle.run_id)
+    coordinator.kill9()
+    _kill9(info.pid)
+
+    canceled = _cli("runs", "cancel", handle.run_id)
+    assert canceled.returncode == 0, canceled.stdout + canceled.stderr
+    assert "has no live coordinator (its heartbeat stopped), so it was marked CANCELED" in (
+        canceled.stdout
+    )
+    assert "steps a worker had taken (gated) are not stopped" in canceled.stdout
+    assert handle.status() is RunStatus.CANCELED
+
+    _open_gate()
+    wait_until(
+        lambda: _stream_has_success(redis_url, handle.run_id, "gated"), 30, "gated to succeed"
+    )
+    resumed = _cli("runs", "resume", handle.run_id)
+    assert resumed.returncode == 0, resumed.stdout + resumed.stderr
+    _assert_completed_once(handle)
