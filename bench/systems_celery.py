@@ -129,6 +129,7 @@ class CeleryRunner:
         self.instance = Instance.at(cluster.home)
         self.instance.redis_url = cluster.redis.url
         self.client = redis_client(cluster.redis.url)
+        self.last_commands: dict[str, float] = {}
 
     def _execute(self) -> Any:
         from coreexec.execution.runs import create_run, execute_run, result_of
@@ -160,14 +161,21 @@ class CeleryRunner:
         for name in TOP_COMMANDS:
             if delta.get(name):
                 extras[f"redis_{name}_per_step"] = delta[name] / steps
+        self.last_commands = {name: calls / steps for name, calls in delta.items() if calls}
         return Sample(wall_s=wall_s, extras=extras)
 
     def peak_memory_mb(self) -> float:
         """The coordinator's peak Python heap over one untimed, traced run."""
         tracemalloc.start()
         try:
+            from coreexec.execution.runs import create_run, execute_run
+
             tracemalloc.reset_peak()
-            self._execute()
+            # The coordinator's work only: not the test of the result afterwards.
+            record = create_run(
+                self.reference, instance=self.instance, executor_def=self.executor_def
+            )
+            execute_run(record.run_id, instance=self.instance, executor_def=self.executor_def)
             _, peak = tracemalloc.get_traced_memory()
         finally:
             tracemalloc.stop()
