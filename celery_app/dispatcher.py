@@ -33,6 +33,7 @@ import redis
 from kombu.exceptions import KombuError
 
 from celery_app.app import CoreexecApp
+from celery_app.queue_presence import QueuePresence
 from celery_app.routing import StepRouter
 from celery_app.step_task import STEP_TASK_NAME
 from celery_app.worker_runtime import RunSettings
@@ -99,7 +100,7 @@ class CeleryDispatcher(StepDispatcher):
         timings: DispatchTimings,
         *,
         redis_url: str,
-        presence: Any,
+        presence: QueuePresence,
     ) -> None:
         if run.plan.job_reference is None:
             raise CoreExecError(

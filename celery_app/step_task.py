@@ -19,9 +19,11 @@ import os
 import time
 from typing import TYPE_CHECKING, Any
 
+from celery.exceptions import Reject
+
 from coreexec.active_execution import StepAttempt
 from coreexec.context import EventSink
-from coreexec.errors import CoreExecError
+from coreexec.errors import BrokerConnectionError, CoreExecError
 from coreexec.events import Event, EventKind
 from coreexec.retry import FailureClass
 from coreexec.step_runner import StepRun, run_step
@@ -32,6 +34,9 @@ if TYPE_CHECKING:
     from celery_app.worker_runtime import WorkerRuntime
 
 STEP_TASK_NAME = "coreexec.step"
+
+CLAIM_RETRY_DELAY_S = 1.0
+"""Pause before a message that could not be claimed (Redis unreachable) goes back."""
 
 log = logging.getLogger(__name__)
 
@@ -53,11 +58,6 @@ class _BufferedSink:
             self.stream.publish_many(batch)
         else:
             self.stream.publish(event)
-
-    def flush(self) -> None:
-        if self._held:
-            batch, self._held = self._held, []
-            self.stream.publish_many(batch)
 
 
 def _report(
@@ -100,7 +100,14 @@ def run_attempt(
     """Claim and run one attempt; returns the task's status dict."""
     attempt = StepAttempt(step_key, attempt_number, attempt_id)
     owner = f"{worker}:{os.getpid()}"
-    claim = runtime.claims.claim(run_id, attempt_id, owner)
+    try:
+        claim = runtime.claims.claim(run_id, attempt_id, owner)
+    except BrokerConnectionError as exc:
+        # Nothing ran and nobody knows of this delivery: give the message back rather
+        # than let it be acknowledged and lost.
+        log.error("cannot claim attempt %s, returning its message: %s", attempt_id, exc)
+        time.sleep(CLAIM_RETRY_DELAY_S)  # back off: the broker redelivers at once
+        raise Reject(str(exc), requeue=True) from exc
     if not claim.claimed:
         why = "the coordinator gave it up" if claim.fenced else f"already claimed by {claim.holder}"
         log.warning(
