@@ -103,8 +103,8 @@ class ForkserverConfig(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     preload_modules: list[str] | None = None
-    """Modules the fork server imports once for every worker. Default: ``__main__``,
-    coreexec's worker and the job's own module."""
+    """Modules the fork server imports once for every worker. Default: coreexec's
+    worker and the job's own module."""
 
 
 class StartMethodConfig(BaseModel):
@@ -319,8 +319,8 @@ def widest_level(plan: ExecutionPlan, done: frozenset[str]) -> int:
 
 
 def default_preload(job_reference: str) -> tuple[str, ...]:
-    """``__main__``, this module and the job's module (when it has a module name)."""
-    modules = ["__main__", __name__]
+    """This module and the job's module (when it has a module name)."""
+    modules = [__name__]
     module = job_reference.rpartition(":")[0]
     if module and not module.endswith(".py") and "/" not in module:
         modules.append(module)
@@ -362,10 +362,10 @@ class MultiprocessDispatcher(StepDispatcher):
 
     def start(self, sink: EventSink) -> None:
         if getattr(multiprocessing.process.current_process(), "_inheriting", False):
+            # Another library's child process importing our caller's main module.
             raise RequirementError(
-                "a run was started while a new process was importing the main module to "
-                "become a worker; put the code that starts runs under "
-                "`if __name__ == '__main__':`"
+                "a run was started while a new process was importing the main module; "
+                "put the code that starts runs under `if __name__ == '__main__':`"
             )
         self._sink = sink
         self._wake_r, self._wake_w = os.pipe()

@@ -27,10 +27,11 @@ import signal
 import sys
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
 from multiprocessing import connection as mp_connection
+from multiprocessing import spawn
 from multiprocessing.connection import Connection
 from multiprocessing.context import ForkServerContext, SpawnContext
 from multiprocessing.process import BaseProcess
@@ -115,7 +116,8 @@ class WorkerChannel:
 
 
 WorkerTarget = Callable[[WorkerChannel, Any], None]
-"""A worker's main function; module-level, so a new process can import it by name."""
+"""A worker's main function; module-level in an importable module (not ``__main__``,
+which workers do not import), so a new process can import it by name."""
 
 
 def _die_with_parent() -> None:
@@ -157,6 +159,37 @@ def _bootstrap(target: WorkerTarget, conn: Connection, payload: Any) -> None:
 
 
 # -- the coordinator's side --------------------------------------------------------------
+
+_MAIN_KEYS = ("init_main_from_name", "init_main_from_path")
+_prep_lock = threading.Lock()
+
+
+@contextlib.contextmanager
+def _without_main_module() -> Iterator[None]:
+    """Start processes (from this thread) without re-running ``__main__`` in them.
+
+    multiprocessing makes every new process import the parent's main script as
+    ``__mp_main__`` (the CLI's entry point, pytest, the user's script). Workers load jobs
+    by reference and never need it: skipping it saves milliseconds per worker and keeps a
+    script that starts runs at import time from starting them again in every worker.
+    Other threads starting processes meanwhile are not affected.
+    """
+    me = threading.get_ident()
+    with _prep_lock:
+        original = spawn.get_preparation_data
+
+        def preparation_data(name: str) -> dict[str, Any]:
+            data: dict[str, Any] = original(name)
+            if threading.get_ident() == me:
+                for key in _MAIN_KEYS:
+                    data.pop(key, None)
+            return data
+
+        spawn.get_preparation_data = preparation_data
+        try:
+            yield
+        finally:
+            spawn.get_preparation_data = original
 
 
 class WorkerHandle:
@@ -261,13 +294,12 @@ class ProcessPool:
             daemon=True,
         )
         try:
-            process.start()
+            with _without_main_module():
+                process.start()
         except Exception as exc:
             parent_end.close()
             raise LauncherError(
-                f"could not start a worker process ({self._spec.start_method.value}): {exc!r}; "
-                "if the main script starts runs when it is imported, put that code under "
-                "`if __name__ == '__main__':` (worker processes import the main module)"
+                f"could not start a worker process ({self._spec.start_method.value}): {exc!r}"
             ) from exc
         finally:
             # The child holds its own copy now; ours must go so a dead child reads as EOF.

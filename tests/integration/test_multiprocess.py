@@ -485,3 +485,32 @@ def test_unreachable_limiter_redis_fails_the_run_and_leaves_no_process(
     config = mp_config(tag_concurrency_limits=[{"key": "database", "limit": 1}], redis_url=dead_url)
     with pytest.raises(BrokerConnectionError, match="cannot reach Redis"):
         execute_job(f"{JOBS}:tagged_naps", config, instance=instance)
+
+
+def test_a_script_without_a_main_guard_runs_once(tmp_path: Path) -> None:
+    # Workers do not import the coordinator's main module, so a script that starts a run
+    # at import time is not run again in every worker.
+    script = tmp_path / "script.py"
+    script.write_text(
+        "import os, sys\n"
+        "from coreexec import Instance, execute_job\n"
+        "with open(sys.argv[1], 'a') as log:\n"
+        "    log.write(f'{os.getpid()}\\n')\n"
+        "result = execute_job(\n"
+        f"    '{JOBS}:naps', {mp_config(max_concurrent=3)!r},\n"
+        "    instance=Instance.at(sys.argv[2]), tags={'sleep_s': '0'},\n"
+        ")\n"
+        "print(result.status.value)\n"
+    )
+    log = tmp_path / "imports.log"
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2])}
+    done = subprocess.run(
+        [sys.executable, str(script), str(log), str(tmp_path / "home")],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=DEADLINE_S,
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "SUCCESS"
+    assert len(log.read_text().split()) == 1

@@ -194,12 +194,8 @@ def test_yaml_nulls_select_the_option() -> None:
     assert chosen.in_process is not None
 
 
-def test_default_preload_holds_main_the_worker_and_the_jobs_module() -> None:
-    assert default_preload("pkg.jobs:etl") == (
-        "__main__",
-        "coreexec.executors.multiprocess",
-        "pkg.jobs",
-    )
+def test_default_preload_holds_the_worker_and_the_jobs_module() -> None:
+    assert default_preload("pkg.jobs:etl") == ("coreexec.executors.multiprocess", "pkg.jobs")
     assert "jobs.py" not in " ".join(default_preload("path/to/jobs.py:etl"))
 
 
