@@ -42,7 +42,7 @@ def _install_cancel_handlers(context: RunContext) -> Callable[[], None]:
             "(steps are being stopped; Ctrl-C again to abort)",
             err=True,
         )
-        context.cancel_requested.set()
+        context.request_cancel()
 
     for signum in (signal.SIGINT, signal.SIGTERM):
         previous[signum] = signal.signal(signum, handler)

@@ -259,6 +259,7 @@ class Coordinator:
     def run(self) -> bool:
         """Run to the end; True when every step succeeded."""
         self.dispatcher.start(self._record)
+        self.context.wakers.append(self.dispatcher.wake)
         try:
             while True:
                 self._check_cancel()

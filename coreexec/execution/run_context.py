@@ -37,6 +37,8 @@ class RunContext:
     cancel_requested: threading.Event = field(default_factory=threading.Event)
     already_succeeded: frozenset[str] = frozenset()
     attempts_made: dict[str, int] = field(default_factory=dict)
+    wakers: list[Callable[[], None]] = field(default_factory=list)
+    """Called by :meth:`request_cancel` so a coordinator blocked in a wait returns at once."""
     step_errors: dict[str, BaseException] = field(default_factory=dict)
     """User exceptions of failed steps, kept by executors that run steps in this process."""
 
@@ -52,6 +54,12 @@ class RunContext:
         self._unsaved.append(event)
         for listener in self.listeners:
             listener(event)
+
+    def request_cancel(self) -> None:
+        """Cancel the run from this process (a signal handler may call it)."""
+        self.cancel_requested.set()
+        for wake in self.wakers:
+            wake()
 
     def flush(self) -> None:
         """Write the recorded events to the run storage."""
