@@ -34,6 +34,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import yaml
+
 from bench.baselines.processes import RedisServer, WorkerSpec, celery_workers, redis_server
 from bench.harness import (
     W4_LIMIT,
@@ -52,6 +54,10 @@ READY_TIMEOUT_S = 60.0
 TOP_COMMANDS = ("xadd", "xread", "lpush", "brpop", "publish", "set", "evalsha", "hset")
 
 
+NO_TASK_EVENTS = {"worker_send_task_events": False, "task_send_sent_event": False}
+"""Celery settings of ``--no-task-events``: what Flower's events cost, measured apart."""
+
+
 @dataclass(frozen=True)
 class CeleryCluster:
     """What the system's runs share: Redis, the instance directory, the worker."""
@@ -59,6 +65,7 @@ class CeleryCluster:
     redis: RedisServer
     home: Path
     worker_pids: tuple[int, ...]
+    celery_config: Mapping[str, Any]
 
 
 def _wait_for_consumer(url: str) -> None:
@@ -77,8 +84,9 @@ def _wait_for_consumer(url: str) -> None:
 
 
 @contextlib.contextmanager
-def cluster() -> Iterator[CeleryCluster]:
-    """A redis-server, a COREEXEC_HOME and one worker of concurrency 4."""
+def cluster(celery_config: Mapping[str, Any] | None = None) -> Iterator[CeleryCluster]:
+    """A redis-server, a COREEXEC_HOME and one worker of concurrency 4 (with extra
+    Celery settings ``celery_config``, if any)."""
     try:
         from celery_app.queues import STEP_QUEUES
     except ImportError as error:
@@ -91,17 +99,23 @@ def cluster() -> Iterator[CeleryCluster]:
             "COREEXEC_REDIS_URL": server.url,
             "COREEXEC_HOME": str(home),
         }
+        if celery_config:
+            config_file = home / "celery.yaml"
+            config_file.write_text(yaml.safe_dump(dict(celery_config)), encoding="utf-8")
+            env["COREEXEC_CELERY_CONFIG"] = str(config_file)
         spec = WorkerSpec(
             "celery_app", list(STEP_QUEUES), CONCURRENCY, f"bench-coreexec@{socket.gethostname()}"
         )
         pids = stack.enter_context(
             celery_workers([spec], env=env, ready=lambda: _wait_for_consumer(server.url))
         )
-        yield CeleryCluster(server, home, tuple(pids))
+        yield CeleryCluster(server, home, tuple(pids), dict(celery_config or {}))
 
 
 def _executor_config(cluster: CeleryCluster, workload: WorkloadSpec) -> dict[str, Any]:
     config: dict[str, Any] = {"broker": cluster.redis.url, "redis_url": cluster.redis.url}
+    if cluster.celery_config:
+        config["config_source"] = dict(cluster.celery_config)
     if workload.base == "W4":
         config["tag_concurrency_limits"] = [
             {"key": "database", "value": "warehouse", "limit": W4_LIMIT}
@@ -184,9 +198,21 @@ class CeleryRunner:
 
 def run(workload: WorkloadSpec, ctx: RunContext) -> Measurement:
     """The ``coreexec-celery`` system: W1 (any width) to W4."""
+    return _run(workload, ctx, None)
+
+
+def run_without_task_events(workload: WorkloadSpec, ctx: RunContext) -> Measurement:
+    """The same with Celery's task events (Flower's feed) switched off."""
+    return _run(workload, ctx, NO_TASK_EVENTS)
+
+
+def _run(
+    workload: WorkloadSpec, ctx: RunContext, celery_config: Mapping[str, Any] | None
+) -> Measurement:
     if workload.base not in ("W1", "W2", "W3", "W4"):
         raise SystemUnavailable(f"the celery executor has no {workload.name}")
-    runner = CeleryRunner(ctx.resource("coreexec-celery", cluster), workload)
+    key = "coreexec-celery" + ("-no-events" if celery_config else "")
+    runner = CeleryRunner(ctx.resource(key, lambda: cluster(celery_config)), workload)
     for _ in range(ctx.warmups):
         runner.sample()
     samples = [runner.sample() for _ in range(ctx.runs)]
@@ -219,10 +245,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--warmups", type=int, default=1)
     parser.add_argument("--widths", default="1000,10000", help="wide W1 widths")
     parser.add_argument("--workloads", default="W1,W2,W3,W4")
+    parser.add_argument(
+        "--no-task-events", action="store_true", help="Celery task events off (no Flower feed)"
+    )
     args = parser.parse_args(argv)
 
+    runner = "run_without_task_events" if args.no_task_events else "run"
     ours = SystemSpec(
-        name="coreexec-celery", runner=f"{__name__}:run",
+        name="coreexec-celery", runner=f"{__name__}:{runner}",
         workloads=frozenset({"W1", "W2", "W3", "W4"}), parallelism=CONCURRENCY,
         description="coreexec celery executor, one worker -c 4", baseline="plain-celery",
     )  # fmt: skip
