@@ -356,7 +356,7 @@ SYSTEMS: dict[str, SystemSpec] = {
         ),
         _spec(
             "coreexec-celery",
-            "bench.workloads:run_celery",
+            "bench.systems_celery:run",
             "W1,W2,W3,W4",
             4,
             "coreexec celery executor on real workers",

@@ -231,17 +231,6 @@ def run_multiprocess(workload: WorkloadSpec, ctx: RunContext) -> Measurement:
     )
 
 
-def run_celery(workload: WorkloadSpec, ctx: RunContext) -> Measurement:
-    """coreexec celery executor: to be filled in with the celery executor.
-
-    Start a redis-server and ``celery -A celery_app worker`` processes through
-    ``ctx.resource`` (see :mod:`bench.baselines.processes`), then time
-    ``execute_job(job_reference(workload), run_config, instance=...)`` like
-    :func:`run_multiprocess`.
-    """
-    raise SystemUnavailable("the coreexec-celery bench system is not written yet")
-
-
 def run_limiter(workload: WorkloadSpec, ctx: RunContext) -> Measurement:
     """L1: acquire+release pairs on the Redis tag limiter (:mod:`bench.limiter_bench`).
 
