@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Sequence
 
-from coreexec.active_execution import ActiveExecution, StepAttempt, new_attempt_id
+from coreexec.active_execution import ActiveExecution, StepAttempt, StepState, new_attempt_id
 from coreexec.errors import CoreExecError, LimiterError
 from coreexec.events import STEP_ATTEMPT_ENDINGS, TRANSIENT_KINDS, Event, EventKind
 from coreexec.execution.dispatcher import StepDispatcher
@@ -285,4 +285,6 @@ class Coordinator:
                 for request in self._waiting.values():
                     self.limiter.withdraw(request)
             self.context.flush()
+        failed = sorted(self.active.keys_in(StepState.FAILED))
+        self.context.outcome = (self.active.succeeded, failed)
         return self.active.succeeded

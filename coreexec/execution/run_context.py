@@ -39,6 +39,8 @@ class RunContext:
     attempts_made: dict[str, int] = field(default_factory=dict)
     wakers: list[Callable[[], None]] = field(default_factory=list)
     """Called by :meth:`request_cancel` so a coordinator blocked in a wait returns at once."""
+    outcome: tuple[bool, list[str]] | None = None
+    """Set by the coordinator at the end: (every step succeeded, keys of failed steps)."""
     step_errors: dict[str, BaseException] = field(default_factory=dict)
     """User exceptions of failed steps, kept by executors that run steps in this process."""
 

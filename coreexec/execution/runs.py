@@ -183,11 +183,13 @@ def execute_run(
     return context
 
 
-def _finish(context: RunContext) -> None:
-    storage = context.instance.storage
-    run_id = context.run_id
+def _step_outcomes(context: RunContext) -> tuple[bool, list[str]]:
+    """Whether every step succeeded, and which failed: from the coordinator when it ran
+    the plan, else (an executor that drove the run itself) from the run's events."""
+    if context.outcome is not None:
+        return context.outcome
     last_step_kind: dict[str, EventKind] = {}
-    for _, event in storage.events(run_id):
+    for _, event in context.instance.storage.events(context.run_id):
         if event.step_key is not None and event.kind in (
             EventKind.STEP_SUCCESS,
             EventKind.STEP_FAILURE,
@@ -195,12 +197,18 @@ def _finish(context: RunContext) -> None:
             EventKind.STEP_UP_FOR_RETRY,
         ):
             last_step_kind[event.step_key] = event.kind
-    ok = all(last_step_kind.get(key) is EventKind.STEP_SUCCESS for key in context.plan.keys) or (
-        all(
-            last_step_kind.get(key) is EventKind.STEP_SUCCESS or key in context.already_succeeded
-            for key in context.plan.keys
-        )
+    ok = all(
+        last_step_kind.get(key) is EventKind.STEP_SUCCESS or key in context.already_succeeded
+        for key in context.plan.keys
     )
+    failed = sorted(k for k, v in last_step_kind.items() if v is EventKind.STEP_FAILURE)
+    return ok, failed
+
+
+def _finish(context: RunContext) -> None:
+    storage = context.instance.storage
+    run_id = context.run_id
+    ok, failed = _step_outcomes(context)
     if context.cancel_requested.is_set() and not ok:
         final = _run_event(run_id, EventKind.RUN_CANCELED, "run canceled")
         status = RunStatus.CANCELED
@@ -208,7 +216,6 @@ def _finish(context: RunContext) -> None:
         final = _run_event(run_id, EventKind.RUN_SUCCESS, "all steps succeeded")
         status = RunStatus.SUCCESS
     else:
-        failed = sorted(k for k, v in last_step_kind.items() if v is EventKind.STEP_FAILURE)
         final = _run_event(
             run_id, EventKind.RUN_FAILURE, f"steps failed: {', '.join(failed)}", failed_steps=failed
         )
