@@ -26,7 +26,7 @@ def create_app(broker_url: str, backend_url: str | None = None) -> Celery:
         broker_connection_retry_on_startup=True,
     )
 
-    @app.task(name=ADD_TASK)  # type: ignore[untyped-decorator]
+    @app.task(name=ADD_TASK, shared=False)  # type: ignore[untyped-decorator]
     def add(x: int, y: int) -> int:
         return x + y
 
