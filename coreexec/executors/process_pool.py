@@ -14,20 +14,20 @@ Workers are started by ``forkserver`` (a clean single-threaded server process th
 imports the preload modules once and forks a worker in milliseconds) or ``spawn`` (a
 fresh interpreter per worker). ``fork`` is not offered: forking a coordinator that runs
 threads (the CLI, Redis wake-ups, user listeners) can deadlock the child.
+
+What runs inside a worker process before the pool's target (its end of the pipe, its
+signal handling) is in :mod:`coreexec.executors.pool_worker`.
 """
 
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import logging
 import multiprocessing
-import os
 import signal
-import sys
 import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
 from multiprocessing import connection as mp_connection
@@ -35,17 +35,15 @@ from multiprocessing import spawn
 from multiprocessing.connection import Connection
 from multiprocessing.context import ForkServerContext, SpawnContext
 from multiprocessing.process import BaseProcess
-from types import FrameType
 from typing import Any
 
 from coreexec.errors import LauncherError
+from coreexec.executors.pool_worker import WorkerTarget, bootstrap_worker
 
 logger = logging.getLogger(__name__)
 
 MAX_MESSAGES_PER_POLL = 256
 """Messages read from one worker per poll, so a chatty worker cannot starve the others."""
-
-_PR_SET_PDEATHSIG = 1
 
 
 class StartMethod(StrEnum):
@@ -67,98 +65,6 @@ class PoolSpec:
     was first started with.
     """
 
-
-# -- the worker's side -------------------------------------------------------------------
-
-
-class WorkerChannel:
-    """A worker's end of its pipe.
-
-    SIGTERM (how the coordinator stops a running step) raises ``KeyboardInterrupt`` in
-    the worker's main thread, but never in the middle of a send, so the coordinator
-    never reads half a message from a worker it asked to stop.
-    """
-
-    def __init__(self, conn: Connection) -> None:
-        self._conn = conn
-        self._lock = threading.Lock()
-        self._main = threading.main_thread().ident
-        self._main_sending = False
-        self._stop_pending = False
-
-    def recv(self) -> Any:
-        """The next message from the coordinator; None once the coordinator is gone."""
-        try:
-            return self._conn.recv()
-        except (EOFError, OSError):
-            return None
-
-    def send(self, body: Any) -> None:
-        """Send a message; safe from any thread (steps may log from their own threads)."""
-        in_main = threading.get_ident() == self._main
-        with self._lock:
-            if in_main:
-                self._main_sending = True
-            try:
-                self._conn.send(body)
-            finally:
-                if in_main:
-                    self._main_sending = False
-        if in_main and self._stop_pending:
-            self._stop_pending = False
-            raise KeyboardInterrupt
-
-    def on_sigterm(self, signum: int, frame: FrameType | None) -> None:
-        if self._main_sending:
-            self._stop_pending = True
-            return
-        raise KeyboardInterrupt
-
-
-WorkerTarget = Callable[[WorkerChannel, Any], None]
-"""A worker's main function; module-level in an importable module (not ``__main__``,
-which workers do not import), so a new process can import it by name."""
-
-
-def _die_with_parent() -> None:
-    # Linux only: the kernel kills this worker when its parent (the fork server, which
-    # itself exits with the coordinator) dies, so a coordinator killed with SIGKILL
-    # leaves no worker running a step behind.
-    if not sys.platform.startswith("linux"):
-        return
-    try:
-        libc = ctypes.CDLL(None, use_errno=True)
-        libc.prctl(_PR_SET_PDEATHSIG, int(signal.SIGKILL), 0, 0, 0)
-    except (OSError, AttributeError):
-        return
-
-
-def _bootstrap(target: WorkerTarget, conn: Connection, payload: Any) -> None:
-    """Entry point of every worker process."""
-    _die_with_parent()
-    # Ctrl-C in a terminal reaches the whole process group: the coordinator turns it into
-    # a cancellation and stops the workers itself, with SIGTERM.
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    channel = WorkerChannel(conn)
-    signal.signal(signal.SIGTERM, channel.on_sigterm)
-    code = 0
-    try:
-        target(channel, payload)
-    except (KeyboardInterrupt, BrokenPipeError, ConnectionResetError, EOFError):
-        code = 0  # stopped, or the coordinator is gone: nothing to report to anyone
-    except BaseException:
-        logger.exception("worker process %d failed", os.getpid())
-        code = 1
-    finally:
-        for stream in (sys.stdout, sys.stderr):
-            with contextlib.suppress(Exception):
-                stream.flush()
-    # Skip interpreter teardown (hundreds of ms for a spawned worker): nothing is left
-    # to flush, and the coordinator is waiting for this process to be gone.
-    os._exit(code)
-
-
-# -- the coordinator's side --------------------------------------------------------------
 
 _MAIN_KEYS = ("init_main_from_name", "init_main_from_path")
 _prep_lock = threading.Lock()
@@ -288,7 +194,7 @@ class ProcessPool:
         parent_end, child_end = self._context.Pipe(duplex=True)
         self._started += 1
         process = self._context.Process(
-            target=_bootstrap,
+            target=bootstrap_worker,
             args=(self._target, child_end, self._payload),
             name=f"{self._name}-worker-{self._started}",
             daemon=True,
