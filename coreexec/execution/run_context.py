@@ -7,12 +7,15 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from coreexec.active_execution import StepAttempt
 from coreexec.clock import SYSTEM_CLOCK, Clock
+from coreexec.context import EventSink
 from coreexec.events import Event
 from coreexec.instance import Instance
 from coreexec.io_managers import IOManager
 from coreexec.job import JobDefinition
-from coreexec.plan import ExecutionPlan
+from coreexec.plan import ExecutionPlan, PlannedStep
+from coreexec.step_runner import StepRun, run_step
 
 EventListener = Callable[[Event], None]
 
@@ -56,6 +59,24 @@ class RunContext:
         self._unsaved.append(event)
         for listener in self.listeners:
             listener(event)
+
+    def run_step_here(self, step: PlannedStep, attempt: StepAttempt, sink: EventSink) -> None:
+        """Run one attempt in this process, keeping the user's exception if it fails."""
+        outcome = run_step(
+            StepRun(
+                run_id=self.run_id,
+                job=self.job,
+                step=step,
+                attempt=attempt,
+                run_config=self.run_config,
+                io_manager=self.io_manager,
+                run_tags=self.run_tags,
+                clock=self.clock,
+            ),
+            sink,
+        )
+        if outcome.error is not None:
+            self.step_errors[step.key] = outcome.error
 
     def request_cancel(self) -> None:
         """Cancel the run from this process (a signal handler may call it)."""

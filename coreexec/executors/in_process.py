@@ -23,7 +23,6 @@ from coreexec.limits.base import TagLimiter
 from coreexec.limits.rules import TagConcurrencyLimit
 from coreexec.limits.setup import build_limiter
 from coreexec.plan import PlannedStep
-from coreexec.step_runner import StepRun, run_step
 
 
 class InProcessConfig(BaseModel):
@@ -63,21 +62,7 @@ class InProcessDispatcher(StepDispatcher):
                 self.run.clock.sleep(timeout_s or 0.0)
             return
         step, attempt = self._queue.popleft()
-        outcome = run_step(
-            StepRun(
-                run_id=self.run.run_id,
-                job=self.run.job,
-                step=step,
-                attempt=attempt,
-                run_config=self.run.run_config,
-                io_manager=self.run.io_manager,
-                run_tags=self.run.run_tags,
-                clock=self.run.clock,
-            ),
-            self._sink,
-        )
-        if outcome.error is not None:
-            self.run.step_errors[step.key] = outcome.error
+        self.run.run_step_here(step, attempt, self._sink)
 
     def wake(self) -> None:
         self.run.cancel_requested.set()

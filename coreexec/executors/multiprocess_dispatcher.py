@@ -36,7 +36,6 @@ from coreexec.executors.step_worker import WorkerInit, step_worker_main
 from coreexec.limits.wake_listener import RedisWakeListener
 from coreexec.plan import ExecutionPlan, PlannedStep
 from coreexec.retry import FailureClass
-from coreexec.step_runner import StepRun, run_step
 from coreexec.tags import EXECUTOR_TAG
 
 logger = logging.getLogger(__name__)
@@ -381,18 +380,4 @@ class MultiprocessDispatcher(StepDispatcher):
 
     def _run_here(self, step: PlannedStep, attempt: StepAttempt) -> None:
         assert self._sink is not None
-        outcome = run_step(
-            StepRun(
-                run_id=self.run.run_id,
-                job=self.run.job,
-                step=step,
-                attempt=attempt,
-                run_config=self.run.run_config,
-                io_manager=self.run.io_manager,
-                run_tags=self.run.run_tags,
-                clock=self.run.clock,
-            ),
-            self._sink,
-        )
-        if outcome.error is not None:
-            self.run.step_errors[step.key] = outcome.error
+        self.run.run_step_here(step, attempt, self._sink)
