@@ -17,7 +17,9 @@ one cluster slot and a Lua script may touch any of them::
 A waiter member is ``<16-digit arrival number>:<lease id>``: members with the same
 score sort by member, so a queue is ordered by priority (higher first), then arrival.
 Wake-up streams (``SlotRequest.wake_key``) belong to their owners (usually a run's event
-stream) and are not in this module: they are written outside the scripts.
+stream) and are not in this module: they are written outside the scripts, and never
+trimmed by the limiter (the owner bounds and expires them; a run's event stream holds
+events its coordinator may not have read yet).
 """
 
 from __future__ import annotations
@@ -35,9 +37,6 @@ DEFAULT_NAMESPACE = "default"
 
 WAKE_FIELD = "wake"
 """Field of the stream entry a wake-up adds; its value is the slot that freed."""
-
-WAKE_STREAM_MAXLEN = 10_000
-"""Approximate cap (``MAXLEN ~``) of a wake-up stream when the limiter writes to it."""
 
 NAMESPACE_KEY_COUNT = 6
 """Namespace-wide keys passed first to every limiter script (see ``script_keys``)."""

@@ -40,7 +40,6 @@ from coreexec.limits.base import (
 from coreexec.limits.keys import (
     DEFAULT_NAMESPACE,
     WAKE_FIELD,
-    WAKE_STREAM_MAXLEN,
     LimiterKeys,
     lease_id_of_member,
 )
@@ -49,6 +48,9 @@ from coreexec.limits.rules import SlotSpec
 log = logging.getLogger(__name__)
 
 WakeList = list[tuple[str, str]]
+
+SNAPSHOT_TRIES = 5
+"""Reads of ``slots()`` before it settles for the slots it knows (others keep changing)."""
 
 
 @cache
@@ -293,14 +295,14 @@ class RedisTagLimiter:
 
     def _send_wakes(self, wakes: WakeList) -> None:
         # Sent after the script: a wake-up lost to a crash here only delays the waiter
-        # until its retry_in_ms, it cannot wrongly grant anything.
+        # until its retry_in_ms, it cannot wrongly grant anything. No MAXLEN: the stream
+        # is its owner's (usually the run's event stream, whose unread events a trim of
+        # ours would destroy); the owner caps and expires it.
         if not wakes:
             return
         pipe = self.client.pipeline(transaction=False)
         for wake_key, slot_name in wakes:
-            pipe.xadd(
-                wake_key, {WAKE_FIELD: slot_name}, maxlen=WAKE_STREAM_MAXLEN, approximate=True
-            )
+            pipe.xadd(wake_key, {WAKE_FIELD: slot_name})
         try:
             results = pipe.execute(raise_on_error=False)
         except redis.RedisError as exc:
@@ -389,45 +391,54 @@ class RedisTagLimiter:
         return _pairs(reply[1:])
 
     def _do_slots(self) -> tuple[SlotState, ...]:
-        keys = self.keys
-        head = self.client.pipeline(transaction=False)
-        redis_command(head, "HGETALL", keys.slot_registry)
-        redis_command(head, "TIME")
-        registry_reply, time_reply = head.execute()
-        registry = {_text(k): int(v) for k, v in dict(registry_reply).items()}
-        now_ms = int(time_reply[0]) * 1000 + int(time_reply[1]) // 1000
-        names = sorted(registry)
-        live = f"({now_ms}"
-        body = self.client.pipeline(transaction=False)
-        for name in names:
-            redis_command(body, "ZRANGEBYSCORE", keys.holders(name), live, "+inf")
-            redis_command(body, "ZRANGE", keys.queue(name), 0, -1)
-            redis_command(body, "ZRANGEBYSCORE", keys.waiting(name), live, "+inf")
-        replies = body.execute() if names else []
+        names: list[str] = []
+        for attempt in range(SNAPSHOT_TRIES):
+            registry, now_ms, replies = self._snapshot(names)
+            current = sorted(registry)
+            if current == names or attempt == SNAPSHOT_TRIES - 1:
+                break
+            # A slot came or went since the names were read: read again with the new ones.
+            names = current
         per_slot: list[tuple[str, list[str], list[str]]] = []
         for i, name in enumerate(names):
-            holder_ids = [_text(x) for x in replies[3 * i]]
-            waiting = {_text(x) for x in replies[3 * i + 2]}
-            queued = [
-                lease_id_of_member(_text(m)) for m in replies[3 * i + 1] if _text(m) in waiting
-            ]
+            holders_reply, queue_reply, waiting_reply = replies[3 * i : 3 * i + 3]
+            holder_ids = [_text(m) for m, expiry in holders_reply if expiry > now_ms]
+            waiting = {_text(m) for m, expiry in waiting_reply if expiry > now_ms}
+            queued = [lease_id_of_member(_text(m)) for m in queue_reply if _text(m) in waiting]
             if holder_ids or queued:
                 per_slot.append((name, holder_ids, queued))
         lease_ids = sorted({h for _, holders, _ in per_slot for h in holders})
         waiter_ids = sorted({w for _, _, waiters in per_slot for w in waiters})
-        lease_records = self._records(keys.leases, lease_ids)
-        waiter_records = self._records(keys.waiters, waiter_ids)
+        lease_records = self._records(self.keys.leases, lease_ids)
+        waiter_records = self._records(self.keys.waiters, waiter_ids)
         states = []
         for name, holder_ids, queued in per_slot:
             states.append(
                 SlotState(
                     name=name,
-                    limit=registry[name],
+                    limit=registry.get(name, 0),
                     holders=tuple(_holder(i, lease_records.get(i), 0) for i in holder_ids),
                     waiters=tuple(_holder(i, waiter_records.get(i), 1) for i in queued),
                 )
             )
         return tuple(states)
+
+    def _snapshot(self, names: list[str]) -> tuple[dict[str, int], int, list[Any]]:
+        """The registry, the server's time and every key of ``names`` read in one
+        MULTI/EXEC, so no script runs half-way through what is shown (a step's two slots
+        are seen held together or not at all)."""
+        keys = self.keys
+        pipe = self.client.pipeline(transaction=True)
+        pipe.hgetall(keys.slot_registry)
+        pipe.time()
+        for name in names:
+            pipe.zrange(keys.holders(name), 0, -1, withscores=True)
+            pipe.zrange(keys.queue(name), 0, -1)
+            pipe.zrange(keys.waiting(name), 0, -1, withscores=True)
+        registry_reply, time_reply, *replies = pipe.execute()
+        registry = {_text(k): int(v) for k, v in dict(registry_reply).items()}
+        now_ms = int(time_reply[0]) * 1000 + int(time_reply[1]) // 1000
+        return registry, now_ms, replies
 
     def _records(self, hash_key: str, ids: list[str]) -> dict[str, list[Any]]:
         if not ids:
