@@ -52,6 +52,10 @@ _BUSY_TIMEOUT_MS = 30_000
 _LOCKED_RETRIES = 5
 
 
+def _is_locked(exc: sqlite3.OperationalError) -> bool:
+    return "locked" in str(exc) or "busy" in str(exc)
+
+
 class SqliteRunStorage:
     """Runs and events in one SQLite file, safe across threads and processes."""
 
@@ -74,27 +78,36 @@ class SqliteRunStorage:
             return conn
         try:
             conn = sqlite3.connect(self.path, timeout=_BUSY_TIMEOUT_MS / 1000, isolation_level=None)
-            conn.execute("PRAGMA journal_mode=WAL")
-            conn.execute("PRAGMA synchronous=NORMAL")
-            conn.execute(f"PRAGMA busy_timeout={_BUSY_TIMEOUT_MS}")
         except sqlite3.Error as exc:
-            raise StorageError(
-                f"cannot open the run storage {str(self.path)!r}: {exc}; check the path and "
-                "its permissions (COREEXEC_HOME)"
-            ) from exc
+            raise self._open_error(exc) from exc
+        try:
+            conn.execute(f"PRAGMA busy_timeout={_BUSY_TIMEOUT_MS}")
+            conn.execute("PRAGMA synchronous=NORMAL")
+            # Turning a new file to WAL takes a lock the busy handler does not wait for:
+            # a "locked" error here is left to the caller's retries.
+            conn.execute("PRAGMA journal_mode=WAL")
+        except sqlite3.Error as exc:
+            conn.close()
+            if isinstance(exc, sqlite3.OperationalError) and _is_locked(exc):
+                raise
+            raise self._open_error(exc) from exc
         self._local.conn = conn
         self._local.pid = os.getpid()
         return conn
 
+    def _open_error(self, exc: sqlite3.Error) -> StorageError:
+        return StorageError(
+            f"cannot open the run storage {str(self.path)!r}: {exc}; check the path and "
+            "its permissions (COREEXEC_HOME)"
+        )
+
     def _with_retries(self, work: Callable[[sqlite3.Connection], T]) -> T:
         delay_s = 0.05
         for attempt in range(_LOCKED_RETRIES):
-            conn = self._connection()
             try:
-                return work(conn)
+                return work(self._connection())
             except sqlite3.OperationalError as exc:
-                locked = "locked" in str(exc) or "busy" in str(exc)
-                if not locked or attempt == _LOCKED_RETRIES - 1:
+                if not _is_locked(exc) or attempt == _LOCKED_RETRIES - 1:
                     raise StorageError(f"run storage {str(self.path)!r}: {exc}") from exc
                 time.sleep(delay_s)
                 delay_s *= 2

@@ -124,3 +124,32 @@ def test_events_are_readable_from_another_process_after_the_run(tmp_path: Path) 
     assert seen["kinds"][0] == "RUN_STARTING" and seen["kinds"][-1] == "RUN_SUCCESS"
     assert seen["kinds"].count("STEP_SUCCESS") == 3
     assert seen["logs"] == ["scaling by 2"]
+
+
+def test_sqlite_opened_by_many_threads_at_once_on_a_new_file(tmp_path: Path) -> None:
+    import threading
+
+    for trial in range(20):
+        path = tmp_path / f"fresh-{trial}.db"
+        errors: list[BaseException] = []
+        start = threading.Barrier(4)
+
+        def open_and_write(
+            path: Path = path,
+            start: threading.Barrier = start,
+            errors: list[BaseException] = errors,
+        ) -> None:
+            start.wait()
+            try:
+                storage = SqliteRunStorage(path)
+                storage.add_run(_record(f"run-{threading.get_ident()}"))
+            except BaseException as exc:  # collected for the assertion below
+                errors.append(exc)
+
+        threads = [threading.Thread(target=open_and_write) for _ in range(4)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        assert errors == []
+        assert len(SqliteRunStorage(path).list_runs()) == 4
