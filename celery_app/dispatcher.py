@@ -44,10 +44,11 @@ from coreexec.events import STEP_ATTEMPT_ENDINGS, Event, EventKind
 from coreexec.execution.dispatcher import LostAttempt, StepDispatcher
 from coreexec.execution.run_context import RunContext
 from coreexec.plan import PlannedStep
+from coreexec.redis_urls import safe_url
 from coreexec.retry import FailureClass
 from coreexec.transport import keys
 from coreexec.transport.attempts import AttemptClaims
-from coreexec.transport.redis_events import RedisEventStream, StreamEntry, safe_url
+from coreexec.transport.redis_events import RedisEventStream, StreamEntry
 
 log = logging.getLogger(__name__)
 

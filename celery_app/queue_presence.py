@@ -20,8 +20,9 @@ from collections.abc import Callable, Iterable, Sequence
 import redis
 
 from coreexec.errors import CoreExecError
+from coreexec.redis_urls import client_url
 from coreexec.transport import keys
-from coreexec.transport.redis_events import client_url, wrap_redis_error
+from coreexec.transport.redis_events import wrap_redis_error
 
 log = logging.getLogger(__name__)
 

@@ -29,6 +29,7 @@ import redis
 from coreexec.errors import CoreExecError
 from coreexec.events import STEP_ATTEMPT_ENDINGS, TRANSIENT_KINDS, Event, EventKind
 from coreexec.instance import Instance
+from coreexec.redis_urls import client_url
 from coreexec.storage.base import RunRecord, RunStatus
 from coreexec.transport import keys
 from coreexec.transport.attempts import FENCE_PREFIX, AttemptClaims
@@ -39,7 +40,6 @@ from coreexec.transport.coordinator_heartbeat import (
 from coreexec.transport.redis_events import (
     RedisEventStream,
     StreamEntry,
-    client_url,
     wrap_redis_error,
 )
 

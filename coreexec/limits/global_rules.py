@@ -20,12 +20,11 @@ from pydantic import ValidationError
 from coreexec.errors import LimiterError
 from coreexec.limits.keys import DEFAULT_NAMESPACE, LimiterKeys
 from coreexec.limits.redis_limiter import (
-    describe_client,
     redis_command,
-    safe_url,
     wrap_redis_error,
 )
 from coreexec.limits.rules import PerUniqueValue, TagConcurrencyLimit
+from coreexec.redis_urls import client_url, safe_url
 
 RuleValue = str | PerUniqueValue | None
 
@@ -94,7 +93,7 @@ class GlobalRules:
     ) -> None:
         self.client = client
         self.keys = LimiterKeys(namespace)
-        self.url = safe_url(url) if url else describe_client(client)
+        self.url = safe_url(url) if url else client_url(client)
 
     @classmethod
     def from_url(cls, url: str, *, namespace: str = DEFAULT_NAMESPACE) -> GlobalRules:

@@ -18,7 +18,6 @@ from collections.abc import Iterable, Sequence
 from functools import cache
 from importlib import resources
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
 
 import redis
 from redis.client import Pipeline
@@ -44,6 +43,7 @@ from coreexec.limits.keys import (
     lease_id_of_member,
 )
 from coreexec.limits.rules import SlotSpec
+from coreexec.redis_urls import client_url, safe_url
 
 log = logging.getLogger(__name__)
 
@@ -59,26 +59,6 @@ def load_script(name: str) -> str:
     folder = resources.files("coreexec.limits").joinpath("lua")
     prelude = folder.joinpath("lib.lua").read_text(encoding="utf-8")
     return prelude + "\n" + folder.joinpath(name).read_text(encoding="utf-8")
-
-
-def safe_url(url: str) -> str:
-    """``url`` with any password replaced by ``***``, fit for messages and logs."""
-    parts = urlsplit(url)
-    if parts.password is None:
-        return url
-    user = parts.username or ""
-    host = parts.hostname or ""
-    netloc = f"{user}:***@{host}" + (f":{parts.port}" if parts.port else "")
-    return urlunsplit(parts._replace(netloc=netloc))
-
-
-def describe_client(client: redis.Redis) -> str:
-    """A URL-like name of the Redis a client talks to, for error messages."""
-    kwargs = client.connection_pool.connection_kwargs
-    db = kwargs.get("db", 0)
-    if "path" in kwargs:
-        return f"unix://{kwargs['path']}?db={db}"
-    return f"redis://{kwargs.get('host', 'localhost')}:{kwargs.get('port', 6379)}/{db}"
 
 
 def redis_command(client: redis.Redis | Pipeline, *args: str | int | float) -> Any:
@@ -146,7 +126,7 @@ class RedisTagLimiter:
         self.waiter_ttl_ms = check_ttl_ms("waiter_ttl_ms", waiter_ttl_ms)
         self.keys = LimiterKeys(namespace)
         self.client = client
-        self.url = safe_url(url) if url else describe_client(client)
+        self.url = safe_url(url) if url else client_url(client)
         self._owns_client = False
         self._acquire = client.register_script(load_script("acquire.lua"))
         self._release = client.register_script(load_script("release.lua"))

@@ -11,7 +11,6 @@ from coreexec.transport.redis_events import (
     TransportError,
     events_of,
     redis_client,
-    safe_url,
 )
 
 __all__ = [
@@ -23,5 +22,4 @@ __all__ = [
     "redis_client",
     "run_events",
     "run_settings",
-    "safe_url",
 ]

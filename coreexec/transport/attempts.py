@@ -16,8 +16,9 @@ from dataclasses import dataclass
 import redis
 
 from coreexec.errors import CoreExecError
+from coreexec.redis_urls import client_url
 from coreexec.transport import keys
-from coreexec.transport.redis_events import client_url, wrap_redis_error
+from coreexec.transport.redis_events import wrap_redis_error
 
 DEFAULT_CLAIM_TTL_S = 24 * 3600
 """How long a claim or fence is kept: far longer than a broker takes to redeliver

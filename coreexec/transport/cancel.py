@@ -19,11 +19,12 @@ import redis
 from coreexec.errors import CoreExecError
 from coreexec.events import Event, EventKind
 from coreexec.instance import Instance
+from coreexec.redis_urls import safe_url
 from coreexec.resume import OpenAttempt, open_attempts
 from coreexec.storage.base import RunStatus
 from coreexec.transport.attempts import AttemptClaims
 from coreexec.transport.coordinator_heartbeat import CoordinatorState, coordinator_status
-from coreexec.transport.redis_events import RedisEventStream, redis_client, safe_url
+from coreexec.transport.redis_events import RedisEventStream, redis_client
 
 log = logging.getLogger(__name__)
 

@@ -13,12 +13,12 @@ import logging
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
 
 import redis
 
 from coreexec.errors import BrokerConnectionError, CoreExecError
 from coreexec.events import Event
+from coreexec.redis_urls import client_url, safe_url
 from coreexec.transport import keys
 
 log = logging.getLogger(__name__)
@@ -29,25 +29,6 @@ _WAKE_FIELDS = (keys.WAKE_FIELD, keys.WAKE_FIELD.encode())
 
 class TransportError(CoreExecError):
     """Redis answered, but refused a command of the event transport."""
-
-
-def safe_url(url: str) -> str:
-    """``url`` with any password replaced by ``***``, fit for messages and logs."""
-    parts = urlsplit(url)
-    if parts.password is None:
-        return url
-    host = parts.hostname or ""
-    netloc = f"{parts.username or ''}:***@{host}" + (f":{parts.port}" if parts.port else "")
-    return urlunsplit(parts._replace(netloc=netloc))
-
-
-def client_url(client: redis.Redis) -> str:
-    """A URL-like name of the Redis a client talks to, for error messages."""
-    kwargs = client.connection_pool.connection_kwargs
-    db = kwargs.get("db", 0)
-    if "path" in kwargs:
-        return f"unix://{kwargs['path']}?db={db}"
-    return f"redis://{kwargs.get('host', 'localhost')}:{kwargs.get('port', 6379)}/{db}"
 
 
 def wrap_redis_error(exc: redis.RedisError, *, url: str, what: str) -> CoreExecError:
