@@ -34,6 +34,7 @@ from coreexec.executors.base import (
     RetriesConfig,
     executor,
 )
+from coreexec.limits.base import DEFAULT_LEASE_TTL_MS
 from coreexec.limits.global_rules import GlobalRules
 from coreexec.limits.keys import DEFAULT_NAMESPACE
 from coreexec.limits.redis_limiter import RedisTagLimiter
@@ -69,6 +70,8 @@ class CeleryExecutorConfig(BaseModel):
     """A started attempt silent this long is lost (infrastructure failure)."""
     tag_concurrency_limits: list[dict[str, Any]] | None = None
     limiter_namespace: str = Field(default=DEFAULT_NAMESPACE, min_length=1)
+    slot_lease_ttl_s: float = Field(default=DEFAULT_LEASE_TTL_MS / 1000, gt=0)
+    """Slots of a coordinator that stops refreshing them come back after this long."""
     redis_url: str | None = None
     """Redis of run events, claims and limits (default: ``COREEXEC_REDIS_URL``, else
     the broker when it is Redis). Workers must use the same one."""
@@ -164,7 +167,10 @@ class CeleryExecutor(DispatchingExecutor):
         self.tag_concurrency_limits = limits
         if limits:
             self.tag_limiter = RedisTagLimiter(
-                client, namespace=config.limiter_namespace, url=redis_url
+                client,
+                namespace=config.limiter_namespace,
+                lease_ttl_ms=round(config.slot_lease_ttl_s * 1000),
+                url=redis_url,
             )
 
     def create_dispatcher(self, run: RunContext) -> StepDispatcher:

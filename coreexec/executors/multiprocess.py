@@ -36,7 +36,7 @@ from coreexec.executors.base import (
 )
 from coreexec.executors.multiprocess_dispatcher import MultiprocessDispatcher, runs_in_process
 from coreexec.executors.process_pool import PoolSpec, StartMethod
-from coreexec.limits.base import TagLimiter
+from coreexec.limits.base import DEFAULT_LEASE_TTL_MS, TagLimiter
 from coreexec.limits.rules import TagConcurrencyLimit
 from coreexec.limits.wake_listener import RedisWakeListener
 
@@ -109,6 +109,8 @@ class MultiprocessConfig(BaseModel):
     """Redis holding the tag limiter's slots, so the limits hold across runs."""
     limiter_namespace: str = Field(default="default", min_length=1)
     """Runs share limits only within one namespace of one Redis."""
+    slot_lease_ttl_s: float = Field(default=DEFAULT_LEASE_TTL_MS / 1000, gt=0)
+    """Slots of a coordinator that stops refreshing them come back after this long."""
     retries: RetriesConfig = Field(default_factory=RetriesConfig)
     start_method: StartMethodConfig = Field(default_factory=StartMethodConfig)
 
@@ -148,6 +150,7 @@ class MultiprocessExecutor(DispatchingExecutor):
         self.retries_enabled = config.retries.is_enabled
         self.tag_concurrency_limits = tuple(config.tag_concurrency_limits or ())
         self._wake_listener: RedisWakeListener | None = None
+        self._lease_ttl_ms = round(config.slot_lease_ttl_s * 1000)
 
     def create_dispatcher(self, run: RunContext) -> StepDispatcher:
         for step in run.plan.steps:
@@ -194,11 +197,13 @@ class MultiprocessExecutor(DispatchingExecutor):
         if self.config.redis_url is None:
             from coreexec.limits.memory import InMemoryTagLimiter
 
-            return InMemoryTagLimiter(), None
+            return InMemoryTagLimiter(lease_ttl_ms=self._lease_ttl_ms), None
         from coreexec.limits.redis_limiter import RedisTagLimiter
 
         limiter = RedisTagLimiter.from_url(
-            self.config.redis_url, namespace=self.config.limiter_namespace
+            self.config.redis_url,
+            namespace=self.config.limiter_namespace,
+            lease_ttl_ms=self._lease_ttl_ms,
         )
         self._wake_listener = RedisWakeListener(limiter, run.run_id, self.config.limiter_namespace)
         return limiter, limiter.close

@@ -437,6 +437,7 @@ def test_the_leases_of_a_killed_coordinator_lapse_and_another_run_gets_the_slot(
 ) -> None:
     celery_worker_factory(queues=STEP_QUEUES, concurrency=2)
     config = run_config(limit("database", "warehouse", 1))
+    config["execution"]["config"]["slot_lease_ttl_s"] = limit_jobs.SHORT_LEASE_TTL_MS / 1000
     orphaned = submit_job(f"{REF}:orphaned_writer", config, launcher=process_launcher)
     (coordinator,) = process_launcher.processes
 

@@ -12,15 +12,11 @@ from __future__ import annotations
 
 import os
 import time
-from dataclasses import replace
 
 from celery_app import celery_executor
-from celery_app.executor import CeleryExecutor
 from coreexec import RetryPolicy, StepContext, job, step
 from coreexec.coordination import coordinate_launched_run
-from coreexec.executors.base import Executor, InitExecutorContext
 from coreexec.instance import Instance
-from coreexec.limits.redis_limiter import RedisTagLimiter
 from coreexec.retry import FailureClass
 from coreexec.tags import PRIORITY_TAG
 from tests.jobs.celery_jobs import wait_for_gate
@@ -180,27 +176,8 @@ def warehouse_writer() -> None:
 
 
 SHORT_LEASE_TTL_MS = 3_000
-"""Lease TTL of :data:`short_lease_celery_executor` (the celery executor has no setting
-for it; its limiter uses the default of 30 s)."""
-
-
-def _short_lease_celery(context: InitExecutorContext) -> Executor:
-    built = celery_executor.factory(context)
-    assert isinstance(built, CeleryExecutor)
-    if built.tag_concurrency_limits:
-        built.tag_limiter = RedisTagLimiter(
-            built.client,
-            namespace=built.config.limiter_namespace,
-            lease_ttl_ms=SHORT_LEASE_TTL_MS,
-            url=built.redis_url,
-        )
-    return built
-
-
-short_lease_celery_executor = replace(celery_executor, factory=_short_lease_celery)
-"""``celery_executor`` whose limiter grants leases of :data:`SHORT_LEASE_TTL_MS`: the
-same coordinator, dispatcher and scripts, so a dead coordinator's leases lapse in
-seconds rather than half a minute."""
+"""Lease TTL the coordinator-kill test gives the celery executor (``slot_lease_ttl_s``),
+so a dead coordinator's leases lapse in seconds rather than half a minute."""
 
 
 @step(tags=WAREHOUSE)
@@ -210,7 +187,7 @@ def orphaned_write(context: StepContext) -> str:
     return "orphaned"
 
 
-@job(executor_def=short_lease_celery_executor)
+@job(executor_def=celery_executor)
 def orphaned_writer() -> None:
     orphaned_write()
 
