@@ -192,6 +192,19 @@ class MultiprocessExecutor(DispatchingExecutor):
                 closer()
 
     def _make_limiter(self, run: RunContext) -> tuple[TagLimiter | None, Any]:
+        if self.config.redis_url is not None:
+            # Limits set for everyone (`coreexec limits set`) hold here too.
+            from coreexec.limits.global_rules import GlobalRules
+
+            stored = GlobalRules.from_url(
+                self.config.redis_url, namespace=self.config.limiter_namespace
+            )
+            try:
+                self.tag_concurrency_limits = stored.effective_limits(
+                    tuple(self.config.tag_concurrency_limits or ())
+                )
+            finally:
+                stored.close()
         if not self.tag_concurrency_limits:
             return None, None
         if self.config.redis_url is None:

@@ -356,6 +356,26 @@ def test_redis_tag_limit_holds_across_runs(instance: Instance, redis_url: str) -
     assert any(any(run in e.message for run in other_run) for e in waits)
 
 
+def test_limits_stored_for_everyone_hold_without_configured_rules(
+    instance: Instance, redis_url: str
+) -> None:
+    from coreexec.limits import GlobalRules, TagConcurrencyLimit
+
+    stored = GlobalRules.from_url(redis_url)
+    stored.set_limit(TagConcurrencyLimit(key="database", value="warehouse", limit=1))
+    stored.close()
+    result = execute_job(
+        f"{JOBS}:tagged_naps",
+        mp_config(max_concurrent=4, redis_url=redis_url),
+        instance=instance,
+        tags={"sleep_s": "0.15"},
+    )
+    assert result.success
+    spans = step_intervals(result.events)
+    assert max_overlap(spans, "warehouse_") == 1
+    assert any(e.kind is EventKind.SLOT_WAIT for e in result.events)
+
+
 # -- worker deaths -------------------------------------------------------------------------
 
 
