@@ -16,12 +16,8 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-import pytest
-
-from celery_app.app import make_app
 from celery_app.queues import RUNS_QUEUE, STEP_QUEUES
 from celery_app.run_launcher import CeleryRunLauncher
-from celery_app.settings import CelerySettings
 from coreexec import RunHandle, RunStatus, submit_job
 from coreexec.events import EventKind
 from coreexec.instance import Instance
@@ -38,20 +34,6 @@ from tests.support.processes import REPO_ROOT, CeleryWorkerProcess, child_env, p
 
 GATED = "tests.jobs.submission_jobs:gated_chain"
 WorkerFactory = Callable[..., CeleryWorkerProcess]
-
-
-@pytest.fixture
-def env(redis_url: str, coreexec_home: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    monkeypatch.setenv("COREEXEC_BROKER_URL", redis_url)
-    monkeypatch.setenv("COREEXEC_REDIS_URL", redis_url)
-    monkeypatch.delenv("COREEXEC_RESULT_BACKEND", raising=False)
-    monkeypatch.delenv("COREEXEC_RUN_LAUNCHER", raising=False)
-    return coreexec_home
-
-
-@pytest.fixture
-def launcher(env: Path) -> CeleryRunLauncher:
-    return CeleryRunLauncher(make_app(CelerySettings.from_env(), set_as_current=False))
 
 
 def _cli(*args: str) -> subprocess.CompletedProcess[str]:

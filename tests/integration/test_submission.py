@@ -36,22 +36,6 @@ CHAIN_LOCAL = "tests.jobs.submission_jobs:chain_local"
 WorkerFactory = Callable[..., CeleryWorkerProcess]
 
 
-@pytest.fixture
-def env(redis_url: str, coreexec_home: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    """Broker, event Redis and home for this process and the workers it starts."""
-    monkeypatch.setenv("COREEXEC_BROKER_URL", redis_url)
-    monkeypatch.setenv("COREEXEC_REDIS_URL", redis_url)
-    monkeypatch.delenv("COREEXEC_RESULT_BACKEND", raising=False)
-    monkeypatch.delenv("COREEXEC_RUN_LAUNCHER", raising=False)
-    return coreexec_home
-
-
-@pytest.fixture
-def launcher(env: Path) -> CeleryRunLauncher:
-    # celery_app.app was built when first imported; this one sees the test's broker.
-    return CeleryRunLauncher(make_app(CelerySettings.from_env(), set_as_current=False))
-
-
 def _coordinator_info(redis_url: str, run_id: str) -> CoordinatorInfo:
     with redis_client(redis_url) as client:
         raw = client.get(coordinator_seen_key(run_id))

@@ -1,0 +1,28 @@
+"""Fixtures of the submission tests: the environment a coordinator worker and step workers
+share, and a Celery run launcher that talks to this test's broker."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from celery_app.app import make_app
+from celery_app.run_launcher import CeleryRunLauncher
+from celery_app.settings import CelerySettings
+
+
+@pytest.fixture
+def env(redis_url: str, coreexec_home: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """Broker, event Redis and home for this process and the workers it starts."""
+    monkeypatch.setenv("COREEXEC_BROKER_URL", redis_url)
+    monkeypatch.setenv("COREEXEC_REDIS_URL", redis_url)
+    monkeypatch.delenv("COREEXEC_RESULT_BACKEND", raising=False)
+    monkeypatch.delenv("COREEXEC_RUN_LAUNCHER", raising=False)
+    return coreexec_home
+
+
+@pytest.fixture
+def launcher(env: Path) -> CeleryRunLauncher:
+    # celery_app.app was built when first imported; this one sees the test's broker.
+    return CeleryRunLauncher(make_app(CelerySettings.from_env(), set_as_current=False))
