@@ -122,6 +122,22 @@ class RunHandle:
             return None, False
         return stream.last_id(), True
 
+    def _remaining_s(
+        self, deadline: float | None, timeout: float | None, status: RunStatus
+    ) -> float:
+        """Seconds left before ``deadline``; raises RunWaitTimeout once none are."""
+        if deadline is None:
+            return MAX_BLOCK_S
+        remaining_s = deadline - time.monotonic()
+        if remaining_s <= 0:
+            raise RunWaitTimeout(
+                f"run {self.run_id} did not end within {timeout:g}s (it is {status}); "
+                f"`coreexec runs watch {self.run_id}` follows it",
+                run_id=self.run_id,
+                status=status,
+            )
+        return remaining_s
+
     def wait(self, timeout: float | None = None) -> RunStatus:
         """Block until the run ends; returns SUCCESS, FAILURE or CANCELED.
 
@@ -137,14 +153,7 @@ class RunHandle:
             cursor, armed = self._arm(cursor)
             if armed:
                 continue
-            remaining_s = MAX_BLOCK_S if deadline is None else deadline - time.monotonic()
-            if remaining_s <= 0:
-                raise RunWaitTimeout(
-                    f"run {self.run_id} did not end within {timeout:g}s (it is {status}); "
-                    f"`coreexec runs watch {self.run_id}` follows it",
-                    run_id=self.run_id,
-                    status=status,
-                )
+            remaining_s = self._remaining_s(deadline, timeout, status)
             cursor, _ = self._block(cursor, min(remaining_s, MAX_BLOCK_S))
 
     def coordinator(self) -> CoordinatorStatus | None:
@@ -189,13 +198,7 @@ class RunHandle:
             cursor, armed = self._arm(cursor)
             if armed:
                 continue
-            remaining_s = MAX_BLOCK_S if deadline is None else deadline - time.monotonic()
-            if remaining_s <= 0:
-                raise RunWaitTimeout(
-                    f"run {self.run_id} did not end within {timeout:g}s (it is {finished})",
-                    run_id=self.run_id,
-                    status=finished,
-                )
+            remaining_s = self._remaining_s(deadline, timeout, finished)
             block_s = FOLLOW_SETTLE_S if woke and not fresh else MAX_BLOCK_S
             cursor, woke = self._block(cursor, min(remaining_s, block_s))
             if not woke and on_idle is not None:
