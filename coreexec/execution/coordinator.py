@@ -14,7 +14,7 @@ from collections.abc import Sequence
 from coreexec.active_execution import ActiveExecution, StepAttempt, StepState, new_attempt_id
 from coreexec.errors import CoreExecError, LimiterError
 from coreexec.events import STEP_ATTEMPT_ENDINGS, TRANSIENT_KINDS, Event, EventKind
-from coreexec.execution.dispatcher import StepDispatcher
+from coreexec.execution.dispatcher import LostAttempt, StepDispatcher
 from coreexec.execution.run_context import RunContext
 from coreexec.limits.base import Lease, SlotBlock, SlotRequest, TagLimiter
 from coreexec.limits.rules import TagConcurrencyLimit, slots_for
@@ -213,12 +213,18 @@ class Coordinator:
             try:
                 self.dispatcher.dispatch(step, attempt)
             except CoreExecError as exc:
-                self._record_all(
-                    self.active.fail_attempt(
-                        attempt.attempt_id, FailureClass.INFRASTRUCTURE, str(exc)
-                    )
+                self._fail_lost(
+                    [LostAttempt(attempt.attempt_id, FailureClass.INFRASTRUCTURE, str(exc))]
                 )
-                self._release(attempt.attempt_id)
+        # One send for the whole pass (one broker round trip where the broker batches).
+        self._fail_lost(self.dispatcher.flush())
+
+    def _fail_lost(self, lost_attempts: Sequence[LostAttempt]) -> None:
+        for lost in lost_attempts:
+            self._record_all(
+                self.active.fail_attempt(lost.attempt_id, lost.failure_class, lost.message)
+            )
+            self._release(lost.attempt_id)
 
     def _cancel(self) -> None:
         self.context.instance.storage.set_status(
@@ -267,11 +273,7 @@ class Coordinator:
                     self._cancel()
                 if not self.active.canceled:
                     self._dispatch_ready()
-                for lost in self.dispatcher.lost_attempts():
-                    self._record_all(
-                        self.active.fail_attempt(lost.attempt_id, lost.failure_class, lost.message)
-                    )
-                    self._release(lost.attempt_id)
+                self._fail_lost(self.dispatcher.lost_attempts())
                 self.context.flush()
                 if self.active.is_complete:
                     break

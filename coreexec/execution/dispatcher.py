@@ -41,7 +41,16 @@ class StepDispatcher(ABC):
 
     @abstractmethod
     def dispatch(self, step: PlannedStep, attempt: StepAttempt) -> None:
-        """Start one attempt; must not block until it ends."""
+        """Start one attempt; must not block until it ends.
+
+        A dispatcher may hold the attempt back until :meth:`flush`, which the coordinator
+        calls once it has dispatched every step it can in one pass.
+        """
+
+    def flush(self) -> Sequence[LostAttempt]:
+        """Send what :meth:`dispatch` held back; the attempts that could not be sent
+        come back as lost (and are never started)."""
+        return ()
 
     @abstractmethod
     def wait(self, timeout_s: float | None) -> None:
