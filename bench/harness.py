@@ -315,6 +315,13 @@ SYSTEMS: dict[str, SystemSpec] = {
             "Celery canvas (chord/chain/group), JSON, worker -c 4; W4 on a -c 2 queue",
         ),
         _spec(
+            "plain-celery-reliable",
+            "bench.baselines.plain_celery:run_reliable",
+            "W1,W2,W3,W4",
+            4,
+            "the same canvas with coreexec's settings: acks late, prefetch 1, task events",
+        ),
+        _spec(
             "dagster-in-process",
             "bench.baselines.dagster_runner:run_in_process",
             "W1,W2,W3,W4,W5",
