@@ -67,7 +67,9 @@ class Coordinator:
         for derived in self.active.handle(event):
             self.context.record(derived)
         if event.kind in STEP_ATTEMPT_ENDINGS and event.attempt_id is not None:
-            self._release(event.attempt_id)
+            # An attempt's end always brings a dispatch pass, in which this run's own
+            # waiters ask again: a wake-up to itself would only add a pass.
+            self._release(event.attempt_id, wake_self=False)
 
     def _record_all(self, events: Sequence[Event]) -> None:
         for event in events:
@@ -155,12 +157,14 @@ class Coordinator:
             )
         )
 
-    def _release(self, lease_id: str) -> None:
+    def _release(self, lease_id: str, *, wake_self: bool = True) -> None:
         lease = self._leases.pop(lease_id, None)
         if lease is None or self.limiter is None:
             return
         try:
-            self.limiter.release(lease)
+            self.limiter.release(
+                lease, skip_wake_key=None if wake_self else self.dispatcher.wake_key
+            )
         except LimiterError as exc:
             logger.warning("releasing slots of %s failed: %s", lease.step_key, exc)
         self.context.record(

@@ -116,8 +116,13 @@ class TagLimiter(Protocol):
         """Extend the lease; False when it had lapsed (its slots may be someone else's)."""
         ...
 
-    def release(self, lease: Lease) -> bool:
-        """Give the slots back; False when the lease had already lapsed (nothing freed)."""
+    def release(self, lease: Lease, *, skip_wake_key: str | None = None) -> bool:
+        """Give the slots back; False when the lease had already lapsed (nothing freed).
+
+        Waiters the freed units may let on are woken, except at ``skip_wake_key``: a
+        caller that asks again for its own waiters right after passes its wake key, and
+        saves a wake-up to itself and the pass it would cause.
+        """
         ...
 
     def withdraw(self, request: SlotRequest) -> None:

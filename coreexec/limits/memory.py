@@ -129,8 +129,9 @@ class InMemoryTagLimiter:
         self._notify(wakes, bool(changed))
         return ok
 
-    def release(self, lease: Lease) -> bool:
-        """Give the slots back; False when the lease had already lapsed (nothing freed)."""
+    def release(self, lease: Lease, *, skip_wake_key: str | None = None) -> bool:
+        """Give the slots back; False when the lease had already lapsed (nothing freed).
+        No wake-up goes to ``skip_wake_key`` (see :meth:`TagLimiter.release`)."""
         with self._lock:
             now = self._now_ms()
             changed = self._purge(now)
@@ -138,6 +139,7 @@ class InMemoryTagLimiter:
             live = [n for n in names if lease.lease_id in self._holders.get(n, {})]
             changed |= self._drop_lease(lease.lease_id, names)
             wakes = self._wakes(changed, lease.slots, skip=lease.lease_id)
+            wakes = [wake for wake in wakes if wake[0] != skip_wake_key]
             self._forget_idle(names)
         self._notify(wakes, bool(changed))
         return bool(names) and len(live) == len(names)

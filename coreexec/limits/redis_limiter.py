@@ -193,14 +193,15 @@ class RedisTagLimiter:
         self._send_wakes(wakes)
         return ok
 
-    def release(self, lease: Lease) -> bool:
-        """Give the slots back; False when the lease had already lapsed (nothing freed)."""
+    def release(self, lease: Lease, *, skip_wake_key: str | None = None) -> bool:
+        """Give the slots back; False when the lease had already lapsed (nothing freed).
+        No wake-up goes to ``skip_wake_key`` (see :meth:`TagLimiter.release`)."""
         if not lease.lease_id:
             raise LimiterError("cannot release a lease with an empty lease_id")
         if not lease.slots:
             return False
         ok, wakes = self._do_release(lease)
-        self._send_wakes(wakes)
+        self._send_wakes([wake for wake in wakes if wake[0] != skip_wake_key])
         return ok
 
     def withdraw(self, request: SlotRequest) -> None:

@@ -341,6 +341,26 @@ def test_asking_again_for_held_slots_extends_the_same_lease(harness: Harness) ->
     assert limiter.slots() == ()
 
 
+def test_a_release_wakes_no_one_at_the_key_it_skips(harness: Harness) -> None:
+    limiter = harness.make()
+    a = spec("a")
+    holder = granted(limiter, ask("holder", a))
+    waiter = ask("waiter", a)
+    refused(limiter, waiter)
+    before = harness.cursor(limiter, "wake:waiter")
+    assert limiter.release(holder, skip_wake_key="wake:waiter")
+    # Wake-ups go out before release returns: none went to the skipped key, and the
+    # waiter, asking again by itself as a coordinator does after an attempt ends, is served.
+    assert harness.cursor(limiter, "wake:waiter") == before
+    lease = granted(limiter, waiter)
+
+    other = ask("other", a)
+    refused(limiter, other)
+    cursor = harness.cursor(limiter, "wake:other")
+    assert limiter.release(lease, skip_wake_key="wake:waiter")
+    assert harness.wait_wake(limiter, "wake:other", cursor, WAIT_S) == ["a"]
+
+
 # -- ordering: priority, then first come first served ----------------------------------
 
 
