@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
+from dataclasses import dataclass, field
 
 from coreexec.active_execution import ActiveExecution, StepAttempt, StepState, new_attempt_id
 from coreexec.errors import CoreExecError, LimiterError
@@ -25,6 +26,15 @@ from coreexec.storage.base import RunStatus
 logger = logging.getLogger(__name__)
 
 CANCEL_CHECK_INTERVAL_S = 1.0
+
+
+@dataclass
+class _PassSlots:
+    """What one dispatch pass learned of the slots: refused to a step (``blocked``), or
+    filled by a grant (``full``). Steps after it in the pass need not ask for those."""
+
+    blocked: set[str] = field(default_factory=set)
+    full: set[str] = field(default_factory=set)
 
 
 class Coordinator:
@@ -53,6 +63,7 @@ class Coordinator:
         )
         self._leases: dict[str, Lease] = {}
         self._waiting: dict[str, SlotRequest] = {}
+        self._ask_again_by: dict[str, float] = {}
         self._wait_shown: dict[str, tuple[str, ...]] = {}
         self._next_refresh_at: float | None = None
         self._next_slot_try_at: float | None = None
@@ -87,15 +98,20 @@ class Coordinator:
             data=data,
         )
 
-    def _acquire(self, step: PlannedStep, blocked_slots: set[str]) -> str | None:
+    def _acquire(self, step: PlannedStep, pass_slots: _PassSlots) -> str | None:
         """A lease id for ``step`` (its future attempt id), or None while it must wait."""
         if self.limiter is None:
             return new_attempt_id()
         specs = slots_for(self.limit_rules, step.tags)
         if not specs:
             return new_attempt_id()
-        if any(spec.name in blocked_slots for spec in specs) and step.key not in self._waiting:
-            # A step ahead of it in this pass already waits for one of these slots.
+        names = {spec.name for spec in specs}
+        if step.key not in self._waiting:
+            if names & (pass_slots.blocked | pass_slots.full):
+                # A step ahead of it in this pass waits for one of these slots, or took
+                # its last unit: the release to come wakes this run.
+                return None
+        elif names & pass_slots.full and not self._must_ask_again(step.key):
             return None
         request = self._waiting.get(step.key) or SlotRequest(
             run_id=self.context.run_id,
@@ -111,15 +127,17 @@ class Coordinator:
         result = self.limiter.try_acquire(request)
         if result.lease is None:
             self._waiting[step.key] = request
-            blocked_slots.update(block.slot.name for block in result.blocked_on)
+            pass_slots.blocked.update(block.slot.name for block in result.blocked_on)
             self._show_wait(step, result.blocked_on)
             if result.retry_in_ms is not None:
                 # No wake-up comes when a holder crashes: ask again once its lease can lapse.
                 ask_at = self.context.clock.now() + result.retry_in_ms / 1000
-                if self._next_slot_try_at is None or ask_at < self._next_slot_try_at:
-                    self._next_slot_try_at = ask_at
+                self._ask_again_by[step.key] = ask_at
+                self._try_slots_at(ask_at)
             return None
+        pass_slots.full.update(result.full)
         self._waiting.pop(step.key, None)
+        self._ask_again_by.pop(step.key, None)
         self._wait_shown.pop(step.key, None)
         self._leases[request.lease_id] = result.lease
         self._schedule_refresh()
@@ -133,6 +151,19 @@ class Coordinator:
             )
         )
         return request.lease_id
+
+    def _must_ask_again(self, step_key: str) -> bool:
+        """Whether a waiter must ask even though its slot is full: its place in the
+        queue (or a crashed holder's lease) is due for another look."""
+        ask_by = self._ask_again_by.get(step_key)
+        if ask_by is None or self.context.clock.now() >= ask_by:
+            return True
+        self._try_slots_at(ask_by)
+        return False
+
+    def _try_slots_at(self, at: float) -> None:
+        if self._next_slot_try_at is None or at < self._next_slot_try_at:
+            self._next_slot_try_at = at
 
     def _show_wait(self, step: PlannedStep, blocks: Sequence[SlotBlock]) -> None:
         holders = tuple(
@@ -198,11 +229,11 @@ class Coordinator:
     def _dispatch_ready(self) -> None:
         self._next_slot_try_at = None
         capacity = self.dispatcher.max_in_flight
-        blocked: set[str] = set()
+        pass_slots = _PassSlots()
         for step in self.active.ready_in_order():
             if capacity is not None and self.active.in_flight_count >= capacity:
                 break
-            lease_id = self._acquire(step, blocked)
+            lease_id = self._acquire(step, pass_slots)
             if lease_id is None:
                 continue
             attempt = self.active.start_attempt(step.key, lease_id)
@@ -244,6 +275,7 @@ class Coordinator:
             if self.limiter is not None:
                 self.limiter.withdraw(request)
         self._waiting.clear()
+        self._ask_again_by.clear()
         running: list[StepAttempt] = list(self.active.in_flight.values())
         if running:
             self.dispatcher.terminate(running)

@@ -81,11 +81,16 @@ class AcquireResult:
     ``retry_in_ms`` (refused requests only): when to ask again even without a wake-up,
     because a blocking lease or an earlier waiter may lapse then, and because a waiter
     that stops asking for ``waiter_ttl`` loses its place.
+
+    ``full`` (granted requests only): the slots this grant took the last free unit of.
+    Until a release or a lapse nobody else can have them, and the release wakes the
+    waiters it lets on, so asking for them again before that is a wasted round trip.
     """
 
     lease: Lease | None
     blocked_on: tuple[SlotBlock, ...] = ()
     retry_in_ms: int | None = None
+    full: tuple[str, ...] = ()
 
     @property
     def granted(self) -> bool:

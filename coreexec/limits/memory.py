@@ -216,7 +216,10 @@ class InMemoryTagLimiter:
 
         if not blocked:
             self._grant(request, now)
-            return AcquireResult(lease=self._lease(request))
+            full = tuple(
+                slot.name for slot in request.slots if len(self._holders[slot.name]) >= slot.limit
+            )
+            return AcquireResult(lease=self._lease(request), full=full)
         self._enqueue(request, waiter, now)
         return AcquireResult(
             lease=None,

@@ -323,7 +323,11 @@ class RedisTagLimiter:
         )
         wakes = _pairs(reply[3:])
         if int(reply[0]) == 1:
-            return AcquireResult(lease=self._lease(request, int(reply[1]))), wakes
+            full_json = _text(reply[2])
+            full = tuple(
+                request.slots[int(index) - 1].name for index in json.loads(full_json or "[]")
+            )
+            return AcquireResult(lease=self._lease(request, int(reply[1])), full=full), wakes
         blocks = []
         for index, ahead, holders in json.loads(_text(reply[2])):
             blocks.append(

@@ -341,6 +341,18 @@ def test_asking_again_for_held_slots_extends_the_same_lease(harness: Harness) ->
     assert limiter.slots() == ()
 
 
+def test_a_grant_names_the_slots_it_filled(harness: Harness) -> None:
+    limiter = harness.make()
+    a, b = spec("a", limit=2), spec("b", limit=1)
+    first = limiter.try_acquire(ask("first", a))
+    assert first.granted and first.full == ()
+    second = limiter.try_acquire(ask("second", a, b))
+    assert second.granted and second.full == ("a", "b")
+    assert second.lease is not None and limiter.release(second.lease)
+    third = limiter.try_acquire(ask("third", b))
+    assert third.granted and third.full == ("b",)
+
+
 def test_a_release_wakes_no_one_at_the_key_it_skips(harness: Harness) -> None:
     limiter = harness.make()
     a = spec("a")

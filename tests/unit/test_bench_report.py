@@ -182,7 +182,8 @@ def test_unknown_workload_lists_the_valid_names() -> None:
 
 
 def test_unknown_system_lists_the_valid_names() -> None:
-    with pytest.raises(BenchError, match="valid systems: plain-celery, plain-celery-reliable, dagster-in-process"):
+    valid = "valid systems: plain-celery, plain-celery-reliable, dagster-in-process"
+    with pytest.raises(BenchError, match=valid):
         parse_systems("plain-celery,airflow")
     assert [s.name for s in parse_systems("plain-celery")] == ["plain-celery"]
     assert "dagster-multiprocess-spawn" not in [s.name for s in parse_systems(None)]

@@ -6,9 +6,11 @@
 -- ARGV[5] lease TTL ms      ARGV[6] waiter TTL ms     ARGV[7] wake key ('' for none)
 -- ARGV[8 + 2 * (i - 1)], ARGV[9 + 2 * (i - 1)]: name and limit of slot i.
 --
--- Returns when granted: {1, lease TTL ms, '', wake key, slot name, ...}
+-- Returns when granted: {1, lease TTL ms, full JSON, wake key, slot name, ...}
 --         when refused: {0, retry in ms, blocks JSON, wake key, slot name, ...}
 -- blocks JSON: [[slot index, waiters ahead, [[lease id, run id, step key], ...]], ...].
+-- full JSON: [slot index, ...], the slots this grant took the last free unit of ('' when
+-- the lease was held already).
 -- The wake key / slot name pairs name other waiters that the purge of lapsed leases or
 -- waiters done here may have let on; the caller sends them a wake-up.
 -- Error reply when the lease id holds some but not all of the slots.
@@ -75,11 +77,18 @@ if #blocked == 0 then
   end
   redis.call('ZADD', KEYS[4], deadline, lease_id)
   redis.call('HSET', KEYS[3], lease_id, cjson.encode({ARGV[2], ARGV[3]}))
+  local full = {}
+  for i = 1, n do
+    if redis.call('ZCARD', holders_key(i)) >= slot_limit(FIRST, i) then full[#full + 1] = i end
+  end
   if member then
     redis.call('HDEL', KEYS[5], lease_id)
     redis.call('ZREM', KEYS[6], lease_id)
   end
-  return wakes_for(changed, n, FIRST, {1, lease_ttl, ''}, lease_id)
+  -- cjson encodes an empty table as {}; '[]' keeps the reply a JSON list.
+  local full_json = '[]'
+  if #full > 0 then full_json = cjson.encode(full) end
+  return wakes_for(changed, n, FIRST, {1, lease_ttl, full_json}, lease_id)
 end
 
 -- Refused: queue (or keep queued) as a waiter; its TTL starts again with every try.
