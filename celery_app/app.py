@@ -2,7 +2,8 @@
 
 JSON only (a message in any other format is refused), late acknowledgement with
 re-delivery when a worker process dies, one message reserved per worker process, task
-events on (Flower), the four coreexec queues declared with priority support. User
+events on for Flower (the coordinator's task-sent events are opt-in, as in Celery), the
+four coreexec queues declared with priority support. User
 settings (``COREEXEC_CELERY_CONFIG`` or the executor's ``config_source``) go over these
 defaults, except those that would let pickle in, which are refused.
 """
@@ -46,7 +47,7 @@ def base_config(settings: CelerySettings) -> dict[str, Any]:
         "task_reject_on_worker_lost": True,
         "worker_prefetch_multiplier": 1,
         "worker_send_task_events": True,
-        "task_send_sent_event": True,
+        "task_send_sent_event": False,
         "task_queues": declared_queues(),
         "task_default_queue": DEFAULT_QUEUE,
         "task_default_exchange": DEFAULT_QUEUE,

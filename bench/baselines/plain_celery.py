@@ -9,7 +9,7 @@ Two systems share the canvases. ``plain-celery`` runs them with Celery's default
 acknowledgement, four messages reserved per process, no task events): the floor.
 ``plain-celery-reliable`` runs them with the settings coreexec's app needs so that nothing
 is lost when a worker dies and Flower sees every task (late acknowledgement, re-delivery
-on a lost worker, one message reserved per process, task events): the same Celery work
+on a lost worker, one message reserved per process, worker task events): the same Celery work
 coreexec's workers do, without the engine.
 
 The worker processes import this module (``celery -A bench.baselines.plain_celery``, or
@@ -55,7 +55,6 @@ RELIABLE_SETTINGS = {
     "task_reject_on_worker_lost": True,
     "worker_prefetch_multiplier": 1,
     "worker_send_task_events": True,
-    "task_send_sent_event": True,
 }
 """What coreexec's Celery app sets so that nothing is lost when a worker dies and Flower
 sees every task; ``plain-celery-reliable`` runs the same canvas with these."""

@@ -121,9 +121,6 @@ class Coordinator:
             slots=specs,
             wake_key=self.dispatcher.wake_key,
         )
-        # Steps granted earlier in this pass go out before this limiter round trip, so a
-        # refusal here never holds back a message that already has its slot.
-        self._fail_lost(self.dispatcher.flush())
         result = self.limiter.try_acquire(request)
         if result.lease is None:
             self._waiting[step.key] = request

@@ -180,7 +180,9 @@ def test_app_is_json_only_late_ack_and_declares_priority_queues() -> None:
     assert conf.result_accept_content == ["json"]
     assert conf.task_acks_late and conf.task_reject_on_worker_lost
     assert conf.worker_prefetch_multiplier == 1
-    assert conf.worker_send_task_events and conf.task_send_sent_event
+    # Workers send task events (Flower); the coordinator's task-sent event is opt-in: it
+    # costs a publish per step and only shows steps still queued.
+    assert conf.worker_send_task_events and not conf.task_send_sent_event
     queues = {queue.name: queue for queue in conf.task_queues}
     assert set(queues) == set(ALL_QUEUES)
     assert all(q.max_priority == 10 for q in queues.values())  # x-max-priority on RabbitMQ
