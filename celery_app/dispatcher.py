@@ -58,6 +58,9 @@ READ_COUNT = 1000
 MAX_BLOCK_S = 30.0
 """Longest single blocking read (the coordinator's own timers are usually shorter)."""
 
+MAX_PUBLISH_BATCH = 512
+"""Most step messages sent in one pipeline."""
+
 CONSUMER_CHECK_TTL_S = 1.0
 """How long one answer to "does queue Q have live consumers?" is reused."""
 
@@ -191,33 +194,36 @@ class CeleryDispatcher(StepDispatcher):
         self._unsent.append(_Unsent(attempt, route, message))
 
     def flush(self) -> Sequence[LostAttempt]:
-        """Publish the pass's messages in one batch: on a Redis broker, one pipeline (the
-        task-sent events included) instead of a round trip or two per step."""
+        """Publish the pass's messages in batches of 1, 2, 4, ... messages: on a Redis
+        broker each batch is one pipeline, so a pass of n steps costs about log2(n) round
+        trips, and the first step is on its way before the others are even encoded."""
         unsent, self._unsent = self._unsent, []
-        if not unsent:
-            return ()
         send = self.app.amqp.send_task_message
-        try:
-            with self._producer.batch():
-                for item in unsent:
-                    send(
-                        self._producer,
-                        STEP_TASK_NAME,
-                        item.message,
-                        queue=item.route.queue,
-                        priority=item.route.message_priority,
-                    )
-        except (KombuError, OSError, redis.RedisError) as exc:
-            return self._unpublished(unsent, exc)
-        deadline = time.monotonic() + self.timings.queued_timeout_s
-        for item in unsent:
-            self._queued[item.attempt.attempt_id] = _Queued(
-                item.attempt.step_key, item.attempt.number, item.route.queue, deadline
-            )
+        start, size = 0, 1
+        while start < len(unsent):
+            chunk = unsent[start : start + size]
+            try:
+                with self._producer.batch():
+                    for item in chunk:
+                        send(
+                            self._producer,
+                            STEP_TASK_NAME,
+                            item.message,
+                            queue=item.route.queue,
+                            priority=item.route.message_priority,
+                        )
+            except (KombuError, OSError, redis.RedisError) as exc:
+                return self._unpublished(unsent[start:], exc)
+            deadline = time.monotonic() + self.timings.queued_timeout_s
+            for item in chunk:
+                self._queued[item.attempt.attempt_id] = _Queued(
+                    item.attempt.step_key, item.attempt.number, item.route.queue, deadline
+                )
+            start, size = start + size, min(2 * size, MAX_PUBLISH_BATCH)
         return ()
 
     def _unpublished(self, unsent: Sequence[_Unsent], exc: BaseException) -> list[LostAttempt]:
-        """The attempts of a batch that failed part way. Each is fenced, so that a message
+        """The attempts from a batch that failed on. Each is fenced, so that a message
         which did reach the broker is dropped by its worker, and reported lost; one that a
         worker claimed already is running after all."""
         ids = [item.attempt.attempt_id for item in unsent]
