@@ -3,8 +3,8 @@
 Arguments are identifiers only, ``[run_id, step_key, attempt_number, attempt_id,
 job_reference]``; the task id is the attempt id. The worker
 
-1. claims the attempt (a second delivery of it, or a message the coordinator has given
-   up on, is dropped and logged);
+1. claims the attempt and announces its start, in one round trip (a second delivery of
+   it, or a message the coordinator has given up on, is dropped and logged);
 2. loads the job by reference, its plan and the run record from caches (run config
    comes from the run storage, never from the message);
 3. runs the step with :func:`coreexec.step_runner.run_step`, events going to the run's
@@ -26,7 +26,7 @@ from coreexec.context import EventSink
 from coreexec.errors import BrokerConnectionError, CoreExecError
 from coreexec.events import Event, EventKind
 from coreexec.retry import FailureClass
-from coreexec.step_runner import StepRun, run_step
+from coreexec.step_runner import StepRun, run_step, start_event
 from coreexec.transport.redis_events import RedisEventStream
 
 if TYPE_CHECKING:
@@ -101,7 +101,10 @@ def run_attempt(
     attempt = StepAttempt(step_key, attempt_number, attempt_id)
     owner = f"{worker}:{os.getpid()}"
     try:
-        claim = runtime.claims.claim(run_id, attempt_id, owner)
+        # The start is announced with the claim (one round trip), and only if it is won.
+        claim = runtime.claims.claim_and_start(
+            run_id, attempt_id, owner, start_event(run_id, step_key, attempt)
+        )
     except BrokerConnectionError as exc:
         # Nothing ran and nobody knows of this delivery: give the message back rather
         # than let it be acknowledged and lost.
@@ -170,6 +173,7 @@ def run_attempt(
                 run_tags=info.record.tags,
             ),
             sink,
+            announce_start=False,
         )
     return _status("success" if outcome.success else "failure", step_key, attempt)
 

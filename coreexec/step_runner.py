@@ -112,17 +112,34 @@ def _outputs_of(run: StepRun, returned: Any) -> dict[str, Any]:
     )
 
 
-def run_step(run: StepRun, emit: EventSink) -> StepOutcome:
+def start_event(
+    run_id: str, step_key: str, attempt: StepAttempt, clock: Clock = SYSTEM_CLOCK
+) -> Event:
+    """The STEP_START event of an attempt starting in this process."""
+    return Event(
+        kind=EventKind.STEP_START,
+        run_id=run_id,
+        timestamp=clock.now(),
+        step_key=step_key,
+        attempt=attempt.number,
+        attempt_id=attempt.attempt_id,
+        message=f"started attempt {attempt.number}",
+        data={"pid": os.getpid(), "host": _HOST},
+    )
+
+
+def run_step(run: StepRun, emit: EventSink, *, announce_start: bool = True) -> StepOutcome:
     """Run one attempt, reporting through ``emit``; never raises for a step's failure.
 
+    ``announce_start=False`` when the caller has reported the attempt's
+    :func:`start_event` itself (a worker does it with its claim, in one round trip).
     KeyboardInterrupt and SystemExit are reported as a cancelled attempt and raised
     again, so the process can stop.
     """
     report = _Reporter(run, emit)
     started = time.perf_counter()
-    report(
-        EventKind.STEP_START, f"started attempt {run.attempt.number}", pid=os.getpid(), host=_HOST
-    )
+    if announce_start:
+        emit(start_event(run.run_id, run.step.key, run.attempt, run.clock))
 
     def failed(
         exc: BaseException, failure_class: FailureClass, retryable: bool, *, user: bool

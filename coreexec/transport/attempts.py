@@ -12,13 +12,15 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from importlib import resources
 
 import redis
 
 from coreexec.errors import CoreExecError
+from coreexec.events import Event
 from coreexec.redis_urls import client_url
 from coreexec.transport import keys
-from coreexec.transport.redis_events import wrap_redis_error
+from coreexec.transport.redis_events import encode_event, wrap_redis_error
 
 DEFAULT_CLAIM_TTL_S = 24 * 3600
 """How long a claim or fence is kept: far longer than a broker takes to redeliver
@@ -53,6 +55,11 @@ class AttemptClaims:
         self.client = client
         self.ttl_s = ttl_s
         self._url = url or client_url(client)
+        self._claim_and_start = client.register_script(
+            resources.files("coreexec.transport")
+            .joinpath("lua", "claim_and_start.lua")
+            .read_text(encoding="utf-8")
+        )
 
     def _fail(self, exc: redis.RedisError, what: str) -> CoreExecError:
         return wrap_redis_error(exc, url=self._url, what=what)
@@ -67,6 +74,23 @@ class AttemptClaims:
             holder = self.client.get(key)
         except redis.RedisError as exc:
             raise self._fail(exc, f"claim attempt {attempt_id}") from exc
+        return ClaimResult(claimed=False, holder=_text(holder))
+
+    def claim_and_start(
+        self, run_id: str, attempt_id: str, owner: str, start: Event
+    ) -> ClaimResult:
+        """Claim an attempt and, only if this worker got it, append ``start`` (its
+        STEP_START event) to the run's stream; one round trip either way."""
+        claim_key = keys.attempt_claim(run_id, attempt_id)
+        args = (owner, self.ttl_s, keys.EVENT_STREAM_MAXLEN, keys.EVENT_FIELD, encode_event(start))
+        try:
+            won, holder = self._claim_and_start(
+                keys=[claim_key, keys.run_events(run_id)], args=args
+            )
+        except redis.RedisError as exc:
+            raise self._fail(exc, f"claim attempt {attempt_id}") from exc
+        if int(won) == 1:
+            return ClaimResult(claimed=True, holder=owner)
         return ClaimResult(claimed=False, holder=_text(holder))
 
     def fence(self, run_id: str, attempt_ids: Sequence[str], reason: str) -> list[bool]:
