@@ -34,6 +34,7 @@ from kombu.exceptions import KombuError
 
 from celery_app.app import CoreexecApp
 from celery_app.queue_presence import QueuePresence
+from celery_app.redis_publisher import OutgoingStep, RedisStepPublisher, fast_publisher_for
 from celery_app.routing import StepRoute, StepRouter
 from celery_app.step_task import STEP_TASK_NAME
 from celery_app.worker_runtime import RunSettings
@@ -139,6 +140,7 @@ class CeleryDispatcher(StepDispatcher):
         self._terminating: set[str] = set()
         self._lost: list[LostAttempt] = []
         self._unsent: list[_Unsent] = []
+        self._fast: RedisStepPublisher | None = None
         self._consumers_seen: dict[str, tuple[float, bool]] = {}
 
     # -- lifecycle --------------------------------------------------------------------
@@ -161,6 +163,11 @@ class CeleryDispatcher(StepDispatcher):
         # Only what happens from now on: a resumed run's stream holds its past too.
         self._last_id = self.stream.last_id()
         self._producer = self.app.producer_pool.acquire(block=True)
+        try:
+            self._fast = fast_publisher_for(self.app, self._producer)
+        except (KombuError, OSError, redis.RedisError) as exc:
+            log.warning("publishing through kombu's producer: %s", exc)
+            self._fast = None
 
     def close(self) -> None:
         if self._producer is not None:
@@ -198,20 +205,11 @@ class CeleryDispatcher(StepDispatcher):
         broker each batch is one pipeline, so a pass of n steps costs about log2(n) round
         trips, and the first step is on its way before the others are even encoded."""
         unsent, self._unsent = self._unsent, []
-        send = self.app.amqp.send_task_message
         start, size = 0, 1
         while start < len(unsent):
             chunk = unsent[start : start + size]
             try:
-                with self._producer.batch():
-                    for item in chunk:
-                        send(
-                            self._producer,
-                            STEP_TASK_NAME,
-                            item.message,
-                            queue=item.route.queue,
-                            priority=item.route.message_priority,
-                        )
+                self._publish(chunk)
             except (KombuError, OSError, redis.RedisError) as exc:
                 return self._unpublished(unsent[start:], exc)
             deadline = time.monotonic() + self.timings.queued_timeout_s
@@ -221,6 +219,28 @@ class CeleryDispatcher(StepDispatcher):
                 )
             start, size = start + size, min(2 * size, MAX_PUBLISH_BATCH)
         return ()
+
+    def _publish(self, chunk: Sequence[_Unsent]) -> None:
+        """One batch: straight onto Redis's lists where that sends what kombu would
+        (:mod:`celery_app.redis_publisher`), else through kombu's batching producer."""
+        if self._fast is not None:
+            self._fast.publish(
+                [
+                    OutgoingStep(item.message, item.route.queue, item.route.message_priority)
+                    for item in chunk
+                ]
+            )
+            return
+        send = self.app.amqp.send_task_message
+        with self._producer.batch():
+            for item in chunk:
+                send(
+                    self._producer,
+                    STEP_TASK_NAME,
+                    item.message,
+                    queue=item.route.queue,
+                    priority=item.route.message_priority,
+                )
 
     def _unpublished(self, unsent: Sequence[_Unsent], exc: BaseException) -> list[LostAttempt]:
         """The attempts from a batch that failed on. Each is fenced, so that a message

@@ -1,0 +1,91 @@
+"""Step messages straight onto a Redis broker's lists, as kombu's Redis transport writes them.
+
+``Producer.publish`` costs about 0.2 ms of Python per message on these machines (entity
+declaration, retry wrappers, a new Redis client per call) before the one LPUSH that
+matters; a coordinator publishing thousands of steps pays it thousands of times. This
+publisher does only what kombu's Redis channel does to a message (its own
+``prepare_message``, body encoding and ``_q_for_pri``, on a client of the channel's own
+connection pool) and sends a batch as one pipeline, so a worker receives exactly what
+kombu would have sent.
+
+It is used only where that equivalence holds: a Redis broker (not Sentinel), no message
+compression, no per-queue expiry, no task-sent events and nobody listening to Celery's
+publish signals; everything else goes through kombu (:func:`fast_publisher_for`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from celery.signals import after_task_publish, before_task_publish
+from kombu.entity import maybe_delivery_mode
+from kombu.serialization import dumps as serialize
+from kombu.utils.json import dumps as json_dumps
+
+from celery_app.app import CoreexecApp
+
+_REDIS_SCHEMES = ("redis", "rediss", "unix")
+
+
+@dataclass(frozen=True)
+class OutgoingStep:
+    """One task message of Celery's ``create_task_message`` and where it goes."""
+
+    message: Any
+    queue: str
+    priority: int
+
+
+def fast_publisher_for(app: CoreexecApp, producer: Any) -> RedisStepPublisher | None:
+    """A publisher on ``producer``'s channel when it would send what kombu sends; else None."""
+    conf = app.conf
+    if str(conf.broker_url).split("://", 1)[0].lower() not in _REDIS_SCHEMES:
+        return None
+    if conf.task_compression or conf.task_send_sent_event:
+        return None
+    if before_task_publish.receivers or after_task_publish.receivers:
+        return None
+    channel = producer.channel
+    if getattr(channel, "_expires", None) or not hasattr(channel, "_q_for_pri"):
+        return None
+    return RedisStepPublisher(channel, delivery_mode=conf.task_default_delivery_mode)
+
+
+class RedisStepPublisher:
+    """Publishes batches of step messages on one kombu Redis channel."""
+
+    def __init__(self, channel: Any, *, delivery_mode: str | int = "persistent") -> None:
+        self.channel = channel
+        self.delivery_mode = maybe_delivery_mode(delivery_mode)  # type: ignore[no-untyped-call]
+        # One client for every batch; kombu makes a new one per publish.
+        self.client = channel._create_client()
+
+    def encode(self, step: OutgoingStep) -> tuple[str, str]:
+        """The list key and payload kombu would LPUSH for ``step``."""
+        headers, properties, body, _sent_event = step.message
+        content_type, content_encoding, data = serialize(  # type: ignore[no-untyped-call]
+            body, serializer="json"
+        )
+        channel = self.channel
+        message = channel.prepare_message(
+            data,
+            step.priority,
+            content_type,
+            content_encoding,
+            headers,
+            {**properties, "delivery_mode": self.delivery_mode, "priority": step.priority},
+        )
+        # The anonymous exchange: the routing key is the queue, as Celery sends it.
+        channel._inplace_augment_message(message, "", step.queue)
+        key = channel._q_for_pri(step.queue, channel._get_message_priority(message))
+        return key, json_dumps(message)  # type: ignore[no-untyped-call]
+
+    def publish(self, steps: Sequence[OutgoingStep]) -> None:
+        """Send ``steps`` in one pipeline (redis-py errors are the caller's to handle)."""
+        with self.client.pipeline(transaction=False) as pipe:
+            for step in steps:
+                key, payload = self.encode(step)
+                pipe.lpush(key, payload)
+            pipe.execute()
