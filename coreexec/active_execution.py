@@ -69,6 +69,8 @@ class ActiveExecution:
         self._clock = clock
         self._rng = rng or random.Random()
         self._state: dict[str, StepState] = {}
+        self._unfinished = 0
+        """Steps not in a terminal state: is_complete is asked every pass, so it is kept."""
         self._missing: dict[str, int] = {}
         self._heap: list[tuple[int, int, str]] = []
         self._retry_at: dict[str, float] = {}
@@ -81,13 +83,20 @@ class ActiveExecution:
             plan.step(key)
         for planned in plan.steps:
             if planned.key in done:
-                self._state[planned.key] = StepState.SUCCEEDED
+                self._set_state(planned.key, StepState.SUCCEEDED)
                 continue
             missing = sum(1 for up in planned.upstream_keys if up not in done)
             self._missing[planned.key] = missing
-            self._state[planned.key] = StepState.PENDING
+            self._set_state(planned.key, StepState.PENDING)
             if missing == 0:
                 self._make_ready(planned.key)
+
+    def _set_state(self, step_key: str, state: StepState) -> None:
+        before = self._state.get(step_key)
+        self._state[step_key] = state
+        self._unfinished += (state not in TERMINAL_STATES) - (
+            before is not None and before not in TERMINAL_STATES
+        )
 
     # -- queries ---------------------------------------------------------------------
 
@@ -111,9 +120,7 @@ class ActiveExecution:
 
     @property
     def is_complete(self) -> bool:
-        return all(state in TERMINAL_STATES for state in self._state.values()) and not (
-            self._in_flight
-        )
+        return self._unfinished == 0 and not self._in_flight
 
     @property
     def has_ready(self) -> bool:
@@ -138,7 +145,7 @@ class ActiveExecution:
 
     def _make_ready(self, key: str) -> None:
         planned = self.plan.step(key)
-        self._state[key] = StepState.READY
+        self._set_state(key, StepState.READY)
         heapq.heappush(self._heap, (-planned.priority, self.plan.index_of(key), key))
 
     def _promote_due_retries(self) -> None:
@@ -188,7 +195,7 @@ class ActiveExecution:
         number = self._attempts.get(step_key, 0) + 1
         self._attempts[step_key] = number
         attempt = StepAttempt(step_key, number, attempt_id or new_attempt_id())
-        self._state[step_key] = StepState.IN_FLIGHT
+        self._set_state(step_key, StepState.IN_FLIGHT)
         self._current[step_key] = attempt
         self._in_flight[attempt.attempt_id] = attempt
         return attempt
@@ -278,7 +285,7 @@ class ActiveExecution:
         self._retry_at.clear()
         for key, state in self._state.items():
             if state in (StepState.PENDING, StepState.READY, StepState.WAITING_RETRY):
-                self._state[key] = StepState.SKIPPED
+                self._set_state(key, StepState.SKIPPED)
                 events.append(self._event(EventKind.STEP_SKIPPED, key, "run canceled"))
         return events
 
@@ -295,7 +302,7 @@ class ActiveExecution:
         )
 
     def _succeed(self, step_key: str) -> list[Event]:
-        self._state[step_key] = StepState.SUCCEEDED
+        self._set_state(step_key, StepState.SUCCEEDED)
         if self._canceled:
             return []
         for child in self.plan.downstream_of(step_key):
@@ -307,7 +314,7 @@ class ActiveExecution:
         return []
 
     def _schedule_retry(self, attempt: StepAttempt, delay_s: float, why: str) -> Event:
-        self._state[attempt.step_key] = StepState.WAITING_RETRY
+        self._set_state(attempt.step_key, StepState.WAITING_RETRY)
         self._retry_at[attempt.step_key] = self._clock.now() + delay_s
         return Event(
             kind=EventKind.STEP_UP_FOR_RETRY,
@@ -323,7 +330,7 @@ class ActiveExecution:
     def _fail(
         self, attempt: StepAttempt, failure_class: FailureClass, message: str, *, emit: bool
     ) -> list[Event]:
-        self._state[attempt.step_key] = StepState.FAILED
+        self._set_state(attempt.step_key, StepState.FAILED)
         events: list[Event] = []
         if emit:
             events.append(
@@ -342,7 +349,7 @@ class ActiveExecution:
         while stack:
             child = stack.pop()
             if self._state[child] in (StepState.PENDING, StepState.READY):
-                self._state[child] = StepState.SKIPPED
+                self._set_state(child, StepState.SKIPPED)
                 events.append(
                     self._event(
                         EventKind.STEP_SKIPPED,
