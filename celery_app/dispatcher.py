@@ -42,7 +42,7 @@ from coreexec.active_execution import StepAttempt
 from coreexec.context import EventSink
 from coreexec.errors import BrokerConnectionError, CoreExecError
 from coreexec.events import STEP_ATTEMPT_ENDINGS, Event, EventKind
-from coreexec.execution.dispatcher import LostAttempt, StepDispatcher
+from coreexec.execution.dispatcher import STREAMED_STORAGE_FLUSH_S, LostAttempt, StepDispatcher
 from coreexec.execution.run_context import RunContext
 from coreexec.plan import PlannedStep
 from coreexec.redis_urls import safe_url
@@ -125,6 +125,9 @@ class CeleryDispatcher(StepDispatcher):
         self.timings = timings
         self.stream = RedisEventStream(client, run.run_id, url=redis_url)
         self.wake_key = self.stream.key
+        # The run's stream keeps every event for a resume, and a SQLite commit per pass
+        # competes with the steps for the CPU: events reach the storage in batches.
+        self.storage_flush_interval_s = STREAMED_STORAGE_FLUSH_S
         self.claims = AttemptClaims(client, url=redis_url)
         self.presence = presence
         self._client = client

@@ -18,6 +18,7 @@ import redis
 
 from coreexec.errors import CoreExecError, LauncherError, RequirementError
 from coreexec.events import Event, EventKind
+from coreexec.execution.dispatcher import STREAMED_STORAGE_FLUSH_S
 from coreexec.execution.runs import create_run
 from coreexec.instance import Instance, home_from_env
 from coreexec.job import JobDefinition
@@ -35,9 +36,10 @@ MAX_BLOCK_S = 2.0
 """Longest single blocking read while waiting: the storage is read again at least this
 often, so a run whose coordinator cannot reach Redis is still seen to end."""
 
-FOLLOW_SETTLE_S = 0.2
-"""After a stream entry, the coordinator writes its events to storage within a loop pass;
-a follower that found nothing new reads again after at most this long."""
+FOLLOW_SETTLE_S = STREAMED_STORAGE_FLUSH_S + 0.1
+"""After a stream entry, the coordinator writes its events to storage within
+``STREAMED_STORAGE_FLUSH_S``; a follower that found nothing new reads again after at
+most this long."""
 
 NO_REDIS_INTERVAL_S = 0.5
 """How often a handle without Redis reads the run storage (the only way it can learn)."""

@@ -68,13 +68,15 @@ class Coordinator:
         self._next_refresh_at: float | None = None
         self._next_slot_try_at: float | None = None
         self._next_cancel_check_at = run.clock.now() + CANCEL_CHECK_INTERVAL_S
+        self._last_flush_at = run.clock.now()
 
     # -- events -----------------------------------------------------------------------
 
     def _record(self, event: Event) -> None:
         if event.kind in TRANSIENT_KINDS:
             return
-        self.context.record(event)
+        # A step's own event: the dispatcher's stream (where it has one) keeps it too.
+        self.context.record(event, kept_elsewhere=True)
         for derived in self.active.handle(event):
             self.context.record(derived)
         if event.kind in STEP_ATTEMPT_ENDINGS and event.attempt_id is not None:
@@ -288,8 +290,22 @@ class Coordinator:
         if status is RunStatus.CANCELING:
             self.context.cancel_requested.set()
 
+    def _flush_if_due(self) -> None:
+        """Write the pass's events to the run storage, or keep them for a later pass
+        when the dispatcher allows it and all of them are steps' own events, which its
+        stream keeps for a resume: storage commits are CPU that steps starting on the
+        same machine would rather have. The coordinator's own events (a step queued, a
+        slot taken) are written in the pass that made them."""
+        now = self.context.clock.now()
+        interval_s = self.dispatcher.storage_flush_interval_s
+        if self.context.must_flush or now - self._last_flush_at >= interval_s:
+            self.context.flush()
+            self._last_flush_at = now
+
     def _wait_timeout(self) -> float | None:
         deadlines = [self._next_cancel_check_at]
+        if self.context.has_unsaved:
+            deadlines.append(self._last_flush_at + self.dispatcher.storage_flush_interval_s)
         if self.active.next_retry_at is not None:
             deadlines.append(self.active.next_retry_at)
         if self._next_refresh_at is not None:
@@ -310,7 +326,7 @@ class Coordinator:
                 if not self.active.canceled:
                     self._dispatch_ready()
                 self._fail_lost(self.dispatcher.lost_attempts())
-                self.context.flush()
+                self._flush_if_due()
                 if self.active.is_complete:
                     break
                 self.dispatcher.wait(self._wait_timeout())

@@ -11,6 +11,10 @@ from coreexec.context import EventSink
 from coreexec.plan import PlannedStep
 from coreexec.retry import FailureClass
 
+STREAMED_STORAGE_FLUSH_S = 0.25
+"""The :attr:`StepDispatcher.storage_flush_interval_s` of dispatchers whose events also
+live on a Redis stream; a follower of the run storage allows for it."""
+
 
 @dataclass(frozen=True)
 class LostAttempt:
@@ -34,6 +38,11 @@ class StepDispatcher(ABC):
 
     wake_key: str | None = None
     """Where a Redis tag limiter sends wake-ups for this run (a Redis stream key)."""
+
+    storage_flush_interval_s: float = 0.0
+    """How long the coordinator may hold events before writing them to the run storage.
+    Nonzero only where every event has another durable home that a resumed run drains
+    first (the celery executor's Redis stream): a coordinator that dies loses none."""
 
     @abstractmethod
     def start(self, sink: EventSink) -> None:

@@ -48,15 +48,21 @@ class RunContext:
     """User exceptions of failed steps, kept by executors that run steps in this process."""
 
     _unsaved: list[Event] = field(default_factory=list)
+    _must_flush: bool = False
 
-    def record(self, event: Event) -> None:
+    def record(self, event: Event, *, kept_elsewhere: bool = False) -> None:
         """Keep an event for the run's history and tell the listeners at once.
 
         Events are written to the run storage in batches by :meth:`flush`, which the
         coordinator calls after every pass of its loop: one transaction per pass
-        rather than one per event.
+        rather than one per event. ``kept_elsewhere``: the event also sits where a
+        resumed run reads it (a step's event on the run's Redis stream), so its write
+        may wait (:attr:`StepDispatcher.storage_flush_interval_s`); any other event
+        makes :attr:`must_flush` true.
         """
         self._unsaved.append(event)
+        if not kept_elsewhere:
+            self._must_flush = True
         for listener in self.listeners:
             listener(event)
 
@@ -84,8 +90,19 @@ class RunContext:
         for wake in self.wakers:
             wake()
 
+    @property
+    def has_unsaved(self) -> bool:
+        """Whether events wait for :meth:`flush`."""
+        return bool(self._unsaved)
+
+    @property
+    def must_flush(self) -> bool:
+        """Whether an unsaved event exists nowhere else (the coordinator's own)."""
+        return self._must_flush
+
     def flush(self) -> None:
         """Write the recorded events to the run storage."""
         if self._unsaved:
             batch, self._unsaved = self._unsaved, []
+            self._must_flush = False
             self.instance.storage.append_events(self.run_id, batch)
