@@ -27,15 +27,14 @@ import time
 from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
 
 import redis
 from kombu.exceptions import KombuError
 
 from celery_app.app import CoreexecApp
 from celery_app.queue_presence import QueuePresence
-from celery_app.redis_publisher import OutgoingStep, RedisStepPublisher, fast_publisher_for
-from celery_app.routing import StepRoute, StepRouter
+from celery_app.routing import StepRouter
+from celery_app.step_publisher import PUBLISH_ERRORS, OutgoingStep, StepPublisher, growing_batches
 from celery_app.step_task import STEP_TASK_NAME
 from celery_app.worker_runtime import RunSettings
 from coreexec.active_execution import StepAttempt
@@ -58,9 +57,6 @@ READ_COUNT = 1000
 
 MAX_BLOCK_S = 30.0
 """Longest single blocking read (the coordinator's own timers are usually shorter)."""
-
-MAX_PUBLISH_BATCH = 512
-"""Most step messages sent in one pipeline."""
 
 CONSUMER_CHECK_TTL_S = 1.0
 """How long one answer to "does queue Q have live consumers?" is reused."""
@@ -86,8 +82,7 @@ class _Queued:
 @dataclass(frozen=True)
 class _Unsent:
     attempt: StepAttempt
-    route: StepRoute
-    message: Any
+    outgoing: OutgoingStep
 
 
 @dataclass
@@ -137,13 +132,12 @@ class CeleryDispatcher(StepDispatcher):
         self._sent_events = bool(app.conf.task_send_sent_event)
         self._sink: EventSink | None = None
         self._last_id = "0-0"
-        self._producer: Any = None
+        self._publisher: StepPublisher | None = None
         self._queued: OrderedDict[str, _Queued] = OrderedDict()
         self._running: dict[str, _Running] = {}
         self._terminating: set[str] = set()
         self._lost: list[LostAttempt] = []
         self._unsent: list[_Unsent] = []
-        self._fast: RedisStepPublisher | None = None
         self._consumers_seen: dict[str, tuple[float, bool]] = {}
 
     # -- lifecycle --------------------------------------------------------------------
@@ -165,17 +159,12 @@ class CeleryDispatcher(StepDispatcher):
             ) from exc
         # Only what happens from now on: a resumed run's stream holds its past too.
         self._last_id = self.stream.last_id()
-        self._producer = self.app.producer_pool.acquire(block=True)
-        try:
-            self._fast = fast_publisher_for(self.app, self._producer)
-        except (KombuError, OSError, redis.RedisError) as exc:
-            log.warning("publishing through kombu's producer: %s", exc)
-            self._fast = None
+        self._publisher = StepPublisher(self.app)
 
     def close(self) -> None:
-        if self._producer is not None:
-            self._producer.release()
-            self._producer = None
+        if self._publisher is not None:
+            self._publisher.close()
+            self._publisher = None
         try:
             self.stream.expire()
         except CoreExecError as exc:
@@ -205,49 +194,27 @@ class CeleryDispatcher(StepDispatcher):
         )
         if message.sent_event is not None:
             message.sent_event["name"] = shadow
-        self._unsent.append(_Unsent(attempt, route, message))
+        outgoing = OutgoingStep(message, route.queue, route.message_priority)
+        self._unsent.append(_Unsent(attempt, outgoing))
 
     def flush(self) -> Sequence[LostAttempt]:
-        """Publish the pass's messages in batches of 1, 2, 4, ... messages: on a Redis
-        broker each batch is one pipeline, so a pass of n steps costs about log2(n) round
-        trips, and the first step is on its way before the others are even encoded."""
+        """Publish the pass's messages in growing batches (see
+        :mod:`celery_app.step_publisher`); the attempts of a batch that failed, and of
+        every batch after it, come back lost."""
+        assert self._publisher is not None, "start() first"
         unsent, self._unsent = self._unsent, []
-        start, size = 0, 1
-        while start < len(unsent):
-            chunk = unsent[start : start + size]
+        for start, batch in growing_batches(unsent):
             try:
-                self._publish(chunk)
-            except (KombuError, OSError, redis.RedisError) as exc:
+                self._publisher.publish([item.outgoing for item in batch])
+            except PUBLISH_ERRORS as exc:
                 return self._unpublished(unsent[start:], exc)
             deadline = time.monotonic() + self.timings.queued_timeout_s
-            for item in chunk:
-                self._queued[item.attempt.attempt_id] = _Queued(
-                    item.attempt.step_key, item.attempt.number, item.route.queue, deadline
+            for item in batch:
+                attempt = item.attempt
+                self._queued[attempt.attempt_id] = _Queued(
+                    attempt.step_key, attempt.number, item.outgoing.queue, deadline
                 )
-            start, size = start + size, min(2 * size, MAX_PUBLISH_BATCH)
         return ()
-
-    def _publish(self, chunk: Sequence[_Unsent]) -> None:
-        """One batch: straight onto Redis's lists where that sends what kombu would
-        (:mod:`celery_app.redis_publisher`), else through kombu's batching producer."""
-        if self._fast is not None:
-            self._fast.publish(
-                [
-                    OutgoingStep(item.message, item.route.queue, item.route.message_priority)
-                    for item in chunk
-                ]
-            )
-            return
-        send = self.app.amqp.send_task_message
-        with self._producer.batch():
-            for item in chunk:
-                send(
-                    self._producer,
-                    STEP_TASK_NAME,
-                    item.message,
-                    queue=item.route.queue,
-                    priority=item.route.message_priority,
-                )
 
     def _unpublished(self, unsent: Sequence[_Unsent], exc: BaseException) -> list[LostAttempt]:
         """The attempts from a batch that failed on. Each is fenced, so that a message
@@ -262,7 +229,7 @@ class CeleryDispatcher(StepDispatcher):
         lost = []
         now = time.monotonic()
         for item, was_fenced in zip(unsent, fenced, strict=True):
-            attempt, queue = item.attempt, item.route.queue
+            attempt, queue = item.attempt, item.outgoing.queue
             if not was_fenced:
                 self._running[attempt.attempt_id] = _Running(
                     attempt.step_key, attempt.number, queue, now

@@ -1,4 +1,4 @@
-"""The Redis step publisher writes what kombu's producer writes, and steps aside otherwise."""
+"""Step publishing: straight onto Redis's lists exactly as kombu writes, kombu otherwise."""
 
 from __future__ import annotations
 
@@ -12,8 +12,13 @@ from celery.signals import before_task_publish
 
 from celery_app.app import CoreexecApp, make_app
 from celery_app.queues import DEFAULT_QUEUE, HIGH_QUEUE, redis_queue_keys
-from celery_app.redis_publisher import OutgoingStep, RedisStepPublisher, fast_publisher_for
 from celery_app.settings import CelerySettings
+from celery_app.step_publisher import (
+    OutgoingStep,
+    RedisListPublisher,
+    growing_batches,
+    redis_list_publisher_for,
+)
 from celery_app.step_task import STEP_TASK_NAME
 from coreexec.transport.redis_events import redis_client
 
@@ -65,15 +70,15 @@ def test_a_message_is_the_one_kombu_would_send(
     )
     by_kombu = take_one(client, queue)
 
-    publisher = fast_publisher_for(app, producer)
-    assert isinstance(publisher, RedisStepPublisher)
+    publisher = redis_list_publisher_for(app, producer)
+    assert isinstance(publisher, RedisListPublisher)
     publisher.publish([OutgoingStep(task_message(app, "a-1"), queue, priority)])
 
     assert take_one(client, queue) == by_kombu
 
 
 def test_a_batch_keeps_its_order(app: CoreexecApp, producer: Any, client: redis.Redis) -> None:
-    publisher = fast_publisher_for(app, producer)
+    publisher = redis_list_publisher_for(app, producer)
     assert publisher is not None
     ids = [f"a-{n}" for n in range(5)]
     publisher.publish([OutgoingStep(task_message(app, i), DEFAULT_QUEUE, 0) for i in ids])
@@ -88,7 +93,7 @@ def test_kombu_publishes_when_task_sent_events_are_on(redis_url: str) -> None:
     settings = CelerySettings(broker_url=redis_url, celery_config={"task_send_sent_event": True})
     app = make_app(settings, set_as_current=False)
     with app.producer_pool.acquire(block=True) as producer:
-        assert fast_publisher_for(app, producer) is None
+        assert redis_list_publisher_for(app, producer) is None
 
 
 def test_kombu_publishes_when_someone_listens_to_publish_signals(
@@ -99,7 +104,15 @@ def test_kombu_publishes_when_someone_listens_to_publish_signals(
 
     before_task_publish.connect(listener, weak=False)
     try:
-        assert fast_publisher_for(app, producer) is None
+        assert redis_list_publisher_for(app, producer) is None
     finally:
         before_task_publish.disconnect(listener)
-    assert fast_publisher_for(app, producer) is not None
+    assert redis_list_publisher_for(app, producer) is not None
+
+
+def test_batches_grow_from_one_and_cover_everything_once() -> None:
+    items = list(range(20))
+    batches = list(growing_batches(items, cap=4))
+    assert [len(batch) for _, batch in batches] == [1, 2, 4, 4, 4, 4, 1]
+    assert [start for start, _ in batches] == [0, 1, 3, 7, 11, 15, 19]
+    assert [item for _, batch in batches for item in batch] == items
