@@ -18,7 +18,8 @@ import redis
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
 
 from celery_app.app import CoreexecApp, check_json_only, make_app
-from celery_app.dispatcher import CeleryDispatcher, DispatchTimings
+from celery_app.attempt_watch import DispatchTimings
+from celery_app.dispatcher import CeleryDispatcher
 from celery_app.queue_presence import QueuePresence
 from celery_app.queues import DEFAULT_QUEUE
 from celery_app.routing import DEFAULT_BANDS, BrokerKind, PriorityBand, StepRouter
