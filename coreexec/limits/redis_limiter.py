@@ -323,10 +323,7 @@ class RedisTagLimiter:
         )
         wakes = _pairs(reply[3:])
         if int(reply[0]) == 1:
-            full_json = _text(reply[2])
-            full = tuple(
-                request.slots[int(index) - 1].name for index in json.loads(full_json or "[]")
-            )
+            full = tuple(request.slots[int(i) - 1].name for i in json.loads(_text(reply[2])))
             return AcquireResult(lease=self._lease(request, int(reply[1])), full=full), wakes
         blocks = []
         for index, ahead, holders in json.loads(_text(reply[2])):

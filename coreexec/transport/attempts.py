@@ -2,7 +2,8 @@
 
 Delivery is at least once, so one attempt id (the Celery task id) may arrive twice: a
 redelivery after a worker died, a message published again. The worker that starts an
-attempt claims it first with ``SET NX``; a second delivery finds the claim and is dropped.
+attempt claims it first with ``SET NX`` (announcing its start in the same script); a
+second delivery finds the claim and is dropped.
 The coordinator uses the same key to *fence* an attempt it has given up on (no worker
 picked it up in time, or the run was cancelled): once fenced, no worker can claim it, so
 a message that arrives late never runs.
@@ -63,18 +64,6 @@ class AttemptClaims:
 
     def _fail(self, exc: redis.RedisError, what: str) -> CoreExecError:
         return wrap_redis_error(exc, url=self._url, what=what)
-
-    def claim(self, run_id: str, attempt_id: str, owner: str) -> ClaimResult:
-        """Claim an attempt for ``owner`` (e.g. ``worker@host:pid``); one round trip when
-        it succeeds, two when it was already claimed (to name the holder)."""
-        key = keys.attempt_claim(run_id, attempt_id)
-        try:
-            if self.client.set(key, owner, nx=True, ex=self.ttl_s):
-                return ClaimResult(claimed=True, holder=owner)
-            holder = self.client.get(key)
-        except redis.RedisError as exc:
-            raise self._fail(exc, f"claim attempt {attempt_id}") from exc
-        return ClaimResult(claimed=False, holder=_text(holder))
 
     def claim_and_start(
         self, run_id: str, attempt_id: str, owner: str, start: Event

@@ -9,7 +9,7 @@
 -- Returns when granted: {1, lease TTL ms, full JSON, wake key, slot name, ...}
 --         when refused: {0, retry in ms, blocks JSON, wake key, slot name, ...}
 -- blocks JSON: [[slot index, waiters ahead, [[lease id, run id, step key], ...]], ...].
--- full JSON: [slot index, ...], the slots this grant took the last free unit of ('' when
+-- full JSON: [slot index, ...], the slots this grant took the last free unit of ([] when
 -- the lease was held already).
 -- The wake key / slot name pairs name other waiters that the purge of lapsed leases or
 -- waiters done here may have let on; the caller sends them a wake-up.
@@ -42,7 +42,7 @@ if held == n then
   local deadline = now + lease_ttl
   for i = 1, n do redis.call('ZADD', holders_key(i), 'XX', deadline, lease_id) end
   redis.call('ZADD', KEYS[4], deadline, lease_id)
-  return wakes_for(changed, n, FIRST, {1, lease_ttl, ''}, lease_id)
+  return wakes_for(changed, n, FIRST, {1, lease_ttl, '[]'}, lease_id)
 end
 
 local rec = redis.call('HGET', KEYS[5], lease_id)
