@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import uuid
+from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 import redis
@@ -93,6 +94,22 @@ class CeleryRunLauncher:
                 f"the broker at {url} refused the coordinator task of run {run_id}: {exc}"
             ) from exc
         self._warn_without_consumers(run_id)
+
+    def terminate_attempts(self, run_id: str, attempt_ids: Sequence[str]) -> None:
+        """Revoke the attempts (their task ids) with SIGTERM to the processes running
+        them, as a live coordinator's cancel does; BrokerConnectionError when the broker
+        cannot take the broadcast."""
+        if not attempt_ids:
+            return
+        url = safe_url(self.broker_url)
+        try:
+            self.app.control.revoke(list(attempt_ids), terminate=True, signal="SIGTERM")
+        except (OperationalError, redis.RedisError, OSError, KombuError) as exc:
+            raise BrokerConnectionError(
+                f"cannot ask the workers through the broker at {url} to stop "
+                f"{len(attempt_ids)} attempts of run {run_id} ({exc}); they run to their end",
+                url=url,
+            ) from exc
 
     def _warn_without_consumers(self, run_id: str) -> None:
         """Say so when no live worker consumes ``coreexec.runs``: the run would wait."""

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import importlib
 import os
+from collections.abc import Sequence
 from importlib.metadata import EntryPoint, entry_points
 from typing import Protocol, runtime_checkable
 
@@ -37,6 +38,30 @@ class RunLauncher(Protocol):
     def launch(self, run_id: str, *, resume: bool = False) -> None:
         """Hand the run over to a coordinator; ``resume`` skips its succeeded steps."""
         ...
+
+
+@runtime_checkable
+class AttemptTerminator(Protocol):
+    """A launcher that can also stop step attempts on its workers by attempt id.
+
+    A cancel uses it for a run whose coordinator is dead, which would otherwise have
+    stopped them itself: the attempts a worker had already taken are terminated (they
+    end as cancelled), the others are fenced and never start.
+    """
+
+    def terminate_attempts(self, run_id: str, attempt_ids: Sequence[str]) -> None:
+        """Ask the workers running these attempts to stop them (without waiting);
+        raise a CoreExecError when the request cannot be sent."""
+        ...
+
+
+def terminator_for(launcher: RunLauncher | None = None) -> AttemptTerminator | None:
+    """``launcher`` (else the configured one) if it can terminate attempts; else None."""
+    try:
+        chosen = launcher or get_run_launcher()
+    except ConfigError:
+        return None
+    return chosen if isinstance(chosen, AttemptTerminator) else None
 
 
 def _installed() -> dict[str, EntryPoint]:

@@ -23,7 +23,7 @@ from coreexec.execution.runs import create_run
 from coreexec.instance import Instance, home_from_env
 from coreexec.job import JobDefinition
 from coreexec.reference import infer_reference, load_job
-from coreexec.run_launcher import RunLauncher, get_run_launcher
+from coreexec.run_launcher import RunLauncher, get_run_launcher, terminator_for
 from coreexec.storage.base import RunRecord, RunStatus
 from coreexec.tags import TagValue
 from coreexec.transport.cancel import CancelOutcome, request_cancel
@@ -61,10 +61,19 @@ class RunHandle:
     falls back to reading the run storage every half second.
     """
 
-    def __init__(self, run_id: str, instance: Instance, redis_url: str | None) -> None:
+    def __init__(
+        self,
+        run_id: str,
+        instance: Instance,
+        redis_url: str | None,
+        launcher: RunLauncher | None = None,
+    ) -> None:
         self.run_id = run_id
         self.instance = instance
         self.redis_url = redis_url
+        self.launcher = launcher
+        """The launcher that started the run (else the configured one is used to stop
+        steps of a run whose coordinator died, see :meth:`cancel`)."""
         self._stream: RedisEventStream | None = None
 
     def __repr__(self) -> str:
@@ -85,8 +94,14 @@ class RunHandle:
         return [event for _, event in self.instance.storage.events(self.run_id)]
 
     def cancel(self) -> CancelOutcome:
-        """Ask the run to stop: no more steps start, running steps are terminated."""
-        return request_cancel(self.instance, self.run_id, self.redis_url)
+        """Ask the run to stop: no more steps start, running steps are terminated (by
+        its coordinator; if that died, through the run launcher)."""
+        return request_cancel(
+            self.instance,
+            self.run_id,
+            self.redis_url,
+            terminators=lambda: terminator_for(self.launcher),
+        )
 
     # -- waiting ----------------------------------------------------------------------
 
@@ -303,5 +318,8 @@ def submit_job(
             f"run launcher {chosen_launcher.name!r} failed to launch run {record.run_id}: {exc!r}"
         ) from exc
     return RunHandle(
-        record.run_id, chosen_instance, event_redis_url(chosen_instance, chosen_launcher)
+        record.run_id,
+        chosen_instance,
+        event_redis_url(chosen_instance, chosen_launcher),
+        chosen_launcher,
     )

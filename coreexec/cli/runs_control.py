@@ -201,9 +201,11 @@ def cancel_command(run_id: str, wait: bool, timeout_s: float) -> None:
     """Cancel run RUN_ID: start no more steps, revoke queued ones, terminate running ones.
 
     A run still queued is canceled at once; a running one stops within about a second
-    (its coordinator is woken through Redis). A run that already ended is left as it
-    is. Exit status: 0 when the cancel was requested (with --wait: the run ended
-    canceled), 1 otherwise, 2 for an unknown run id.
+    (its coordinator is woken through Redis). A run whose coordinator died is canceled
+    here: its queued steps never start and the run launcher terminates the running
+    ones. A run that already ended is left as it is. Exit status: 0 when the cancel
+    was requested (with --wait: the run ended canceled), 1 otherwise, 2 for an unknown
+    run id.
     """
     try:
         instance = instance_from_env()

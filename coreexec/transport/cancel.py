@@ -5,13 +5,17 @@ a RUN_CANCELING event (a coordinator checks the storage about once a second, and
 for such an event when it starts, so a request made while it was starting is not lost);
 then, when a Redis URL is known, a ``wake``=``cancel`` entry on the run's stream ends the
 coordinator's blocking read at once. A run still QUEUED has no coordinator yet and goes
-straight to CANCELED, so the coordinator that later receives it does nothing.
+straight to CANCELED, so the coordinator that later receives it does nothing. A run
+whose coordinator died is canceled here: its queued attempts are fenced and the ones a
+worker had taken are terminated through the run launcher (the celery launcher revokes
+them with SIGTERM, as a live coordinator would).
 """
 
 from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import redis
@@ -21,6 +25,7 @@ from coreexec.events import Event, EventKind
 from coreexec.instance import Instance
 from coreexec.redis_urls import safe_url
 from coreexec.resume import OpenAttempt, open_attempts
+from coreexec.run_launcher import AttemptTerminator, terminator_for
 from coreexec.storage.base import RunStatus
 from coreexec.transport.attempts import AttemptClaims
 from coreexec.transport.coordinator_heartbeat import CoordinatorState, coordinator_status
@@ -68,7 +73,13 @@ def _wake(run_id: str, redis_url: str | None) -> tuple[bool, str]:
         client.close()
 
 
-def _cancel_orphan(instance: Instance, run_id: str, redis_url: str | None) -> str | None:
+TerminatorSource = Callable[[], "AttemptTerminator | None"]
+"""Gives the launcher that stops taken attempts of an orphaned run (called only then)."""
+
+
+def _cancel_orphan(
+    instance: Instance, run_id: str, redis_url: str | None, terminators: TerminatorSource
+) -> str | None:
     """Cancel a CANCELING run whose coordinator is dead; a message, or None when the run
     has a live coordinator (or nobody can tell) and is left to it."""
     if redis_url is None:
@@ -96,25 +107,55 @@ def _cancel_orphan(instance: Instance, run_id: str, redis_url: str | None) -> st
             return None
     finally:
         client.close()
-    taken = sorted(
-        {a.step_key for a, was_fenced in zip(open_ones, fenced, strict=False) if not was_fenced}
-    )
+    taken = [a for a, was_fenced in zip(open_ones, fenced, strict=False) if not was_fenced]
     message = (
         f"run {run_id} has no live coordinator (its heartbeat stopped), so it was marked "
         f"CANCELED here; {sum(fenced)} queued step attempts will not start"
     )
     if taken:
-        message += f"; steps a worker had taken ({', '.join(taken)}) are not stopped"
+        message += "; " + _terminate_taken(run_id, taken, terminators)
     instance.storage.append_events(run_id, [_event(run_id, EventKind.RUN_CANCELED, message)])
     return message
 
 
-def request_cancel(instance: Instance, run_id: str, redis_url: str | None) -> CancelOutcome:
+def _terminate_taken(
+    run_id: str, taken: Sequence[OpenAttempt], terminators: TerminatorSource
+) -> str:
+    """Stop the attempts a worker had taken, through the run launcher; what was done."""
+    steps = ", ".join(sorted({a.step_key for a in taken}))
+    terminator = terminators()
+    if terminator is None:
+        return (
+            f"steps a worker had taken ({steps}) are not stopped: the run launcher cannot "
+            "terminate attempts"
+        )
+    try:
+        terminator.terminate_attempts(run_id, [a.attempt_id for a in taken])
+    except CoreExecError as exc:
+        log.warning("cancel of run %s: %s", run_id, exc)
+        return f"steps a worker had taken ({steps}) are not stopped: {exc}"
+    return f"steps a worker had taken ({steps}) were told to stop"
+
+
+def default_terminators() -> AttemptTerminator | None:
+    """The configured run launcher, if it can terminate attempts."""
+    return terminator_for()
+
+
+def request_cancel(
+    instance: Instance,
+    run_id: str,
+    redis_url: str | None,
+    *,
+    terminators: TerminatorSource = default_terminators,
+) -> CancelOutcome:
     """Ask run ``run_id`` to stop; returns what happened (never waits for the run).
 
     Raises :class:`~coreexec.errors.RunNotFoundError` for an unknown id. A finished run
     is left as it is. A running run whose coordinator is known dead (its heartbeat
-    lapsed) is marked CANCELED here, since nobody else would.
+    lapsed) is marked CANCELED here, since nobody else would: its queued attempts are
+    fenced, and those a worker had taken are terminated through the run launcher that
+    ``terminators`` gives (see :class:`~coreexec.run_launcher.AttemptTerminator`).
     """
     storage = instance.storage
     before = storage.get_run(run_id).status
@@ -138,7 +179,7 @@ def request_cancel(instance: Instance, run_id: str, redis_url: str | None) -> Ca
         return CancelOutcome(run_id, before, now, f"run {run_id} already ended: {now}")
     if before is not RunStatus.CANCELING:
         storage.append_events(run_id, [_event(run_id, EventKind.RUN_CANCELING, "cancel requested")])
-    orphan_message = _cancel_orphan(instance, run_id, redis_url)
+    orphan_message = _cancel_orphan(instance, run_id, redis_url, terminators)
     if orphan_message is not None:
         woke, _ = _wake(run_id, redis_url)
         return CancelOutcome(run_id, before, RunStatus.CANCELED, orphan_message, woke)

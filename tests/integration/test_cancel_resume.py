@@ -19,7 +19,7 @@ from pathlib import Path
 from celery_app.queues import RUNS_QUEUE, STEP_QUEUES
 from celery_app.run_launcher import CeleryRunLauncher
 from coreexec import RunHandle, RunStatus, submit_job
-from coreexec.events import EventKind
+from coreexec.events import Event, EventKind
 from coreexec.instance import Instance
 from coreexec.io_managers import OutputKey
 from coreexec.transport.coordinator_heartbeat import (
@@ -283,16 +283,28 @@ def _live_coordinator_pid(redis_url: str, run_id: str) -> int | None:
     return info.pid if info is not None else None
 
 
-def test_cancel_of_a_run_whose_coordinator_died_then_resume(
+def _stream_failure(redis_url: str, run_id: str, step_key: str) -> Event | None:
+    with redis_client(redis_url) as client:
+        entries = RedisEventStream(client, run_id).history()
+    for entry in entries:
+        event = entry.event
+        if event is None or event.kind is not EventKind.STEP_FAILURE:
+            continue
+        if event.step_key == step_key:
+            return event
+    return None
+
+
+def test_cancel_of_a_run_whose_coordinator_died_stops_its_step_then_resume(
     env: Path,
     redis_url: str,
     launcher: CeleryRunLauncher,
     celery_worker_factory: WorkerFactory,
 ) -> None:
     coordinator = celery_worker_factory(queues=[RUNS_QUEUE], concurrency=1, hostname="coord")
-    celery_worker_factory(queues=list(STEP_QUEUES), concurrency=2, hostname="steps")
+    steps = celery_worker_factory(queues=list(STEP_QUEUES), concurrency=2, hostname="steps")
     handle = submit_job(GATED, launcher=launcher)
-    _gated_pid()
+    step_pid = _gated_pid()
     info = _live_coordinator(redis_url, handle.run_id)
     coordinator.kill9()
     _kill9(info.pid)
@@ -302,13 +314,27 @@ def test_cancel_of_a_run_whose_coordinator_died_then_resume(
     assert "has no live coordinator (its heartbeat stopped), so it was marked CANCELED" in (
         canceled.stdout
     )
-    assert "steps a worker had taken (gated) are not stopped" in canceled.stdout
+    assert "steps a worker had taken (gated) were told to stop" in canceled.stdout
     assert handle.status() is RunStatus.CANCELED
 
-    _open_gate()
+    # Nobody coordinates the run, yet its running step stops without its gate opening.
+    wait_until(lambda: not pid_alive(step_pid), 15, f"step process {step_pid} to stop")
+    assert _active_tasks(steps) == []
+    assert not gate_path("gated").exists()
     wait_until(
-        lambda: _stream_has_success(redis_url, handle.run_id, "gated"), 30, "gated to succeed"
+        lambda: _stream_failure(redis_url, handle.run_id, "gated") is not None,
+        15,
+        "the terminated attempt to report its end",
     )
+    failure = _stream_failure(redis_url, handle.run_id, "gated")
+    assert failure is not None and failure.data["failure_class"] == "cancelled"
+    assert not _stream_has_success(redis_url, handle.run_id, "gated")
+
+    _open_gate()
     resumed = _cli("runs", "resume", handle.run_id)
     assert resumed.returncode == 0, resumed.stdout + resumed.stderr
-    _assert_completed_once(handle)
+    assert handle.status() is RunStatus.SUCCESS
+    # The terminated attempt ran once, the resumed one once more; the rest once.
+    assert [runs_of(key) for key in ("first", "gated", "last")] == [1, 2, 1]
+    successes = [e.step_key for e in handle.events() if e.kind is EventKind.STEP_SUCCESS]
+    assert sorted(successes) == ["first", "gated", "last"]
