@@ -151,6 +151,24 @@ class Coordinator:
         )
         return request.lease_id
 
+    def _keep_places(self) -> None:
+        """The dispatcher is full: waiting steps cannot start even if granted, but a
+        waiter that stops asking loses its place in the slots' queues once its waiter TTL
+        lapses. Those due to ask renew their places without taking a slot."""
+        if self.limiter is None:
+            return
+        now = self.context.clock.now()
+        for step_key, request in self._waiting.items():
+            ask_by = self._ask_again_by.get(step_key)
+            if ask_by is not None and now < ask_by:
+                self._try_slots_at(ask_by)
+                continue
+            result = self.limiter.try_acquire(request, place_only=True)
+            if result.retry_in_ms is not None:
+                ask_at = now + result.retry_in_ms / 1000
+                self._ask_again_by[step_key] = ask_at
+                self._try_slots_at(ask_at)
+
     def _must_ask_again(self, step_key: str) -> bool:
         """Whether a waiter must ask even though its slot is full: its place in the
         queue (or a crashed holder's lease) is due for another look."""
@@ -231,6 +249,7 @@ class Coordinator:
         pass_slots = _PassSlots()
         for step in self.active.ready_in_order():
             if capacity is not None and self.active.in_flight_count >= capacity:
+                self._keep_places()
                 break
             lease_id = self._acquire(step, pass_slots)
             if lease_id is None:

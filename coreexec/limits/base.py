@@ -113,8 +113,14 @@ class TagLimiter(Protocol):
 
     lease_ttl_ms: int
 
-    def try_acquire(self, request: SlotRequest) -> AcquireResult:
-        """Take every slot of ``request`` at once, or none and queue it as a waiter."""
+    def try_acquire(self, request: SlotRequest, *, place_only: bool = False) -> AcquireResult:
+        """Take every slot of ``request`` at once, or none and queue it as a waiter.
+
+        ``place_only``: take or keep the request's place in the queues (its waiter TTL
+        starts again) but never grant it, even when it could be: for a caller that has
+        nowhere to run the step yet (its executor is full) and must not lose its turn.
+        The result is a refusal; ``blocked_on`` lists only the slots that did block it.
+        """
         ...
 
     def refresh(self, lease: Lease) -> bool:

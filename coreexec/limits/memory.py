@@ -95,15 +95,16 @@ class InMemoryTagLimiter:
 
     # -- public API ---------------------------------------------------------------
 
-    def try_acquire(self, request: SlotRequest) -> AcquireResult:
-        """Take every slot of ``request`` at once, or none and queue it as a waiter."""
+    def try_acquire(self, request: SlotRequest, *, place_only: bool = False) -> AcquireResult:
+        """Take every slot of ``request`` at once, or none and queue it as a waiter
+        (``place_only``: only take or keep the waiter's place, see :class:`TagLimiter`)."""
         check_request(request)
         if not request.slots:
             return AcquireResult(lease=self._lease(request))
         with self._lock:
             now = self._now_ms()
             changed = self._purge(now)
-            result = self._do_acquire(request, now)
+            result = self._do_acquire(request, now, place_only)
             wakes = self._wakes(changed, request.slots, skip=request.lease_id)
         self._notify(wakes, bool(changed))
         return result
@@ -181,7 +182,7 @@ class InMemoryTagLimiter:
 
     # -- the work, under the lock ---------------------------------------------------
 
-    def _do_acquire(self, request: SlotRequest, now: int) -> AcquireResult:
+    def _do_acquire(self, request: SlotRequest, now: int, place_only: bool) -> AcquireResult:
         names = [slot.name for slot in request.slots]
         held = [n for n in names if request.lease_id in self._holders.get(n, {})]
         if held and len(held) < len(names):
@@ -214,7 +215,7 @@ class InMemoryTagLimiter:
                 blocked.append((slot, ahead))
             self._limits[slot.name] = slot.limit
 
-        if not blocked:
+        if not blocked and not place_only:
             self._grant(request, now)
             full = tuple(
                 slot.name for slot in request.slots if len(self._holders[slot.name]) >= slot.limit

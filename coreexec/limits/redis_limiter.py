@@ -167,18 +167,18 @@ class RedisTagLimiter:
 
     # -- the TagLimiter protocol ------------------------------------------------------
 
-    def try_acquire(self, request: SlotRequest) -> AcquireResult:
+    def try_acquire(self, request: SlotRequest, *, place_only: bool = False) -> AcquireResult:
         """Take every slot of ``request`` at once, or none and queue it as a waiter.
 
         A refused request keeps its place (priority, then its first try) while it asks
         again within ``waiter_ttl_ms``; ask again on a wake-up on ``request.wake_key``
         or after ``retry_in_ms``, whichever comes first. A lease id must ask for the same
-        slots every time.
+        slots every time. ``place_only``: take or keep the place, never the slots.
         """
         check_request(request)
         if not request.slots:
             return AcquireResult(lease=self._lease(request))
-        result, wakes = self._do_acquire(request)
+        result, wakes = self._do_acquire(request, place_only)
         self._send_wakes(wakes)
         return result
 
@@ -303,7 +303,7 @@ class RedisTagLimiter:
         except redis.RedisError as exc:
             raise wrap_redis_error(exc, url=self.url, what=what) from exc
 
-    def _do_acquire(self, request: SlotRequest) -> tuple[AcquireResult, WakeList]:
+    def _do_acquire(self, request: SlotRequest, place_only: bool) -> tuple[AcquireResult, WakeList]:
         names = tuple(slot.name for slot in request.slots)
         args: list[str | int] = [
             request.lease_id,
@@ -313,6 +313,7 @@ class RedisTagLimiter:
             self.lease_ttl_ms,
             self.waiter_ttl_ms,
             request.wake_key or "",
+            "1" if place_only else "0",
         ]
         args.extend(_slot_args(request.slots))
         reply = self._run(

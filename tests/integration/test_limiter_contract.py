@@ -424,6 +424,48 @@ def test_a_waiter_keeps_its_place_across_retries(harness: Harness) -> None:
     granted(limiter, first)
 
 
+def test_place_only_never_grants_but_takes_and_keeps_the_place(harness: Harness) -> None:
+    limiter = harness.make()
+    a = spec("a", limit=2)
+    other = granted(limiter, ask("other", a))
+    busy = ask("busy", a)  # its executor is full: it must not get a slot yet
+
+    result = limiter.try_acquire(busy, place_only=True)
+    assert not result.granted and result.blocked_on == ()
+    assert result.retry_in_ms is not None and result.retry_in_ms > 0
+    assert waiters_of(limiter, "a") == ["lease-busy"]
+    # A newcomer ranks behind the place kept, although one unit is free.
+    late = ask("late", a)
+    assert limiter.try_acquire(late).blocked_on[0].waiters_ahead == 1
+    refused(limiter, late)
+    assert waiters_of(limiter, "a") == ["lease-busy", "lease-late"]
+    # Once it can run, it asks as usual and is served first.
+    granted(limiter, busy)
+    assert limiter.release(other)
+    granted(limiter, late)
+
+
+def test_place_only_renews_a_waiter_entry_before_it_lapses(harness: Harness) -> None:
+    limiter = harness.make(waiter_ttl_ms=400)
+    a = spec("a")
+    holder = granted(limiter, ask("holder", a))
+    busy = ask("busy", a)
+    refused(limiter, busy)
+    if isinstance(harness, MemoryHarness):
+        for _ in range(4):
+            harness.clock.advance(250)
+            assert not limiter.try_acquire(busy, place_only=True).granted
+    else:
+        renewed_until = time.monotonic() + 1.0
+        while time.monotonic() < renewed_until:
+            assert not limiter.try_acquire(busy, place_only=True).granted
+            threading.Event().wait(0.1)
+    # A second past its 400 ms TTL, it is still first in line.
+    assert waiters_of(limiter, "a") == ["lease-busy"]
+    assert limiter.release(holder)
+    granted(limiter, busy)
+
+
 def test_crossing_slot_orders_do_not_deadlock(harness: Harness) -> None:
     limiter = harness.make()
     a, b = spec("a"), spec("b")

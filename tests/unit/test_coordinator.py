@@ -3,6 +3,8 @@ wasted, nothing lost."""
 
 from __future__ import annotations
 
+import threading
+import time
 from collections import deque
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -16,9 +18,16 @@ from coreexec.events import Event, EventKind
 from coreexec.execution.dispatcher import StepDispatcher
 from coreexec.execution.run_context import RunContext
 from coreexec.executors.base import DispatchingExecutor, Executor, InitExecutorContext, executor
-from coreexec.limits import AcquireResult, InMemoryTagLimiter, SlotRequest, TagConcurrencyLimit
+from coreexec.limits import (
+    AcquireResult,
+    InMemoryTagLimiter,
+    Lease,
+    SlotRequest,
+    TagConcurrencyLimit,
+)
 from coreexec.plan import PlannedStep
 from coreexec.storage.memory import InMemoryRunStorage
+from coreexec.tags import PRIORITY_TAG
 
 pytestmark = pytest.mark.unit
 
@@ -35,8 +44,8 @@ class CountingLimiter(InMemoryTagLimiter):
         self.granted = 0
         self.refused = 0
 
-    def try_acquire(self, request: SlotRequest) -> AcquireResult:
-        result = super().try_acquire(request)
+    def try_acquire(self, request: SlotRequest, *, place_only: bool = False) -> AcquireResult:
+        result = super().try_acquire(request, place_only=place_only)
         if result.granted:
             self.granted += 1
         else:
@@ -163,3 +172,98 @@ def test_the_coordinators_own_events_are_written_in_the_pass_that_made_them() ->
     # Before any step ran, the storage already said all of them were queued: a resume
     # after a crash here knows which attempts the dead coordinator had sent.
     assert observed.stored_queued[0] == {f"part_{number}" for number in range(STEPS)}
+
+
+HOLD_S = 1.0
+"""How long the full dispatcher stays full: a few waiter TTLs."""
+
+WAITER_TTL_MS = 300
+
+
+class OneAtATimeDispatcher(StepDispatcher):
+    """Runs one attempt at a time. The untagged step ``busy`` keeps it full for HOLD_S;
+    then the dispatcher notes who waits for the warehouse slot and lets the other run
+    holding it release it."""
+
+    max_in_flight = 1
+
+    def __init__(self, run: RunContext, limiter: InMemoryTagLimiter, other: Lease) -> None:
+        self.run = run
+        self.limiter = limiter
+        self.other: Lease | None = other
+        self.waiting_after_hold: list[str] = []
+        self.running: deque[tuple[PlannedStep, StepAttempt]] = deque()
+        self.busy_until: float | None = None
+        self.sink: EventSink | None = None
+
+    def start(self, sink: EventSink) -> None:
+        self.sink = sink
+
+    def dispatch(self, step: PlannedStep, attempt: StepAttempt) -> None:
+        self.running.append((step, attempt))
+        if step.key == "busy":
+            self.busy_until = time.monotonic() + HOLD_S
+
+    def wait(self, timeout_s: float | None) -> None:
+        assert self.sink is not None
+        if self.busy_until is not None:
+            left_s = self.busy_until - time.monotonic()
+            if left_s > 0:
+                # The step runs on: time passes for the coordinator's timers only.
+                threading.Event().wait(min(left_s, timeout_s or left_s))
+                return
+            self.busy_until = None
+            self.waiting_after_hold = [w.step_key for s in self.limiter.slots() for w in s.waiters]
+            assert self.other is not None
+            self.limiter.release(self.other)
+            self.other = None
+        if self.running:
+            step, attempt = self.running.popleft()
+            self.run.run_step_here(step, attempt, self.sink)
+        elif timeout_s:
+            threading.Event().wait(min(timeout_s, 0.05))
+
+
+def test_a_waiting_step_keeps_its_place_while_the_dispatcher_is_full() -> None:
+    # The warehouse step is refused (another run holds the slot) and waits; the busy
+    # step then fills the dispatcher for several waiter TTLs. The waiter must still be
+    # queued at the end, or a later waiter of another run would be served before it.
+    limiter = InMemoryTagLimiter(waiter_ttl_ms=WAITER_TTL_MS)
+    rule = TagConcurrencyLimit(key="database", value="warehouse", limit=1)
+    slot = rule.slot_for(WAREHOUSE)
+    assert slot is not None
+    other = limiter.try_acquire(SlotRequest("other-run", "load", "lease-other", 0, (slot,)))
+    assert other.lease is not None
+    made: list[OneAtATimeDispatcher] = []
+
+    class OneAtATime(DispatchingExecutor):
+        def __init__(self) -> None:
+            self.tag_limiter = limiter
+            self.tag_concurrency_limits = (rule,)
+
+        def create_dispatcher(self, run: RunContext) -> StepDispatcher:
+            assert other.lease is not None
+            made.append(OneAtATimeDispatcher(run, limiter, other.lease))
+            return made[-1]
+
+    @executor(name="one_at_a_time")
+    def one_at_a_time(context: InitExecutorContext) -> Executor:
+        return OneAtATime()
+
+    @step(tags={**WAREHOUSE, PRIORITY_TAG: "5"})
+    def load() -> int:
+        return 1
+
+    @step
+    def busy() -> int:
+        return 2
+
+    @job(executor_def=one_at_a_time)
+    def loads() -> None:
+        load()
+        busy()
+
+    instance = Instance(storage=InMemoryRunStorage(), home=Instance.ephemeral_instance().home)
+    assert execute_job(loads, instance=instance).success
+    (dispatcher,) = made
+    assert dispatcher.waiting_after_hold == ["load"]

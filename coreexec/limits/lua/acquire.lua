@@ -4,7 +4,8 @@
 -- ARGV[1] lease id          ARGV[2] run id            ARGV[3] step key
 -- ARGV[4] priority (integer, higher is served first)
 -- ARGV[5] lease TTL ms      ARGV[6] waiter TTL ms     ARGV[7] wake key ('' for none)
--- ARGV[8 + 2 * (i - 1)], ARGV[9 + 2 * (i - 1)]: name and limit of slot i.
+-- ARGV[8] '1': place only (take or keep the waiter's place, never grant), else '0'
+-- ARGV[9 + 2 * (i - 1)], ARGV[10 + 2 * (i - 1)]: name and limit of slot i.
 --
 -- Returns when granted: {1, lease TTL ms, full JSON, wake key, slot name, ...}
 --         when refused: {0, retry in ms, blocks JSON, wake key, slot name, ...}
@@ -19,7 +20,8 @@
 -- there are free units. Ranks are one total order over the namespace (priority, then
 -- first arrival), so the waits-for relation among waiters has no cycle.
 
-local FIRST = 8
+local FIRST = 9
+local place_only = ARGV[8] == '1'
 local lease_id = ARGV[1]
 local priority = tonumber(ARGV[4])
 local lease_ttl = tonumber(ARGV[5])
@@ -65,7 +67,7 @@ for i = 1, n do
   if ahead >= free then blocked[#blocked + 1] = {i, ahead} end
 end
 
-if #blocked == 0 then
+if #blocked == 0 and not place_only then
   local deadline = now + lease_ttl
   for i = 1, n do
     redis.call('ZADD', holders_key(i), deadline, lease_id)
@@ -91,7 +93,8 @@ if #blocked == 0 then
   return wakes_for(changed, n, FIRST, {1, lease_ttl, full_json}, lease_id)
 end
 
--- Refused: queue (or keep queued) as a waiter; its TTL starts again with every try.
+-- Refused (or place only): queue (or keep queued) as a waiter; its TTL starts again
+-- with every try.
 local deadline = now + waiter_ttl
 if not member then
   member = string.format('%016d:%s', redis.call('INCR', KEYS[1]), lease_id)
@@ -133,4 +136,7 @@ for _, b in ipairs(blocked) do
   blocks[#blocks + 1] = {i, b[2], holders}
 end
 if retry < 1 then retry = 1 end
-return wakes_for(changed, n, FIRST, {0, retry, cjson.encode(blocks)}, lease_id)
+-- cjson encodes an empty table (place only, nothing blocked) as {}: keep it a list.
+local blocks_json = '[]'
+if #blocks > 0 then blocks_json = cjson.encode(blocks) end
+return wakes_for(changed, n, FIRST, {0, retry, blocks_json}, lease_id)
