@@ -100,7 +100,7 @@ class RunHandle:
             self.instance,
             self.run_id,
             self.redis_url,
-            terminators=lambda: terminator_for(self.launcher),
+            find_terminator=lambda: terminator_for(self.launcher),
         )
 
     # -- waiting ----------------------------------------------------------------------

@@ -73,12 +73,12 @@ def _wake(run_id: str, redis_url: str | None) -> tuple[bool, str]:
         client.close()
 
 
-TerminatorSource = Callable[[], "AttemptTerminator | None"]
-"""Gives the launcher that stops taken attempts of an orphaned run (called only then)."""
+FindTerminator = Callable[[], AttemptTerminator | None]
+"""Finds the launcher that stops taken attempts of an orphaned run (called only then)."""
 
 
 def _cancel_orphan(
-    instance: Instance, run_id: str, redis_url: str | None, terminators: TerminatorSource
+    instance: Instance, run_id: str, redis_url: str | None, find_terminator: FindTerminator
 ) -> str | None:
     """Cancel a CANCELING run whose coordinator is dead; a message, or None when the run
     has a live coordinator (or nobody can tell) and is left to it."""
@@ -113,17 +113,17 @@ def _cancel_orphan(
         f"CANCELED here; {sum(fenced)} queued step attempts will not start"
     )
     if taken:
-        message += "; " + _terminate_taken(run_id, taken, terminators)
+        message += "; " + _terminate_taken(run_id, taken, find_terminator)
     instance.storage.append_events(run_id, [_event(run_id, EventKind.RUN_CANCELED, message)])
     return message
 
 
 def _terminate_taken(
-    run_id: str, taken: Sequence[OpenAttempt], terminators: TerminatorSource
+    run_id: str, taken: Sequence[OpenAttempt], find_terminator: FindTerminator
 ) -> str:
     """Stop the attempts a worker had taken, through the run launcher; what was done."""
     steps = ", ".join(sorted({a.step_key for a in taken}))
-    terminator = terminators()
+    terminator = find_terminator()
     if terminator is None:
         return (
             f"steps a worker had taken ({steps}) are not stopped: the run launcher cannot "
@@ -137,17 +137,12 @@ def _terminate_taken(
     return f"steps a worker had taken ({steps}) were told to stop"
 
 
-def default_terminators() -> AttemptTerminator | None:
-    """The configured run launcher, if it can terminate attempts."""
-    return terminator_for()
-
-
 def request_cancel(
     instance: Instance,
     run_id: str,
     redis_url: str | None,
     *,
-    terminators: TerminatorSource = default_terminators,
+    find_terminator: FindTerminator = terminator_for,
 ) -> CancelOutcome:
     """Ask run ``run_id`` to stop; returns what happened (never waits for the run).
 
@@ -155,7 +150,7 @@ def request_cancel(
     is left as it is. A running run whose coordinator is known dead (its heartbeat
     lapsed) is marked CANCELED here, since nobody else would: its queued attempts are
     fenced, and those a worker had taken are terminated through the run launcher that
-    ``terminators`` gives (see :class:`~coreexec.run_launcher.AttemptTerminator`).
+    ``find_terminator`` gives (see :class:`~coreexec.run_launcher.AttemptTerminator`).
     """
     storage = instance.storage
     before = storage.get_run(run_id).status
@@ -179,7 +174,7 @@ def request_cancel(
         return CancelOutcome(run_id, before, now, f"run {run_id} already ended: {now}")
     if before is not RunStatus.CANCELING:
         storage.append_events(run_id, [_event(run_id, EventKind.RUN_CANCELING, "cancel requested")])
-    orphan_message = _cancel_orphan(instance, run_id, redis_url, terminators)
+    orphan_message = _cancel_orphan(instance, run_id, redis_url, find_terminator)
     if orphan_message is not None:
         woke, _ = _wake(run_id, redis_url)
         return CancelOutcome(run_id, before, RunStatus.CANCELED, orphan_message, woke)

@@ -94,7 +94,7 @@ def test_the_attempt_a_worker_took_is_terminated_and_the_queued_one_fenced(
     assert isinstance(terminator, AttemptTerminator)
 
     outcome = request_cancel(
-        Instance.from_env(), orphaned.run_id, redis_url, terminators=lambda: terminator
+        Instance.from_env(), orphaned.run_id, redis_url, find_terminator=lambda: terminator
     )
 
     assert outcome.after is RunStatus.CANCELED
@@ -109,7 +109,7 @@ def test_a_launcher_that_cannot_terminate_is_named_and_the_run_still_ends_cancel
     env: Path, redis_url: str, orphaned: OrphanedRun
 ) -> None:
     outcome = request_cancel(
-        Instance.from_env(), orphaned.run_id, redis_url, terminators=lambda: None
+        Instance.from_env(), orphaned.run_id, redis_url, find_terminator=lambda: None
     )
 
     assert outcome.after is RunStatus.CANCELED
@@ -125,7 +125,7 @@ def test_a_broker_that_is_down_is_named_and_the_run_still_ends_canceled(
     terminator = RecordingTerminator(error="cannot reach the broker at redis://nowhere")
 
     outcome = request_cancel(
-        Instance.from_env(), orphaned.run_id, redis_url, terminators=lambda: terminator
+        Instance.from_env(), orphaned.run_id, redis_url, find_terminator=lambda: terminator
     )
 
     assert outcome.after is RunStatus.CANCELED
