@@ -52,6 +52,10 @@ class _Queued:
     queue: str
     deadline: float
 
+    def started(self, now: float) -> _Running:
+        """The attempt as running, last heard of ``now``."""
+        return _Running(self.step_key, self.number, self.queue, now)
+
 
 @dataclass
 class _Running:
@@ -113,7 +117,7 @@ class AttemptWatch:
             queued = self._queued.pop(attempt_id, None)
             if queued is None:
                 return  # not ours: an attempt of an earlier coordinator of this run
-            running = _Running(queued.step_key, queued.number, queued.queue, now)
+            running = queued.started(now)
             self._running[attempt_id] = running
         running.last_seen = now
         if event.kind is EventKind.STEP_START:
@@ -130,9 +134,7 @@ class AttemptWatch:
             self._running.pop(attempt.attempt_id, None)
             return True
         if queued is not None:
-            self._running[attempt.attempt_id] = _Running(
-                queued.step_key, queued.number, queued.queue, now
-            )
+            self._running[attempt.attempt_id] = queued.started(now)
         self._terminating.add(attempt.attempt_id)
         return False
 
@@ -221,9 +223,7 @@ class AttemptWatch:
         for (attempt_id, queued), was_fenced in zip(dead, fenced, strict=True):
             if not was_fenced:
                 # A worker claimed it just now: it is starting after all.
-                self._running[attempt_id] = _Running(
-                    queued.step_key, queued.number, queued.queue, now
-                )
+                self._running[attempt_id] = queued.started(now)
                 continue
             lost.append(
                 LostAttempt(

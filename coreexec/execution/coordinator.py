@@ -128,11 +128,7 @@ class Coordinator:
             self._waiting[step.key] = request
             pass_slots.blocked.update(block.slot.name for block in result.blocked_on)
             self._show_wait(step, result.blocked_on)
-            if result.retry_in_ms is not None:
-                # No wake-up comes when a holder crashes: ask again once its lease can lapse.
-                ask_at = self.context.clock.now() + result.retry_in_ms / 1000
-                self._ask_again_by[step.key] = ask_at
-                self._try_slots_at(ask_at)
+            self._ask_again_after(step.key, result.retry_in_ms)
             return None
         pass_slots.full.update(result.full)
         self._waiting.pop(step.key, None)
@@ -157,17 +153,19 @@ class Coordinator:
         lapses. Those due to ask renew their places without taking a slot."""
         if self.limiter is None:
             return
-        now = self.context.clock.now()
         for step_key, request in self._waiting.items():
-            ask_by = self._ask_again_by.get(step_key)
-            if ask_by is not None and now < ask_by:
-                self._try_slots_at(ask_by)
-                continue
-            result = self.limiter.try_acquire(request, place_only=True)
-            if result.retry_in_ms is not None:
-                ask_at = now + result.retry_in_ms / 1000
-                self._ask_again_by[step_key] = ask_at
-                self._try_slots_at(ask_at)
+            if self._must_ask_again(step_key):
+                result = self.limiter.try_acquire(request, place_only=True)
+                self._ask_again_after(step_key, result.retry_in_ms)
+
+    def _ask_again_after(self, step_key: str, retry_in_ms: int | None) -> None:
+        """A refused waiter asks again after ``retry_in_ms`` even without a wake-up: none
+        comes when a holder crashes, and a waiter that stops asking loses its place."""
+        if retry_in_ms is None:
+            return
+        ask_at = self.context.clock.now() + retry_in_ms / 1000
+        self._ask_again_by[step_key] = ask_at
+        self._try_slots_at(ask_at)
 
     def _must_ask_again(self, step_key: str) -> bool:
         """Whether a waiter must ask even though its slot is full: its place in the
