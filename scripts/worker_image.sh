@@ -12,4 +12,4 @@ PYTHON=${PYTHON:-python3}
 if [ -z "${DOCKER_HOST:-}" ]; then
     "$PYTHON" -m tests.support.docker_engine start >/dev/null
 fi
-exec "$PYTHON" -m tests.support.docker_images --tag coreexec-worker:latest "$@"
+exec "$PYTHON" -m tests.support.docker_images --tag coreexec-worker:latest --wheels-out wheels "$@"

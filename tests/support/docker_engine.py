@@ -303,10 +303,15 @@ def _lock_file(paths: EnginePaths) -> Path:
     return paths.socket.parent.with_name(paths.socket.parent.name + ".lock")
 
 
-def start_shared(paths: EnginePaths = SHARED_PATHS, *, started_by: str = _STARTED_BY_SCRIPT) -> int:
-    """Start the shared engine unless it answers already; return its pid (under the lock)."""
+def start_shared(paths: EnginePaths = SHARED_PATHS) -> int:
+    """Start the shared engine unless it answers already; return its pid.
+
+    From then on test sessions leave it running, even one a test session had started.
+    """
     with _locked(_lock_file(paths)):
-        return _ensure_running(paths, started_by)
+        pid = _ensure_running(paths, _STARTED_BY_SCRIPT)
+        _starter_file(paths).write_text(_STARTED_BY_SCRIPT)
+        return pid
 
 
 def _ensure_running(paths: EnginePaths, started_by: str) -> int:

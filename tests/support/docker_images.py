@@ -167,20 +167,23 @@ def debian_mirror() -> str:
 
 
 def ensure_base_image(client: docker.DockerClient, spec: BaseSpec, cache_dir: Path) -> str:
-    """The tag of the base image, importing (and first debootstrapping) it if missing."""
-    if _image(client, spec.tag) is not None:
-        return spec.tag
-    tarball = cache_dir / "base" / (spec.tag.replace(":", "_") + ".tar")
-    if not tarball.exists():
-        _debootstrap_tarball(spec, tarball)
-    client.api.import_image_from_file(
-        str(tarball),
-        repository=spec.tag.partition(":")[0],
-        tag=spec.tag.partition(":")[2],
-        changes=[f"LABEL {ROLE_LABEL}=base"],
-    )
-    if _image(client, spec.tag) is None:
-        raise ImageBuildError(f"docker import of {tarball} did not create {spec.tag}")
+    """The tag of the base image, importing (and first debootstrapping) it if missing.
+
+    It is also tagged ``coreexec-base:<suite>``, workers/Dockerfile's default base.
+    """
+    repository, _, tag = spec.tag.partition(":")
+    image = _image(client, spec.tag)
+    if image is None:
+        tarball = cache_dir / "base" / (spec.tag.replace(":", "_") + ".tar")
+        if not tarball.exists():
+            _debootstrap_tarball(spec, tarball)
+        client.api.import_image_from_file(
+            str(tarball), repository=repository, tag=tag, changes=[f"LABEL {ROLE_LABEL}=base"]
+        )
+        image = _image(client, spec.tag)
+        if image is None:
+            raise ImageBuildError(f"docker import of {tarball} did not create {spec.tag}")
+    image.tag(repository, spec.suite)
     return spec.tag
 
 
@@ -389,8 +392,12 @@ def ensure_step_image(
     cache_dir: Path = CACHE_DIR,
     repo: Path = REPO_ROOT,
     spec: BaseSpec | None = None,
+    wheels_out: Path | None = None,
 ) -> StepImage:
-    """The step image of this checkout, building only the stages whose inputs changed."""
+    """The step image of this checkout, building only the stages whose inputs changed.
+
+    ``wheels_out``, if given, receives a copy of the wheels (``deps/``, ``coreexec/``).
+    """
     spec = spec or BaseSpec()
     with _locked(cache_dir / "images.lock"):
         base_tag = ensure_base_image(client, spec, cache_dir)
@@ -406,7 +413,16 @@ def ensure_step_image(
         image = _image(client, tag) or _build_step_image(
             client, tag, base_tag, deps, own, dockerfile
         )
+        if wheels_out is not None:
+            _copy_wheels(deps, own, wheels_out)
         return StepImage(tag=tag, id=str(image.id), base_tag=base_tag)
+
+
+def _copy_wheels(deps: Path, own: Path, dest: Path) -> None:
+    """The wheels in the layout workers/Dockerfile reads: ``deps/`` and ``coreexec/``."""
+    for source, name in ((deps, "deps"), (own, "coreexec")):
+        shutil.rmtree(dest / name, ignore_errors=True)
+        shutil.copytree(source, dest / name, ignore=shutil.ignore_patterns(".*"))
 
 
 def _build_step_image(
@@ -416,8 +432,7 @@ def _build_step_image(
         context = Path(work)
         (context / "workers").mkdir()
         (context / "workers" / "Dockerfile").write_bytes(dockerfile)
-        shutil.copytree(deps, context / "wheels" / "deps", ignore=shutil.ignore_patterns(".*"))
-        shutil.copytree(own, context / "wheels" / "coreexec", ignore=shutil.ignore_patterns(".*"))
+        _copy_wheels(deps, own, context / "wheels")
         try:
             image, _logs = client.images.build(
                 path=str(context),
@@ -449,10 +464,13 @@ def main(argv: list[str] | None = None) -> int:
                         help="engine URL (default: $DOCKER_HOST or the shared one)")  # fmt: skip
     parser.add_argument("--tag", action="append", default=[],
                         help="also tag the step image so, e.g. coreexec-worker:latest")  # fmt: skip
+    parser.add_argument("--wheels-out", type=Path, default=None,
+                        help="also copy the wheels there (deps/, coreexec/), the layout "
+                        "workers/Dockerfile builds from")  # fmt: skip
     args = parser.parse_args(argv)
     client = docker.DockerClient(base_url=args.host, timeout=600)
     try:
-        image = ensure_step_image(client)
+        image = ensure_step_image(client, wheels_out=args.wheels_out)
         for extra in args.tag:
             repository, _, name = extra.partition(":")
             client.images.get(image.id).tag(repository, name or "latest")
