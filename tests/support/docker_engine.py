@@ -350,15 +350,24 @@ def start_dockerd(paths: EnginePaths, ready_timeout_s: float = READY_TIMEOUT_S) 
     raise EngineUnavailableError("\n\n".join(failures))
 
 
-def stop_shared(paths: EnginePaths = SHARED_PATHS) -> bool:
-    """Stop the shared engine by its pid, whoever started it; False if none was running."""
+def stop_shared(paths: EnginePaths = SHARED_PATHS) -> str:
+    """Stop the shared engine by its pid, unless test sessions use it.
+
+    Then it is handed to them: the last one to leave stops it. Returns what happened.
+    """
     with _locked(_lock_file(paths)):
         running = DockerdProcess.attach(paths)
         if running is None:
-            return False
+            return f"no dockerd was running for {paths.socket}"
+        users = _live_users(paths)
+        if users:
+            _starter_file(paths).write_text(_STARTED_BY_TESTS)
+            return (
+                f"dockerd pid {running.pid} is in use by test sessions {users}: the last stops it"
+            )
         running.stop()
         _starter_file(paths).unlink(missing_ok=True)
-        return True
+        return f"stopped dockerd pid {running.pid}"
 
 
 @contextlib.contextmanager
@@ -411,8 +420,7 @@ def main(argv: list[str] | None = None) -> int:
             return 1
         print(f"dockerd pid {pid} answers on {SHARED_PATHS.socket}")
     elif action == "stop":
-        stopped = stop_shared()
-        print("stopped" if stopped else f"no dockerd was running for {SHARED_PATHS.socket}")
+        print(stop_shared())
     else:
         print(f"export DOCKER_HOST={SHARED_PATHS.base_url}")
     return 0
