@@ -183,7 +183,9 @@ def ensure_base_image(client: docker.DockerClient, spec: BaseSpec, cache_dir: Pa
         image = _image(client, spec.tag)
         if image is None:
             raise ImageBuildError(f"docker import of {tarball} did not create {spec.tag}")
-    image.tag(repository, spec.suite)
+    alias = f"{repository}:{spec.suite}"
+    if alias not in image.tags:
+        image.tag(repository, spec.suite)
     return spec.tag
 
 
