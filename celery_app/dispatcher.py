@@ -25,7 +25,6 @@ from celery_app.queue_presence import QueuePresence
 from celery_app.routing import StepRouter
 from celery_app.step_publisher import PUBLISH_ERRORS, OutgoingStep, StepPublisher, growing_batches
 from celery_app.step_task import STEP_TASK_NAME
-from celery_app.worker_runtime import RunSettings
 from coreexec.active_execution import StepAttempt
 from coreexec.context import EventSink
 from coreexec.errors import BrokerConnectionError, CoreExecError
@@ -38,6 +37,7 @@ from coreexec.retry import FailureClass
 from coreexec.transport import keys
 from coreexec.transport.attempts import AttemptClaims
 from coreexec.transport.redis_events import RedisEventStream, StreamEntry
+from coreexec.transport.run_settings import RunSettings
 
 log = logging.getLogger(__name__)
 
