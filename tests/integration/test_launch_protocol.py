@@ -161,7 +161,7 @@ def test_sigterm_ends_the_step_as_cancelled_by_the_entrypoint(
     assert failure.data["error"]["type"] == "SystemExit"
 
 
-def LaunchRequest_for(runtime: AttemptRuntime, ids: AttemptIds) -> LaunchRequest:
+def request_for(runtime: AttemptRuntime, ids: AttemptIds) -> LaunchRequest:
     from coreexec.attempt_runner import PreparedAttempt, prepare_attempt
 
     prepared = prepare_attempt(runtime, ids, "test")
