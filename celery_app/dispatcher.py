@@ -14,7 +14,7 @@ import logging
 import math
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import redis
 from kombu.exceptions import KombuError
@@ -67,6 +67,7 @@ class CeleryDispatcher(StepDispatcher):
         *,
         redis_url: str,
         presence: QueuePresence,
+        launch: RunSettings | None = None,
     ) -> None:
         if run.plan.job_reference is None:
             raise CoreExecError(
@@ -75,6 +76,7 @@ class CeleryDispatcher(StepDispatcher):
             )
         self.run = run
         self.app = app
+        self.launch = launch or RunSettings()
         self.router = router
         self.timings = timings
         self.stream = RedisEventStream(client, run.run_id, url=redis_url)
@@ -100,7 +102,7 @@ class CeleryDispatcher(StepDispatcher):
 
     def start(self, sink: EventSink) -> None:
         self._sink = sink
-        settings = RunSettings(heartbeat_interval_s=self.timings.heartbeat_interval_s)
+        settings = replace(self.launch, heartbeat_interval_s=self.timings.heartbeat_interval_s)
         key = keys.run_settings(self.run.run_id)
         try:
             with self._client.pipeline(transaction=False) as pipe:
