@@ -169,7 +169,7 @@ def run_attempt(
                 step=planned,
                 attempt=attempt,
                 run_config=info.record.run_config,
-                io_manager=runtime.io_manager,
+                io_manager=runtime.io_manager_for(info.settings),
                 run_tags=info.record.tags,
             ),
             sink,
