@@ -25,6 +25,9 @@ from coreexec.io_managers import OutputKey, pickle_output, unpickle_output
 
 IO_URL_ENV = "COREEXEC_IO_URL"
 ATOMIC_PUT_PROTOCOLS = frozenset({"s3", "s3a", "gs", "gcs", "az", "abfs", "abfss", "memory"})
+S3_PART_BYTES = 8 * 2**20
+"""Values of twice this size or more go to S3 as multipart uploads of parts this big
+(s3fs's own default, 50 MiB, holds 100 MiB in one request)."""
 
 
 def _protocol(fs: Any) -> str:
@@ -62,7 +65,7 @@ class ObjectStoreIOManager:
         with self._lock:
             if self._fs is None or self._pid != os.getpid():
                 try:
-                    fs, root = self._fsspec.core.url_to_fs(self.url)
+                    fs, root = self._fsspec.core.url_to_fs(self.url, skip_instance_cache=True)
                 except (ImportError, ValueError) as exc:
                     raise ConfigError(
                         f"{IO_URL_ENV}={self.url}: {exc}; for s3:// install "
@@ -83,7 +86,10 @@ class ObjectStoreIOManager:
         fs, _ = self._filesystem()
         path = self._path(key)
         try:
-            if _protocol(fs) in ATOMIC_PUT_PROTOCOLS:
+            protocol = _protocol(fs)
+            if protocol in ("s3", "s3a"):
+                fs.pipe_file(path, payload, chunksize=S3_PART_BYTES)
+            elif protocol in ATOMIC_PUT_PROTOCOLS:
                 fs.pipe_file(path, payload)
             else:
                 parent = path.rsplit("/", 1)[0]
