@@ -136,7 +136,8 @@ class FilesystemIOManager:
             raise IOManagerError(
                 f"input missing: output {key.output_name!r} of step {key.step_key!r} was not "
                 f"found at {str(path)!r}; every worker must share the storage directory "
-                "(COREEXEC_HOME or the io manager's base_dir)",
+                "(COREEXEC_HOME or the io manager's base_dir), or use COREEXEC_IO_URL=s3://... "
+                "for workers on several machines",
                 step_key=key.step_key,
                 output_name=key.output_name,
             ) from None

@@ -59,7 +59,8 @@ def check_requirements(
     if ExecutorRequirement.PERSISTENT_OUTPUTS in needs and instance.ephemeral:
         raise RequirementError(
             f"executor {executor_def.name!r} passes outputs between processes through files "
-            "under COREEXEC_HOME; use a durable instance (Instance.from_env())" + hint
+            "under COREEXEC_HOME or at COREEXEC_IO_URL; use a durable instance "
+            "(Instance.from_env())" + hint
         )
 
 

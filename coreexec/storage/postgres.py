@@ -79,6 +79,10 @@ def migrate(conn: psycopg.Connection[Any], *, url: str) -> int:
     return len(known)
 
 
+def _oneline(exc: BaseException) -> str:
+    return " ".join(str(exc).split())
+
+
 def _record(row: tuple[Any, ...]) -> RunRecord:
     return RunRecord(
         run_id=row[0],
@@ -110,14 +114,14 @@ class PostgresRunStorage:
             self.schema_version = migrate(conn, url=url)
 
     def _error(self, exc: BaseException, doing: str) -> StorageError:
-        return StorageError(f"run storage {self.display_url}: cannot {doing}: {exc}")
+        return StorageError(f"run storage {self.display_url}: cannot {doing}: {_oneline(exc)}")
 
     def _connect(self) -> psycopg.Connection[Any]:
         try:
             return psycopg.connect(self.url, autocommit=True, connect_timeout=CONNECT_TIMEOUT_S)
         except psycopg.Error as exc:
             raise StorageError(
-                f"cannot connect to the run storage {self.display_url}: {exc}; check "
+                f"cannot connect to the run storage {self.display_url}: {_oneline(exc)}; check "
                 "COREEXEC_STORAGE_URL (host, port, database, user; the password is read "
                 "from the URL or PGPASSWORD/~/.pgpass) and that the server is up"
             ) from exc
