@@ -2,11 +2,11 @@
 
 ``COREEXEC_IO_URL=s3://bucket/prefix`` (also ``gs://``, ``file:///path``, ``memory://``
 for tests) puts every output at ``<url>/<run_id>/<step_key>/<output_name>``, so workers
-on other machines load what a step stored without a shared disk. The ``objectstore``
-extra installs fsspec and s3fs. Credentials come from where the store's own client
-looks (for S3: ``AWS_ACCESS_KEY_ID``/``AWS_SECRET_ACCESS_KEY``, ``AWS_PROFILE`` and
-``~/.aws/credentials``, ``AWS_ENDPOINT_URL`` for an S3-compatible server), never from
-messages or run config.
+on other machines load what a step stored without a shared disk. fsspec comes with
+coreexec; the ``s3`` extra adds s3fs (``pip install 'coreexec[s3]'``). Credentials come
+from where the store's own client looks (for S3: ``AWS_ACCESS_KEY_ID`` and
+``AWS_SECRET_ACCESS_KEY``, ``AWS_PROFILE`` and ``~/.aws/credentials``,
+``AWS_ENDPOINT_URL`` for an S3-compatible server), never from messages or run config.
 
 A reader never sees half a value: object stores (S3, GCS, Azure, memory) make an
 object visible only once its single or multipart upload completes; on the others the
@@ -45,8 +45,8 @@ class ObjectStoreIOManager:
             import fsspec
         except ImportError as exc:
             raise ConfigError(
-                f"{IO_URL_ENV}={url} needs fsspec ({exc}); install the objectstore extra: "
-                "pip install 'coreexec[objectstore]'",
+                f"{IO_URL_ENV}={url} needs fsspec ({exc}), a dependency of coreexec: "
+                "pip install fsspec",
                 path=IO_URL_ENV,
             ) from exc
         self.url = url.rstrip("/")
@@ -69,7 +69,7 @@ class ObjectStoreIOManager:
                 except (ImportError, ValueError) as exc:
                     raise ConfigError(
                         f"{IO_URL_ENV}={self.url}: {exc}; for s3:// install "
-                        "'coreexec[objectstore]', for other stores their fsspec driver",
+                        "'coreexec[s3]' (s3fs), for other stores their fsspec driver",
                         path=IO_URL_ENV,
                     ) from exc
                 self._fs, self._root, self._pid = fs, str(root).rstrip("/"), os.getpid()

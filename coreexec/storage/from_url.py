@@ -26,8 +26,8 @@ def storage_from_url(url: str, home: Path) -> RunStorage:
             from coreexec.storage.postgres import PostgresRunStorage
         except ImportError as exc:
             raise ConfigError(
-                f"{STORAGE_URL_ENV}={masked_url(url)} needs psycopg 3 ({exc}); install the "
-                "postgres extra: pip install 'coreexec[postgres]'",
+                f"{STORAGE_URL_ENV}={masked_url(url)} needs psycopg 3 ({exc}), a dependency of "
+                "coreexec: pip install 'psycopg[binary,pool]>=3.1'",
                 path=STORAGE_URL_ENV,
             ) from exc
         return PostgresRunStorage(url)

@@ -1,7 +1,7 @@
 """Run storage in PostgreSQL: runs shared by coordinators and workers on many machines.
 
-Chosen by ``COREEXEC_STORAGE_URL=postgresql://user:password@host:5432/db`` (the
-``postgres`` extra installs psycopg 3 and its pool). Each process keeps a small
+Chosen by ``COREEXEC_STORAGE_URL=postgresql://user:password@host:5432/db`` (psycopg 3
+and its pool are dependencies of coreexec). Each process keeps a small
 connection pool (a new one after a fork: a connection must not cross one). The schema
 is created and upgraded by the versioned migrations under ``migrations/postgres``,
 one at a time under an advisory lock, and a database whose schema is newer than this
