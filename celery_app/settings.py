@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import importlib
 import os
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from types import ModuleType
 from typing import Any
@@ -41,6 +41,7 @@ from coreexec.settings import (
     STORAGE_URL_ENV,
     Settings,
     is_redis_url,
+    masked_repr_args,
 )
 
 __all__ = [
@@ -104,6 +105,9 @@ class CelerySettings(BaseModel):
     @property
     def backend_url(self) -> str:
         return self.result_backend or self.broker_url
+
+    def __repr_args__(self) -> Iterator[tuple[str | None, Any]]:
+        return masked_repr_args(super().__repr_args__())
 
     def core(self) -> Settings:
         """The URLs of these settings as every coreexec process resolves them."""

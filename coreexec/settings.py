@@ -17,8 +17,9 @@ and ``coreexec settings`` prints what this process resolved (passwords masked).
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from pathlib import Path
+from typing import Any
 
 from pydantic import BaseModel, ConfigDict
 
@@ -53,6 +54,9 @@ class Settings(BaseModel):
     broker_url: str | None = None
     result_backend: str | None = None
     redis_url: str | None = None
+
+    def __repr_args__(self) -> Iterator[tuple[str | None, Any]]:
+        return masked_repr_args(super().__repr_args__())
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
@@ -121,3 +125,11 @@ class Settings(BaseModel):
 
 def _shown(value: str, given: str | None, env: str, default: str = "default") -> tuple[str, str]:
     return masked_url(value), env if given else default
+
+
+def masked_repr_args(
+    args: Iterator[tuple[str | None, Any]] | Any,
+) -> Iterator[tuple[str | None, Any]]:
+    """A model's repr fields with the passwords of URL values masked."""
+    for name, value in args:
+        yield name, masked_url(value) if isinstance(value, str) and "://" in value else value

@@ -67,7 +67,12 @@ def launcher(fleet: dict[str, Path]) -> CeleryRunLauncher:
 
 
 def _start_fleet(
-    factory: WorkerFactory, homes: dict[str, Path], *, coordinators: int = 1, steps: int = 2
+    factory: WorkerFactory,
+    homes: dict[str, Path],
+    *,
+    coordinators: int = 1,
+    steps: int = 2,
+    steps_env: dict[str, str] | None = None,
 ) -> tuple[CeleryWorkerProcess, CeleryWorkerProcess]:
     coordinator = factory(
         queues=[RUNS_QUEUE],
@@ -79,7 +84,7 @@ def _start_fleet(
         queues=list(STEP_QUEUES),
         concurrency=steps,
         hostname="steps",
-        env={"COREEXEC_HOME": str(homes["steps"])},
+        env={"COREEXEC_HOME": str(homes["steps"]), **(steps_env or {})},
     )
     return coordinator, workers
 
@@ -100,7 +105,8 @@ def _marks(run_id: str, what: str, steps: list[str]) -> list[str | None]:
 def test_a_run_across_workers_shares_only_postgres_and_the_object_store(
     fleet: dict[str, Path], launcher: CeleryRunLauncher, celery_worker_factory: WorkerFactory
 ) -> None:
-    _start_fleet(celery_worker_factory, fleet)
+    # The step workers are not told the outputs URL: they learn it from the run.
+    _start_fleet(celery_worker_factory, fleet, steps_env={"COREEXEC_IO_URL": ""})
     handle = submit_job("tests.jobs.fleet_jobs:fanout", launcher=launcher)
     assert handle.wait(timeout=120) is RunStatus.SUCCESS
     instance = Instance.from_env()
