@@ -139,7 +139,6 @@ class PostgresRunStorage:
                 min_size=1,
                 max_size=self.pool_size,
                 kwargs={"autocommit": True, "connect_timeout": CONNECT_TIMEOUT_S},
-                check=ConnectionPool.check_connection,
                 open=False,
                 name="coreexec-run-storage",
             )
@@ -151,12 +150,22 @@ class PostgresRunStorage:
             self._pool, self._pid = pool, os.getpid()
             return pool
 
-    def _run(self, doing: str, work: Callable[[psycopg.Connection[Any]], T]) -> T:
-        try:
-            with self._pool_for_this_process().connection() as conn:
-                return work(conn)
-        except (psycopg.Error, PoolTimeout) as exc:
-            raise self._error(exc, doing) from exc
+    def _run(
+        self, doing: str, work: Callable[[psycopg.Connection[Any]], T], *, reads: bool = False
+    ) -> T:
+        """``work`` on a pooled connection. A read meeting a connection the server closed
+        (a restart, an idle timeout) is tried once more on a new one; a write is not,
+        since it may have been committed before the connection broke."""
+        for attempt in (1, 2):
+            try:
+                with self._pool_for_this_process().connection() as conn:
+                    return work(conn)
+            except psycopg.OperationalError as exc:
+                if not reads or attempt == 2:
+                    raise self._error(exc, doing) from exc
+            except (psycopg.Error, PoolTimeout) as exc:
+                raise self._error(exc, doing) from exc
+        raise AssertionError("unreachable")
 
     def add_run(self, record: RunRecord) -> None:
         params = (
@@ -177,7 +186,9 @@ class PostgresRunStorage:
 
     def get_run(self, run_id: str) -> RunRecord:
         sql = f"SELECT {_COLUMNS} FROM coreexec_runs WHERE run_id = %s"
-        row = self._run(f"read run {run_id}", lambda conn: conn.execute(sql, (run_id,)).fetchone())
+        row = self._run(
+            f"read run {run_id}", lambda conn: conn.execute(sql, (run_id,)).fetchone(), reads=True
+        )
         if row is None:
             raise RunNotFoundError(run_id)
         return _record(row)
@@ -192,7 +203,7 @@ class PostgresRunStorage:
             params.append([status.value for status in statuses])
         sql += " ORDER BY created_at DESC LIMIT %s"
         params.append(limit)
-        rows = self._run("list runs", lambda conn: conn.execute(sql, params).fetchall())
+        rows = self._run("list runs", lambda conn: conn.execute(sql, params).fetchall(), reads=True)
         return [_record(row) for row in rows]
 
     def set_status(
@@ -237,7 +248,8 @@ class PostgresRunStorage:
         ]
 
         def work(conn: psycopg.Connection[Any]) -> None:
-            with conn.transaction(), conn.cursor() as cursor:
+            # One round trip: BEGIN, the lock, the inserts and COMMIT go out together.
+            with conn.pipeline(), conn.transaction(), conn.cursor() as cursor:
                 cursor.execute(
                     "SELECT pg_advisory_xact_lock(%s, hashtext(%s))", (_RUN_LOCK_SPACE, run_id)
                 )
@@ -258,7 +270,9 @@ class PostgresRunStorage:
             sql += " LIMIT %s"
             params.append(limit)
         rows = self._run(
-            f"read the events of run {run_id}", lambda conn: conn.execute(sql, params).fetchall()
+            f"read the events of run {run_id}",
+            lambda conn: conn.execute(sql, params).fetchall(),
+            reads=True,
         )
         return [(int(row[0]), Event.from_dict(json.loads(row[1]))) for row in rows]
 
