@@ -153,14 +153,17 @@ class PostgresRunStorage:
     def _run(
         self, doing: str, work: Callable[[psycopg.Connection[Any]], T], *, reads: bool = False
     ) -> T:
-        """``work`` on a pooled connection. A read meeting a connection the server closed
-        (a restart, an idle timeout) is tried once more on a new one; a write is not,
-        since it may have been committed before the connection broke."""
+        """``work`` on a pooled connection. After a connection the server closed (a
+        restart, an idle timeout) the pool's idle connections are checked and the broken
+        ones replaced; a read is then tried once more, a write is not, since it may have
+        been committed before the connection broke."""
         for attempt in (1, 2):
+            pool = self._pool_for_this_process()
             try:
-                with self._pool_for_this_process().connection() as conn:
+                with pool.connection() as conn:
                     return work(conn)
             except psycopg.OperationalError as exc:
+                pool.check()
                 if not reads or attempt == 2:
                     raise self._error(exc, doing) from exc
             except (psycopg.Error, PoolTimeout) as exc:

@@ -166,3 +166,29 @@ def test_an_unknown_storage_scheme_is_refused_with_the_password_masked(tmp_path:
     with pytest.raises(ConfigError, match="unknown scheme") as err:
         storage_from_url("mysql://root:hunter2@db/runs", tmp_path)
     assert "hunter2" not in str(err.value) and "mysql://root:***@db/runs" in str(err.value)
+
+
+@pg
+def test_reads_go_on_after_the_server_closed_the_pooled_connections(postgres_url: str) -> None:
+    storage = PostgresRunStorage(postgres_url, pool_size=4)
+    storage.add_run(_record("a"))
+    start = threading.Barrier(4)
+
+    def read() -> None:
+        start.wait()
+        storage.get_run("a")
+
+    threads = [threading.Thread(target=read) for _ in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    with psycopg.connect(postgres_url, autocommit=True) as admin:
+        ended = admin.execute(
+            "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity"
+            " WHERE datname = current_database() AND pid <> pg_backend_pid()"
+        ).fetchone()
+    assert ended is not None and ended[0] >= 1
+    assert storage.get_run("a").run_id == "a"
+    assert storage.set_status("a", RunStatus.STARTED)
+    storage.close()
