@@ -79,3 +79,20 @@ def test_the_instance_follows_the_settings(tmp_path: Path) -> None:
     assert ObjectStoreIOManager("memory://coreexec-unit/outputs").load(
         OutputKey("r", "s", "result")
     ) == [1]
+
+
+def test_an_executor_io_url_chooses_the_runs_outputs(tmp_path: Path) -> None:
+    from pydantic import BaseModel
+
+    from celery_app.executor import CeleryExecutorConfig
+    from coreexec.execution.runs import run_io_manager
+
+    instance = Instance.at(tmp_path)
+    chosen = run_io_manager(instance, CeleryExecutorConfig(io_url="memory://coreexec-unit/run"))
+    assert isinstance(chosen, ObjectStoreIOManager) and chosen.url == "memory://coreexec-unit/run"
+    assert run_io_manager(instance, CeleryExecutorConfig()) is instance.io_manager()
+
+    class NoIoUrl(BaseModel):
+        retries: int = 0
+
+    assert run_io_manager(instance, NoIoUrl()) is instance.io_manager()
