@@ -34,13 +34,19 @@ __all__ = ["COORDINATOR_TASK_NAME", "coordinate", "register_coordinator_task"]
 log = logging.getLogger(__name__)
 
 
+_instances: dict[tuple[int, str], Instance] = {}
+
+
 def coordinator_instance(app: CoreexecApp) -> Instance:
-    """The durable instance of this worker, with the app's Redis for run events."""
-    settings = app.settings
-    if settings.home:
-        os.environ.setdefault("COREEXEC_HOME", settings.home)
-    instance = Instance.from_env()
-    instance.redis_url = settings.events_redis_url
+    """The durable instance of this worker, with the app's Redis for run events: one
+    per process and settings, so a PostgreSQL pool serves every run it coordinates."""
+    core = app.settings.core()
+    key = (os.getpid(), core.model_dump_json())
+    instance = _instances.get(key)
+    if instance is None:
+        instance = Instance.from_settings(core)
+        instance.redis_url = core.resolved_redis_url
+        _instances[key] = instance
     return instance
 
 
@@ -86,7 +92,12 @@ def coordinate(app: CoreexecApp, run_id: str, *, resume: bool, owner: str) -> di
             )
     except RunNotFoundError as exc:
         # A worker whose COREEXEC_HOME is not the submitter's: nothing it can do.
-        log.error("coordinator %s: %s (is COREEXEC_HOME shared?)", owner, exc)
+        log.error(
+            "coordinator %s: %s (do the submitter and this worker share "
+            "COREEXEC_STORAGE_URL, or COREEXEC_HOME?)",
+            owner,
+            exc,
+        )
         return {"run_id": run_id, "status": "UNKNOWN_RUN", "coordinated": False}
     except CoreExecError as exc:
         log.error("coordinator %s could not coordinate run %s: %s", owner, run_id, exc)

@@ -102,7 +102,12 @@ class CeleryDispatcher(StepDispatcher):
 
     def start(self, sink: EventSink) -> None:
         self._sink = sink
-        settings = replace(self.launch, heartbeat_interval_s=self.timings.heartbeat_interval_s)
+        settings = replace(
+            self.launch,
+            heartbeat_interval_s=self.timings.heartbeat_interval_s,
+            # Workers store where this coordinator loads from (an object store's URL).
+            io_url=str(getattr(self.run.io_manager, "url", "")),
+        )
         key = keys.run_settings(self.run.run_id)
         try:
             with self._client.pipeline(transaction=False) as pipe:

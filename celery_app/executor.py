@@ -80,6 +80,9 @@ class CeleryExecutorConfig(BaseModel):
     redis_url: str | None = None
     """Redis of run events, claims and limits (default: ``COREEXEC_REDIS_URL``, else
     the broker when it is Redis). Workers must use the same one."""
+    io_url: str | None = None
+    """Step outputs of the run as an fsspec URL, e.g. ``s3://bucket/prefix`` (default:
+    ``COREEXEC_IO_URL``, else files under ``COREEXEC_HOME``); workers follow it."""
 
     @field_validator("heartbeat_timeout_s")
     @classmethod

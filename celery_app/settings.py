@@ -6,16 +6,21 @@
 ``COREEXEC_REDIS_URL``      Redis of the run event streams, attempt claims and tag limits
                             (default: the broker URL when it is ``redis://``)
 ``COREEXEC_HOME``           run storage and outputs (read by :class:`coreexec.Instance`)
+``COREEXEC_STORAGE_URL``    run storage URL (``postgresql://...`` for a fleet)
+``COREEXEC_IO_URL``         step outputs URL (``s3://bucket/prefix`` for a fleet)
 ``COREEXEC_CELERY_CONFIG``  extra Celery settings: a Python module (``pkg.celeryconfig``,
                             its lowercase attributes) or a ``.yaml``/``.yml`` file
 =========================== ==============================================================
+
+The URLs are resolved by :class:`coreexec.settings.Settings`, the one place every
+process reads them; these settings add what only Celery needs.
 """
 
 from __future__ import annotations
 
 import importlib
 import os
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from types import ModuleType
 from typing import Any
@@ -25,20 +30,36 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from coreexec.errors import ConfigError
 from coreexec.run_config import validation_error
+from coreexec.settings import (
+    BROKER_URL_ENV,
+    DEFAULT_BROKER_URL,
+    HOME_ENV,
+    IO_URL_ENV,
+    REDIS_SCHEMES,
+    REDIS_URL_ENV,
+    RESULT_BACKEND_ENV,
+    STORAGE_URL_ENV,
+    Settings,
+    is_redis_url,
+    masked_repr_args,
+)
 
-BROKER_URL_ENV = "COREEXEC_BROKER_URL"
-RESULT_BACKEND_ENV = "COREEXEC_RESULT_BACKEND"
-REDIS_URL_ENV = "COREEXEC_REDIS_URL"
-HOME_ENV = "COREEXEC_HOME"
+__all__ = [
+    "BROKER_URL_ENV",
+    "CELERY_CONFIG_ENV",
+    "DEFAULT_BROKER_URL",
+    "HOME_ENV",
+    "IO_URL_ENV",
+    "REDIS_SCHEMES",
+    "REDIS_URL_ENV",
+    "RESULT_BACKEND_ENV",
+    "STORAGE_URL_ENV",
+    "CelerySettings",
+    "is_redis_url",
+    "load_celery_config",
+]
+
 CELERY_CONFIG_ENV = "COREEXEC_CELERY_CONFIG"
-
-DEFAULT_BROKER_URL = "redis://127.0.0.1:6379/0"
-REDIS_SCHEMES = ("redis://", "rediss://", "unix://")
-
-
-def is_redis_url(url: str) -> bool:
-    """True for URLs redis-py can open (and kombu's Redis transport serves)."""
-    return url.startswith(REDIS_SCHEMES)
 
 
 class CelerySettings(BaseModel):
@@ -52,6 +73,10 @@ class CelerySettings(BaseModel):
     redis_url: str | None = None
     """None: the broker URL when it is a Redis URL."""
     home: str | None = None
+    storage_url: str | None = None
+    """None: SQLite under ``home``."""
+    io_url: str | None = None
+    """None: files under ``home``."""
     include: tuple[str, ...] = ()
     """Modules every worker imports at start (jobs whose import is slow, signal handlers)."""
     celery_config: Mapping[str, Any] = Field(default_factory=dict)
@@ -62,11 +87,14 @@ class CelerySettings(BaseModel):
         """Settings from ``COREEXEC_*`` variables; errors name the variable."""
         env = os.environ if environ is None else environ
         source = env.get(CELERY_CONFIG_ENV) or None
+        core = Settings.from_env(env)
         raw: dict[str, Any] = {
-            "broker_url": env.get(BROKER_URL_ENV) or DEFAULT_BROKER_URL,
-            "result_backend": env.get(RESULT_BACKEND_ENV) or None,
-            "redis_url": env.get(REDIS_URL_ENV) or None,
-            "home": env.get(HOME_ENV) or None,
+            "broker_url": core.resolved_broker_url,
+            "result_backend": core.result_backend,
+            "redis_url": core.redis_url,
+            "home": core.home,
+            "storage_url": core.storage_url,
+            "io_url": core.io_url,
             "celery_config": load_celery_config(source, path=CELERY_CONFIG_ENV) if source else {},
         }
         try:
@@ -78,18 +106,24 @@ class CelerySettings(BaseModel):
     def backend_url(self) -> str:
         return self.result_backend or self.broker_url
 
+    def __repr_args__(self) -> Iterator[tuple[str | None, Any]]:
+        return masked_repr_args(super().__repr_args__())
+
+    def core(self) -> Settings:
+        """The URLs of these settings as every coreexec process resolves them."""
+        return Settings(
+            home=self.home,
+            storage_url=self.storage_url,
+            io_url=self.io_url,
+            broker_url=self.broker_url,
+            result_backend=self.result_backend,
+            redis_url=self.redis_url,
+        )
+
     @property
     def events_redis_url(self) -> str:
         """The Redis of event streams and claims, or a ConfigError saying how to set one."""
-        if self.redis_url:
-            return self.redis_url
-        if is_redis_url(self.broker_url):
-            return self.broker_url
-        raise ConfigError(
-            f"the broker {self.broker_url.split('://')[0]}:// is not Redis, so coreexec needs "
-            f"a Redis for run events: set {REDIS_URL_ENV} (or the executor's redis_url)",
-            path=REDIS_URL_ENV,
-        )
+        return self.core().resolved_redis_url
 
     def merged(self, **changes: Any) -> CelerySettings:
         """A copy with the non-None ``changes`` applied (executor config over env)."""

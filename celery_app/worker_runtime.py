@@ -18,7 +18,7 @@ class WorkerRuntime(AttemptRuntime):
     """An :class:`AttemptRuntime` that remembers the settings it was made from."""
 
     def __init__(self, settings: CelerySettings) -> None:
-        super().__init__(settings.events_redis_url, home=settings.home)
+        super().__init__(settings.events_redis_url, home=settings.home, settings=settings.core())
         self.settings = settings
 
 

@@ -275,7 +275,7 @@ def run_prepared(
         step=prepared.step,
         attempt=ids.attempt,
         run_config=info.record.run_config,
-        io_manager=runtime.io_manager,
+        io_manager=runtime.io_manager_for(info.settings),
         run_tags=info.record.tags,
     )
     emit: EventSink = sink if sink is not None else BufferedSink(info.stream)

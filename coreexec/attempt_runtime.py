@@ -22,8 +22,10 @@ from coreexec.heartbeats import Heartbeats
 from coreexec.instance import HOME_ENV, Instance
 from coreexec.io_managers import IOManager
 from coreexec.job import JobDefinition
+from coreexec.object_store_io import io_manager_from_url
 from coreexec.plan import ExecutionPlan
 from coreexec.reference import load_job
+from coreexec.settings import Settings
 from coreexec.storage.base import RunRecord
 from coreexec.transport import keys
 from coreexec.transport.attempts import AttemptClaims
@@ -50,10 +52,14 @@ class AttemptRuntime:
     instance is the durable one of :meth:`coreexec.Instance.from_env`.
     """
 
-    def __init__(self, redis_url: str, *, home: str | None = None) -> None:
+    def __init__(
+        self, redis_url: str, *, home: str | None = None, settings: Settings | None = None
+    ) -> None:
         self.pid = os.getpid()
         self.redis_url = redis_url
         self.home = home
+        self.core_settings = settings
+        self._io_managers: dict[str, IOManager] = {}
         self._client: redis.Redis | None = None
         self._instance: Instance | None = None
         self._io_manager: IOManager | None = None
@@ -78,9 +84,12 @@ class AttemptRuntime:
     @property
     def instance(self) -> Instance:
         if self._instance is None:
-            if self.home:
-                os.environ.setdefault(HOME_ENV, self.home)
-            instance = Instance.from_env()
+            if self.core_settings is not None:
+                instance = Instance.from_settings(self.core_settings)
+            else:
+                if self.home:
+                    os.environ.setdefault(HOME_ENV, self.home)
+                instance = Instance.from_env()
             if instance.ephemeral:
                 raise ConfigError("workers need a durable instance; set COREEXEC_HOME")
             self._instance = instance
@@ -91,6 +100,18 @@ class AttemptRuntime:
         if self._io_manager is None:
             self._io_manager = self.instance.io_manager()
         return self._io_manager
+
+    def io_manager_for(self, settings: RunSettings) -> IOManager:
+        """The run's IO manager: the one its executor named, else this process's."""
+        if not settings.io_url:
+            return self.io_manager
+        with self._lock:
+            found = self._io_managers.get(settings.io_url)
+        if found is None:
+            found = io_manager_from_url(settings.io_url)
+            with self._lock:
+                found = self._io_managers.setdefault(settings.io_url, found)
+        return found
 
     def job(self, reference: str) -> JobDefinition:
         return load_job(reference)

@@ -2,67 +2,68 @@
 
 from __future__ import annotations
 
-import os
 import tempfile
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
-from coreexec.errors import ConfigError
-from coreexec.io_managers import FilesystemIOManager
+from coreexec.io_managers import FilesystemIOManager, IOManager
+from coreexec.settings import HOME_ENV, REDIS_URL_ENV, STORAGE_URL_ENV, Settings
 from coreexec.storage.base import RunStorage
+from coreexec.storage.from_url import storage_from_url
 from coreexec.storage.memory import InMemoryRunStorage
 from coreexec.storage.sqlite import SqliteRunStorage
 
-HOME_ENV = "COREEXEC_HOME"
-STORAGE_URL_ENV = "COREEXEC_STORAGE_URL"
-REDIS_URL_ENV = "COREEXEC_REDIS_URL"
-DEFAULT_HOME = Path("~/.coreexec")
+__all__ = [
+    "HOME_ENV",
+    "REDIS_URL_ENV",
+    "STORAGE_URL_ENV",
+    "Instance",
+    "home_from_env",
+    "storage_from_url",
+]
 
 
 def home_from_env() -> Path:
     """``$COREEXEC_HOME``, else ``~/.coreexec``."""
-    return Path(os.environ.get(HOME_ENV) or DEFAULT_HOME).expanduser()
-
-
-def storage_from_url(url: str, home: Path) -> RunStorage:
-    """A run storage from ``sqlite:///path`` (or a bare path); other schemes are refused."""
-    if url.startswith("sqlite:///"):
-        return SqliteRunStorage(Path(url.removeprefix("sqlite:///")))
-    if "://" not in url:
-        return SqliteRunStorage(home / url if not Path(url).is_absolute() else Path(url))
-    raise ConfigError(
-        f"{STORAGE_URL_ENV}={url!r}: only sqlite:///path is supported in this version; "
-        "unset it to use $COREEXEC_HOME/runs.db",
-        path=STORAGE_URL_ENV,
-    )
+    return Settings.from_env().home_path
 
 
 @dataclass
 class Instance:
-    """Run storage plus the base directory for outputs.
+    """Run storage plus where outputs go.
 
     ``Instance.from_env()`` is the durable instance every process of an installation
-    shares (SQLite and files under ``$COREEXEC_HOME``); ``Instance.ephemeral()`` keeps
-    everything in this process and suits tests and ``execute_in_process``.
+    shares: the run storage of ``COREEXEC_STORAGE_URL`` (else SQLite under
+    ``$COREEXEC_HOME``) and outputs at ``COREEXEC_IO_URL`` (else files under
+    ``$COREEXEC_HOME/storage``). ``Instance.ephemeral_instance()`` keeps everything in
+    this process and suits tests and ``execute_in_process``.
     """
 
     storage: RunStorage
     home: Path
     ephemeral: bool = False
     redis_url: str | None = None
+    io_url: str | None = None
+    """fsspec URL of the outputs (None: files under ``<home>/storage``)."""
+    _io_manager: IOManager | None = field(default=None, init=False, repr=False, compare=False)
 
     @classmethod
     def from_env(cls) -> Instance:
-        home = home_from_env()
-        url = os.environ.get(STORAGE_URL_ENV)
-        storage = storage_from_url(url, home) if url else SqliteRunStorage(home / "runs.db")
-        return cls(storage=storage, home=home, redis_url=os.environ.get(REDIS_URL_ENV))
+        return cls.from_settings(Settings.from_env())
 
     @classmethod
-    def at(cls, home: Path | str) -> Instance:
+    def from_settings(cls, settings: Settings) -> Instance:
+        """The durable instance the settings name."""
+        home = settings.home_path
+        url = settings.storage_url
+        storage = storage_from_url(url, home) if url else SqliteRunStorage(home / "runs.db")
+        return cls(storage=storage, home=home, redis_url=settings.redis_url, io_url=settings.io_url)
+
+    @classmethod
+    def at(cls, home: Path | str, *, io_url: str | None = None) -> Instance:
         """A durable instance rooted at ``home``."""
         root = Path(home).expanduser()
-        return cls(storage=SqliteRunStorage(root / "runs.db"), home=root)
+        return cls(storage=SqliteRunStorage(root / "runs.db"), home=root, io_url=io_url)
 
     @classmethod
     def ephemeral_instance(cls) -> Instance:
@@ -74,6 +75,14 @@ class Instance:
     def storage_dir(self) -> Path:
         return self.home / "storage"
 
-    def io_manager(self) -> FilesystemIOManager:
-        """Outputs as files under ``<home>/storage``, readable by every process."""
-        return FilesystemIOManager(self.storage_dir)
+    def io_manager(self) -> IOManager:
+        """Outputs at ``io_url``, else files under ``<home>/storage``; readable by every
+        process that has the same settings."""
+        if self._io_manager is None:
+            if self.io_url:
+                from coreexec.object_store_io import io_manager_from_url
+
+                self._io_manager = io_manager_from_url(self.io_url)
+            else:
+                self._io_manager = FilesystemIOManager(self.storage_dir)
+        return self._io_manager

@@ -40,6 +40,33 @@ class IOManager(Protocol):
     def has(self, key: OutputKey) -> bool: ...
 
 
+def pickle_output(key: OutputKey, value: Any) -> bytes:
+    """The bytes stored for an output, or an IOManagerError saying how to fix the value."""
+    try:
+        return pickle.dumps(value, protocol=pickle.HIGHEST_PROTOCOL)
+    except Exception as exc:
+        raise IOManagerError(
+            f"output {key.output_name!r} of step {key.step_key!r} cannot be pickled "
+            f"({type(value).__name__}: {exc}); return a picklable value (plain data, "
+            "dataclasses at module level) or store it yourself and return its path",
+            step_key=key.step_key,
+            output_name=key.output_name,
+        ) from exc
+
+
+def unpickle_output(key: OutputKey, payload: bytes, *, where: str) -> Any:
+    """The value of stored bytes; ``where`` names the place in the error."""
+    try:
+        return pickle.loads(payload)
+    except Exception as exc:
+        raise IOManagerError(
+            f"output {key.output_name!r} of step {key.step_key!r} at {where!r} "
+            f"cannot be unpickled: {exc!r}",
+            step_key=key.step_key,
+            output_name=key.output_name,
+        ) from exc
+
+
 class InMemoryIOManager:
     """Outputs in a dict, for runs that stay in one process."""
 
@@ -85,16 +112,7 @@ class FilesystemIOManager:
         return self.base_dir / key.run_id / key.step_key / key.output_name
 
     def store(self, key: OutputKey, value: Any) -> None:
-        try:
-            payload = pickle.dumps(value, protocol=pickle.HIGHEST_PROTOCOL)
-        except Exception as exc:
-            raise IOManagerError(
-                f"output {key.output_name!r} of step {key.step_key!r} cannot be pickled "
-                f"({type(value).__name__}: {exc}); return a picklable value (plain data, "
-                "dataclasses at module level) or store it yourself and return its path",
-                step_key=key.step_key,
-                output_name=key.output_name,
-            ) from exc
+        payload = pickle_output(key, value)
         path = self.path_for(key)
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
@@ -118,19 +136,12 @@ class FilesystemIOManager:
             raise IOManagerError(
                 f"input missing: output {key.output_name!r} of step {key.step_key!r} was not "
                 f"found at {str(path)!r}; every worker must share the storage directory "
-                "(COREEXEC_HOME or the io manager's base_dir)",
+                "(COREEXEC_HOME or the io manager's base_dir), or use COREEXEC_IO_URL=s3://... "
+                "for workers on several machines",
                 step_key=key.step_key,
                 output_name=key.output_name,
             ) from None
-        try:
-            return pickle.loads(payload)
-        except Exception as exc:
-            raise IOManagerError(
-                f"output {key.output_name!r} of step {key.step_key!r} at {str(path)!r} "
-                f"cannot be unpickled: {exc!r}",
-                step_key=key.step_key,
-                output_name=key.output_name,
-            ) from exc
+        return unpickle_output(key, payload, where=str(path))
 
     def has(self, key: OutputKey) -> bool:
         return self.path_for(key).is_file()

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Install what coreexec needs to run, test and demo: Debian's redis-server, docker.io
-# (dockerd; the tests start their own) and debootstrap (the base image is made without
-# any registry), and this repository as an editable package with its dev extras. Safe to run again: it only
+# (dockerd; the tests start their own), debootstrap (the base image is made without any
+# registry) and postgresql (the tests start their own servers), and this repository as an
+# editable package with its dev extras. Safe to run again: it only
 # installs what is missing or out of date.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
@@ -61,6 +62,26 @@ elif [ "$(id -u)" -eq 0 ]; then
 else
     log "WARNING: ${missing_debs[*]} missing and this user is not root: the Docker tests will skip" \
         "(install them: sudo apt-get install ${missing_debs[*]})"
+fi
+
+# --- PostgreSQL (the fleet tests start their own server with initdb on a free port) ---
+# Debian keeps initdb and postgres under /usr/lib/postgresql/<major>/bin, off PATH.
+if ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || command -v initdb >/dev/null 2>&1; then
+    log "PostgreSQL present: $(ls -d /usr/lib/postgresql/*/bin 2>/dev/null | tail -n1)"
+elif [ "$(id -u)" -eq 0 ]; then
+    log "PostgreSQL missing: installing Debian's postgresql"
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get update -qq
+    # The package would start a cluster of its own; tests start theirs, so keep it off.
+    mkdir -p /etc/postgresql-common
+    [ -f /etc/postgresql-common/createcluster.conf ] \
+        || printf 'create_main_cluster = false\n' >/etc/postgresql-common/createcluster.conf
+    apt-get install -y -qq --no-install-recommends postgresql >/dev/null
+    ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 \
+        || die "apt-get installed postgresql but no initdb is under /usr/lib/postgresql"
+else
+    die "PostgreSQL is missing and this user is not root, so it cannot be installed here.
+        Run this script as root, or install it yourself: sudo apt-get install postgresql"
 fi
 
 # --- the package, editable, with dev tools -------------------------------------------

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from collections.abc import Callable
 from typing import TypeVar
 
@@ -13,6 +12,7 @@ from coreexec.instance import REDIS_URL_ENV
 from coreexec.limits.global_rules import GlobalRules, rule_from_target
 from coreexec.limits.keys import DEFAULT_NAMESPACE
 from coreexec.limits.redis_limiter import RedisTagLimiter
+from coreexec.settings import Settings
 
 DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"
 
@@ -20,7 +20,12 @@ T = TypeVar("T")
 
 
 def _redis_url(url: str | None) -> str:
-    return url or os.environ.get(REDIS_URL_ENV) or DEFAULT_REDIS_URL
+    if url:
+        return url
+    try:
+        return Settings.from_env().resolved_redis_url
+    except CoreExecError:
+        return DEFAULT_REDIS_URL
 
 
 def _guard(work: Callable[[], T]) -> T:
@@ -34,7 +39,10 @@ redis_option = click.option(
     "--redis-url",
     default=None,
     metavar="URL",
-    help=f"Redis holding the limits (default: ${REDIS_URL_ENV}, else {DEFAULT_REDIS_URL}).",
+    help=(
+        f"Redis holding the limits (default: ${REDIS_URL_ENV}, else the broker when it is "
+        f"Redis, else {DEFAULT_REDIS_URL})."
+    ),
 )
 namespace_option = click.option(
     "--namespace",

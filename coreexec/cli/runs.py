@@ -21,7 +21,8 @@ def _when(timestamp: float | None) -> str:
 
 @click.group("runs")
 def runs_group() -> None:
-    """Inspect and control runs stored under $COREEXEC_HOME."""
+    """Inspect and control runs in the run storage ($COREEXEC_STORAGE_URL, else
+    $COREEXEC_HOME)."""
 
 
 @runs_group.command("ls")

@@ -41,8 +41,9 @@ def submit_command(
     The job, run config and tags are checked here; then the run is stored (QUEUED) and
     handed to the run launcher (default: Celery, queue coreexec.runs), and its id is
     printed. A worker consuming coreexec.runs coordinates it; workers on the step queues
-    run its steps (`coreexec worker`). Every process must share COREEXEC_HOME and
-    the broker (COREEXEC_BROKER_URL).
+    run its steps (`coreexec worker`). Every process must share the run storage
+    and outputs (COREEXEC_STORAGE_URL and COREEXEC_IO_URL, else COREEXEC_HOME) and the
+    broker (COREEXEC_BROKER_URL); `coreexec settings` shows what a process resolves.
 
     Exit status: 0 once submitted (with --wait: as for `coreexec runs watch`, 0 when the
     run succeeded, 1 failed, 130 canceled), 1 when the broker cannot be reached (the

@@ -59,8 +59,19 @@ def check_requirements(
     if ExecutorRequirement.PERSISTENT_OUTPUTS in needs and instance.ephemeral:
         raise RequirementError(
             f"executor {executor_def.name!r} passes outputs between processes through files "
-            "under COREEXEC_HOME; use a durable instance (Instance.from_env())" + hint
+            "under COREEXEC_HOME or at COREEXEC_IO_URL; use a durable instance "
+            "(Instance.from_env())" + hint
         )
+
+
+def run_io_manager(instance: Instance, exec_config: BaseModel | None) -> IOManager:
+    """The executor config's ``io_url`` when it has one, else the instance's outputs."""
+    io_url = getattr(exec_config, "io_url", None)
+    if isinstance(io_url, str) and io_url:
+        from coreexec.object_store_io import io_manager_from_url
+
+        return io_manager_from_url(io_url)
+    return instance.io_manager()
 
 
 def _resolve_job(job: JobDefinition | str) -> JobDefinition:
@@ -150,7 +161,7 @@ def execute_run(
         run_config=record.run_config,
         run_tags=record.tags,
         instance=instance,
-        io_manager=io_manager or instance.io_manager(),
+        io_manager=io_manager or run_io_manager(instance, exec_config),
         listeners=list(listeners or []),
         already_succeeded=succeeded,
         attempts_made=attempts,

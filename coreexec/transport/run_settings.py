@@ -33,6 +33,8 @@ class RunSettings:
     default_launcher: str = DEFAULT_LAUNCHER
     launcher_config: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
     """Config per launcher name (JSON), e.g. ``{"docker": {"image": ...}}``."""
+    io_url: str = ""
+    """The run's outputs (the executor's ``io_url``); empty: the worker's own settings."""
 
     @classmethod
     def from_hash(cls, raw: Mapping[Any, Any]) -> RunSettings:
@@ -52,6 +54,7 @@ class RunSettings:
             heartbeat_interval_s=interval,
             default_launcher=values.get("default_launcher") or DEFAULT_LAUNCHER,
             launcher_config=config,
+            io_url=values.get("io_url", ""),
         )
 
     def to_hash(self) -> dict[str, str]:
@@ -59,4 +62,5 @@ class RunSettings:
             "heartbeat_interval_s": repr(self.heartbeat_interval_s),
             "default_launcher": self.default_launcher,
             "launcher_config": json.dumps(dict(self.launcher_config), sort_keys=True),
+            "io_url": self.io_url,
         }

@@ -21,7 +21,9 @@ COMPOSE = REPO / "docker-compose.yml"
 # ${NAME}, ${NAME:-default}, ${NAME-default}, ${NAME:?error}, ${NAME?error}; $$ escapes.
 _VARIABLE = re.compile(r"(?<!\$)\$\{([A-Za-z_][A-Za-z0-9_]*)(?:(:?[-?])([^}]*))?\}")
 _BARE_VARIABLE = re.compile(r"(?<!\$)\$([A-Za-z_][A-Za-z0-9_]*)")
-EXPECTED_SERVICES = {"redis", "flower", "worker-high", "worker-default", "worker-low"}
+EXPECTED_SERVICES = {"redis", "postgres", "flower", "worker-high", "worker-default", "worker-low"}
+INFRASTRUCTURE = {"redis", "postgres"}
+"""Services on their own images; every other one runs the worker image."""
 
 
 @pytest.fixture(scope="module")
@@ -179,7 +181,7 @@ def test_every_named_volume_is_declared_and_coreexec_home_is_shared(
             environment = service.get("environment") or {}
             if environment.get("COREEXEC_HOME") == target:
                 home_mounts[name] = source
-    workers = {name for name in services if name != "redis"}
+    workers = {name for name in services if name not in INFRASTRUCTURE}
     assert home_mounts.keys() == workers
     assert len(set(home_mounts.values())) == 1
 
@@ -188,7 +190,7 @@ def test_services_use_the_worker_image_and_wait_for_redis(
     services: dict[str, dict[str, Any]],
 ) -> None:
     for name, service in services.items():
-        if name == "redis":
+        if name in INFRASTRUCTURE:
             continue
         assert service["build"] == {"context": ".", "dockerfile": "workers/Dockerfile"}, name
         assert set(service["depends_on"]) <= set(services)
@@ -196,3 +198,22 @@ def test_services_use_the_worker_image_and_wait_for_redis(
         environment = service["environment"]
         assert environment["COREEXEC_BROKER_URL"].startswith("redis://redis:")
         assert environment["COREEXEC_REDIS_URL"].startswith("redis://redis:")
+
+
+def test_services_keep_runs_in_the_postgres_service_and_wait_for_it(
+    services: dict[str, dict[str, Any]],
+) -> None:
+    postgres = services["postgres"]
+    assert "pg_isready" in " ".join(map(str, postgres["healthcheck"]["test"]))
+    database = postgres["environment"]
+    for name, service in services.items():
+        if name in INFRASTRUCTURE:
+            continue
+        assert service["depends_on"]["postgres"]["condition"] == "service_healthy", name
+        url = _interpolate(service["environment"]["COREEXEC_STORAGE_URL"])
+        expected = (
+            f"postgresql://{_interpolate(database['POSTGRES_USER'])}:"
+            f"{_interpolate(database['POSTGRES_PASSWORD'])}@postgres:5432/"
+            f"{_interpolate(database['POSTGRES_DB'])}"
+        )
+        assert url == expected, name
