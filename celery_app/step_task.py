@@ -9,7 +9,9 @@ job_reference]``; the task id is the attempt id. The worker
    comes from the run storage, never from the message);
 3. runs the step with :func:`coreexec.step_runner.run_step`, events going to the run's
    Redis stream, heartbeating meanwhile;
-4. returns a small status dict (Flower shows it), never output values.
+4. returns a small status dict (Flower shows it), never output values; the task turns
+   a failure or a dropped delivery into the Celery state Flower should show (see
+   :mod:`celery_app.task_outcome`).
 """
 
 from __future__ import annotations
@@ -19,8 +21,9 @@ import os
 import time
 from typing import TYPE_CHECKING, Any
 
-from celery.exceptions import Reject
+from celery.exceptions import Ignore, Reject
 
+from celery_app.task_outcome import StepAttemptFailed, StepTask
 from coreexec.active_execution import StepAttempt
 from coreexec.context import EventSink
 from coreexec.errors import BrokerConnectionError, CoreExecError
@@ -130,7 +133,7 @@ def run_attempt(
             dropped_by=owner,
             holder=claim.holder,
         )
-        return _status("dropped", step_key, attempt, holder=claim.holder)
+        return _status("dropped", step_key, attempt, holder=claim.holder, fenced=claim.fenced)
     try:
         info = runtime.run(run_id)
         if info.record.job_reference not in (None, job_reference):
@@ -153,7 +156,12 @@ def run_attempt(
             retryable=True,
             error={"type": type(exc).__name__, "message": str(exc), "traceback": ""},
         )
-        return _status("failure", step_key, attempt, error=type(exc).__name__)
+        return _status(
+            "failure",
+            step_key,
+            attempt,
+            error={"type": type(exc).__name__, "message": str(exc), "traceback": ""},
+        )
     sink: EventSink = _BufferedSink(info.stream)
     with runtime.heartbeats.beating(
         info.stream,
@@ -175,7 +183,21 @@ def run_attempt(
             sink,
             announce_start=False,
         )
-    return _status("success" if outcome.success else "failure", step_key, attempt)
+    if outcome.success:
+        return _status("success", step_key, attempt)
+    return _status("failure", step_key, attempt, error=dict(outcome.error_data or {}))
+
+
+def _end_task(task: Any, status: dict[str, Any]) -> dict[str, Any]:
+    """The Celery end of an attempt (see :mod:`celery_app.task_outcome`)."""
+    outcome = status["status"]
+    if outcome == "success":
+        return status
+    if outcome == "failure":
+        raise StepAttemptFailed.from_error(status.get("error") or {})
+    if status.get("fenced"):
+        task.send_event("task-revoked", terminated=False, signum=None, expired=False)
+    raise Ignore()
 
 
 def register_step_task(app: CoreexecApp) -> Any:
@@ -184,11 +206,15 @@ def register_step_task(app: CoreexecApp) -> Any:
 
     @app.task(  # type: ignore[untyped-decorator]
         name=STEP_TASK_NAME,
+        base=StepTask,
         bind=True,
         # Registered on this app only: every make_app() call builds its own callable.
         shared=False,
         acks_late=True,
         reject_on_worker_lost=True,
+        # A failed attempt's message is acknowledged (Celery's default, made explicit):
+        # the coordinator decides about retries, a redelivery would only be dropped.
+        acks_on_failure_or_timeout=True,
         ignore_result=True,
         # Retries are the coordinator's business, never Celery's.
         autoretry_for=(),
@@ -202,7 +228,7 @@ def register_step_task(app: CoreexecApp) -> Any:
         attempt_id: str,
         job_reference: str,
     ) -> dict[str, Any]:
-        return run_attempt(
+        status = run_attempt(
             runtime_for(self.app.settings),
             worker=self.request.hostname or "worker",
             run_id=run_id,
@@ -211,5 +237,6 @@ def register_step_task(app: CoreexecApp) -> Any:
             attempt_id=attempt_id,
             job_reference=job_reference,
         )
+        return _end_task(self, status)
 
     return step
