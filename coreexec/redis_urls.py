@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+from collections.abc import Mapping
 from urllib.parse import urlsplit, urlunsplit
 
 import redis
@@ -24,3 +26,21 @@ def client_url(client: redis.Redis) -> str:
     if "path" in kwargs:
         return f"unix://{kwargs['path']}?db={db}"
     return f"redis://{kwargs.get('host', 'localhost')}:{kwargs.get('port', 6379)}/{db}"
+
+
+BROKER_URL_ENV = "COREEXEC_BROKER_URL"
+REDIS_URL_ENV = "COREEXEC_REDIS_URL"
+DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"
+_REDIS_SCHEMES = ("redis://", "rediss://", "unix://")
+
+
+def configured_redis_url(environ: Mapping[str, str] | None = None) -> str:
+    """The Redis of events, claims and limits as the environment names it, the way the
+    celery settings resolve it: ``COREEXEC_REDIS_URL``, else ``COREEXEC_BROKER_URL``
+    when it is a Redis URL, else the default local Redis."""
+    env = os.environ if environ is None else environ
+    explicit = env.get(REDIS_URL_ENV)
+    if explicit:
+        return explicit
+    broker = env.get(BROKER_URL_ENV) or ""
+    return broker if broker.startswith(_REDIS_SCHEMES) else DEFAULT_REDIS_URL

@@ -6,6 +6,7 @@ import datetime as dt
 
 import click
 
+from coreexec.cli.exit_codes import fail
 from coreexec.cli.options import instance_from_env
 from coreexec.cli.progress import format_summary
 from coreexec.errors import CoreExecError
@@ -39,7 +40,7 @@ def list_runs(limit: int, statuses: tuple[str, ...]) -> None:
         chosen = {RunStatus(value.upper()) for value in statuses} or None
         runs = instance_from_env().storage.list_runs(limit=limit, statuses=chosen)
     except CoreExecError as exc:
-        raise click.ClickException(str(exc)) from exc
+        raise fail(exc) from exc
     if not runs:
         click.echo("no runs yet; start one with `coreexec run package.module:job`")
         return
@@ -67,7 +68,7 @@ def show_run(run_id: str, show_events: bool) -> None:
         record = storage.get_run(run_id)
         events = [event for _, event in storage.events(run_id)]
     except CoreExecError as exc:
-        raise click.ClickException(str(exc)) from exc
+        raise fail(exc) from exc
     click.echo(f"run      {record.run_id}")
     click.echo(f"job      {record.job_name}  ({record.job_reference or 'no reference'})")
     click.echo(f"status   {record.status.value}")

@@ -12,7 +12,12 @@ from pydantic import BaseModel
 from coreexec.errors import ConfigError, RequirementError, RunFailedError, StepExecutionError
 from coreexec.events import Event, EventKind
 from coreexec.execution.run_context import EventListener, RunContext
-from coreexec.executors.base import ExecutorDefinition, ExecutorRequirement, InitExecutorContext
+from coreexec.executors.base import (
+    Executor,
+    ExecutorDefinition,
+    ExecutorRequirement,
+    InitExecutorContext,
+)
 from coreexec.instance import Instance
 from coreexec.io_managers import IOManager
 from coreexec.job import JobDefinition
@@ -118,6 +123,35 @@ def _run_event(run_id: str, kind: EventKind, message: str = "", **data: Any) -> 
     return Event(kind=kind, run_id=run_id, timestamp=time.time(), message=message, data=data)
 
 
+def _prepare(
+    record: RunRecord,
+    instance: Instance,
+    job: JobDefinition | None,
+    executor_def: ExecutorDefinition | None,
+) -> tuple[JobDefinition, ExecutorDefinition, Executor, ExecutionPlan]:
+    """The job, its executor (created) and plan of a stored run."""
+    if job is None:
+        if record.job_reference is None:
+            raise ConfigError(
+                f"run {record.run_id} has no job reference; it cannot be executed here"
+            )
+        job = load_job(record.job_reference)
+    chosen = executor_def or resolve_executor_def(job)
+    exec_config = chosen.resolve_config(execution_config(record.run_config))
+    executor = chosen.create(InitExecutorContext(job=job, config=exec_config, instance=instance))
+    return job, chosen, executor, ExecutionPlan.from_job(job, job_reference=record.job_reference)
+
+
+def _fail_start(instance: Instance, run_id: str, exc: BaseException) -> None:
+    """A run that cannot start ends FAILURE with the reason, rather than stay QUEUED."""
+    reason = str(exc) or type(exc).__name__
+    instance.storage.append_events(
+        run_id,
+        [_run_event(run_id, EventKind.RUN_FAILURE, f"the run could not start: {reason}")],
+    )
+    instance.storage.set_status(run_id, RunStatus.FAILURE)
+
+
 def execute_run(
     run_id: str,
     *,
@@ -134,14 +168,11 @@ def execute_run(
     With ``resume`` the steps that succeeded before are not run again.
     """
     record = instance.storage.get_run(run_id)
-    if job is None:
-        if record.job_reference is None:
-            raise ConfigError(f"run {run_id} has no job reference; it cannot be executed here")
-        job = load_job(record.job_reference)
-    chosen = executor_def or resolve_executor_def(job)
-    exec_config = chosen.resolve_config(execution_config(record.run_config))
-    executor = chosen.create(InitExecutorContext(job=job, config=exec_config, instance=instance))
-    plan = ExecutionPlan.from_job(job, job_reference=record.job_reference)
+    try:
+        job, chosen, executor, plan = _prepare(record, instance, job, executor_def)
+    except BaseException as exc:
+        _fail_start(instance, run_id, exc)
+        raise
     succeeded, attempts = _done_steps(instance, run_id) if resume else (frozenset(), {})
     context = RunContext(
         run_id=run_id,
