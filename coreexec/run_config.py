@@ -58,8 +58,8 @@ def _unknown_keys(schema: type[BaseModel], raw: Any, prefix: str, owner: str) ->
         if info.alias:
             known[info.alias] = name
     for key, value in raw.items():
-        name = known.get(str(key))
-        if name is None:
+        field_name = known.get(str(key))
+        if field_name is None:
             valid = ", ".join(fields) or "nothing (the schema has no fields)"
             close = difflib.get_close_matches(str(key), list(fields), n=1)
             guess = f"did you mean {close[0]!r}? " if close else ""
@@ -67,7 +67,7 @@ def _unknown_keys(schema: type[BaseModel], raw: Any, prefix: str, owner: str) ->
                 f"{prefix}.{key}: unknown key; {guess}{owner} takes: {valid}",
                 path=f"{prefix}.{key}",
             )
-        nested = fields[name].annotation
+        nested = fields[field_name].annotation
         if isinstance(nested, type) and issubclass(nested, BaseModel):
             _unknown_keys(nested, value, f"{prefix}.{key}", f"{prefix}.{key}")
 
