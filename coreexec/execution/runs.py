@@ -9,7 +9,13 @@ from typing import Any
 
 from pydantic import BaseModel
 
-from coreexec.errors import ConfigError, RequirementError, RunFailedError, StepExecutionError
+from coreexec.errors import (
+    ConfigError,
+    RequirementError,
+    RunCanceledError,
+    RunFailedError,
+    StepExecutionError,
+)
 from coreexec.events import Event, EventKind
 from coreexec.execution.run_context import EventListener, RunContext
 from coreexec.executors.base import (
@@ -25,6 +31,7 @@ from coreexec.plan import ExecutionPlan
 from coreexec.reference import infer_reference, load_job
 from coreexec.result import ExecutionResult
 from coreexec.run_config import check_run_config, execution_config
+from coreexec.run_summary import is_cancelled
 from coreexec.storage.base import RunRecord, RunStatus
 from coreexec.tags import TagValue, normalize_tags
 
@@ -265,9 +272,14 @@ def result_of(context: RunContext) -> ExecutionResult:
 
 
 def raise_for(context: RunContext, result: ExecutionResult) -> None:
-    """Raise the error of the first failed step (or the run's), keeping the user's cause."""
-    if result.success or result.status is RunStatus.CANCELED:
+    """Raise the error of the first failed step (or the run's), keeping the user's cause;
+    a canceled run raises :class:`~coreexec.errors.RunCanceledError`."""
+    if result.success:
         return
+    if result.status is RunStatus.CANCELED:
+        cancelled = [str(e.step_key) for e in result.events if is_cancelled(e)]
+        stopped = f"; steps stopped: {', '.join(cancelled)}" if cancelled else ""
+        raise RunCanceledError(f"run {result.run_id} was canceled{stopped}", run_id=result.run_id)
     for key in result.failed_steps:
         cause = context.step_errors.get(key)
         failure = next(
@@ -300,15 +312,29 @@ def execute_job(
     raise_on_error: bool = False,
     listeners: list[EventListener] | None = None,
     run_context_hook: Callable[[RunContext], None] | None = None,
+    executor: ExecutorDefinition | None = None,
 ) -> ExecutionResult:
     """Run a job (an object or a ``"package.module:attribute"`` reference) with this
-    process as its coordinator, on the executor the job or run config chooses."""
+    process as its coordinator, on the job's executor, or on ``executor`` for this call
+    (the run config's ``execution.config`` is then checked against that one).
+
+    With ``raise_on_error`` a failed run raises StepExecutionError (or RunFailedError) and
+    a canceled one RunCanceledError.
+    """
     chosen_instance = instance or Instance.from_env()
-    record = create_run(job, run_config=run_config, tags=tags, instance=chosen_instance)
+    definition = _resolve_job(job)
+    record = create_run(
+        definition,
+        run_config=run_config,
+        tags=tags,
+        instance=chosen_instance,
+        executor_def=executor,
+    )
     context = execute_run(
         record.run_id,
         instance=chosen_instance,
-        job=_resolve_job(job),
+        job=definition,
+        executor_def=executor,
         listeners=listeners,
         run_context_hook=run_context_hook,
     )
