@@ -252,8 +252,6 @@ def resume_command(
         record = instance.storage.get_run(run_id)
         printer = None if quiet else ProgressPrinter(total_steps=0)
         watcher = _Watcher(printer, instance)
-        if not submit:
-            click.echo(f"resuming run {run_id}  job {record.job_name}  (was {record.status})")
         outcome = resume_run(
             run_id,
             instance=instance,
@@ -261,6 +259,9 @@ def resume_command(
             submit=submit,
             listeners=[watcher] if printer is not None and not submit else [],
             in_flight_timeout_s=in_flight_timeout_s,
+            on_resuming=lambda _: click.echo(
+                f"resuming run {run_id}  job {record.job_name}  (was {record.status})"
+            ),
         )
         if submit:
             click.echo(outcome.message)
