@@ -44,3 +44,23 @@ def configured_redis_url(environ: Mapping[str, str] | None = None) -> str:
         return explicit
     broker = env.get(BROKER_URL_ENV) or ""
     return broker if broker.startswith(_REDIS_SCHEMES) else DEFAULT_REDIS_URL
+
+
+def blocking_read_slice_s(client: redis.Redis) -> float | None:
+    """The longest blocking read (``XREAD BLOCK``) ``client`` can make without its socket
+    timeout firing first, None when its sockets never time out.
+
+    redis-py 8 gives every socket a timeout (5 s) unless the client sets one, and a read
+    blocked longer fails as a timeout of the connection although Redis is fine: blocking
+    reads wait in slices well inside it (Redis may answer a blocked read up to a server
+    tick, 100 ms at the default hz, after its BLOCK time).
+    """
+    kwargs = client.connection_pool.connection_kwargs
+    if "socket_timeout" in kwargs:
+        timeout = kwargs["socket_timeout"]
+    else:
+        timeout = getattr(redis.connection, "DEFAULT_SOCKET_TIMEOUT", None)
+    if not timeout:
+        return None
+    seconds = float(timeout)
+    return max(seconds - 0.5, seconds / 3)
