@@ -75,3 +75,25 @@ def test_the_api_tour_runs() -> None:
     namespace: dict[str, object] = {"__name__": "readme_tour"}
     exec(compile(tour, "README.md", "exec"), namespace)
     assert "defs" in namespace
+
+
+def _submitted_references(text: str) -> list[str]:
+    return re.findall(r"coreexec submit ([\w.]+:[\w.]+)", text)
+
+
+def test_every_documented_submit_runs_its_steps_on_the_celery_workers() -> None:
+    from coreexec.execution.runs import resolve_executor_def
+    from coreexec.reference import load_job
+
+    documented = _submitted_references(README)
+    assert documented, "the README documents a `coreexec submit` of the example job"
+    for reference in documented:
+        executor = resolve_executor_def(load_job(reference))
+        assert executor.name == "celery", f"{reference} runs on {executor.name}, not celery"
+
+
+def test_the_demo_runs_the_job_the_readme_says_it_does() -> None:
+    demo = (REPO / "scripts" / "demo.sh").read_text()
+    (submitted,) = set(_submitted_references(demo))
+    quickstart = README.split("## Quickstart", 1)[1].split("\n## ", 1)[0]
+    assert _submitted_references(quickstart) == [submitted]
