@@ -10,8 +10,11 @@ from coreexec.cli.exit_codes import fail
 from coreexec.cli.options import instance_from_env
 from coreexec.cli.progress import format_summary
 from coreexec.errors import CoreExecError
+from coreexec.events import EventKind
 from coreexec.run_summary import summarize
 from coreexec.storage.base import RunStatus
+
+_RUN_ENDINGS = (EventKind.RUN_FAILURE, EventKind.RUN_CANCELED, EventKind.RUN_SUCCESS)
 
 
 def _when(timestamp: float | None) -> str:
@@ -75,6 +78,9 @@ def show_run(run_id: str, show_events: bool) -> None:
     click.echo(f"created  {_when(record.created_at)}   ended {_when(record.ended_at)}")
     if record.tags:
         click.echo("tags     " + ", ".join(f"{k}={v}" for k, v in record.tags.items()))
+    ended = [e for e in events if e.step_key is None and e.kind in _RUN_ENDINGS]
+    if ended and ended[-1].message:
+        click.echo(f"ended    {ended[-1].message}")
     click.echo("")
     click.echo(format_summary(summarize(events)))
     failures = [e for e in events if e.kind.value == "STEP_FAILURE" and e.data.get("error")]

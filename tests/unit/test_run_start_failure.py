@@ -52,3 +52,6 @@ def test_coreexec_run_with_redis_unreachable_leaves_a_failed_run(no_redis: Insta
     assert status is RunStatus.FAILURE and failures
     listed = runner.invoke(cli, ["runs", "ls"])
     assert "FAILURE" in listed.output and "QUEUED" not in listed.output
+    run_id = listed.output.splitlines()[1].split()[0]
+    shown = runner.invoke(cli, ["runs", "show", run_id])
+    assert "ended    the run could not start: cannot reach Redis" in shown.output
