@@ -166,8 +166,8 @@ class AttemptWatch:
                     LostAttempt(
                         attempt_id,
                         FailureClass.CANCELLED,
-                        f"step {running.step_key!r} attempt {running.number} was terminated "
-                        "(run canceled); its worker has gone silent",
+                        f"cancelled: step {running.step_key!r} attempt {running.number} was "
+                        "terminated (run canceled); its worker has gone silent",
                     )
                 )
                 continue

@@ -269,7 +269,8 @@ class CeleryDispatcher(StepDispatcher):
                     LostAttempt(
                         attempt.attempt_id,
                         FailureClass.CANCELLED,
-                        f"run canceled before a worker started step {attempt.step_key!r}",
+                        "cancelled: run canceled before a worker started step "
+                        f"{attempt.step_key!r}",
                     )
                 )
         try:

@@ -7,7 +7,9 @@ job_reference]``; the task id is the attempt id. The task hands them to
 ``coreexec/launcher`` tag or the run's default: in this worker process
 (``in_process``, the default of ``celery_executor``) or in a container the worker
 supervises (``docker``, the default of ``celery_docker_executor``). It returns a small
-status dict (Flower shows it), never output values.
+status dict (Flower shows it), never output values; the task turns a failure or a
+dropped delivery into the Celery state Flower should show (see
+:mod:`celery_app.task_outcome`).
 """
 
 from __future__ import annotations
@@ -17,8 +19,9 @@ import os
 import time
 from typing import TYPE_CHECKING, Any
 
-from celery.exceptions import Reject
+from celery.exceptions import Ignore, Reject
 
+from celery_app.task_outcome import StepAttemptFailed, StepTask
 from coreexec.attempt_runner import AttemptIds, ClaimUnavailableError
 from workers.supervisor import supervise
 
@@ -56,17 +59,33 @@ def run_attempt(
         raise Reject(str(exc), requeue=True) from exc
 
 
+def _end_task(task: Any, status: dict[str, Any]) -> dict[str, Any]:
+    """The Celery end of an attempt (see :mod:`celery_app.task_outcome`)."""
+    outcome = status["status"]
+    if outcome == "success":
+        return status
+    if outcome == "failure":
+        raise StepAttemptFailed.from_error(status.get("error") or {})
+    if status.get("fenced"):
+        task.send_event("task-revoked", terminated=False, signum=None, expired=False)
+    raise Ignore()
+
+
 def register_step_task(app: CoreexecApp) -> Any:
     """Add ``coreexec.step`` to ``app``; returns the task."""
     from celery_app.worker_runtime import runtime_for
 
     @app.task(  # type: ignore[untyped-decorator]
         name=STEP_TASK_NAME,
+        base=StepTask,
         bind=True,
         # Registered on this app only: every make_app() call builds its own callable.
         shared=False,
         acks_late=True,
         reject_on_worker_lost=True,
+        # A failed attempt's message is acknowledged (Celery's default, made explicit):
+        # the coordinator decides about retries, a redelivery would only be dropped.
+        acks_on_failure_or_timeout=True,
         ignore_result=True,
         # Retries are the coordinator's business, never Celery's.
         autoretry_for=(),
@@ -80,7 +99,7 @@ def register_step_task(app: CoreexecApp) -> Any:
         attempt_id: str,
         job_reference: str,
     ) -> dict[str, Any]:
-        return run_attempt(
+        status = run_attempt(
             runtime_for(self.app.settings),
             worker=self.request.hostname or "worker",
             run_id=run_id,
@@ -89,5 +108,6 @@ def register_step_task(app: CoreexecApp) -> Any:
             attempt_id=attempt_id,
             job_reference=job_reference,
         )
+        return _end_task(self, status)
 
     return step

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -68,7 +68,10 @@ class AttemptResult:
     status: str
     ids: AttemptIds
     holder: str | None = None
-    error: str | None = None
+    error: Mapping[str, Any] | None = None
+    """A failure's error as its event reported it (``type``, ``message``, ``traceback``)."""
+    fenced: bool = False
+    """A dropped delivery of an attempt the coordinator gave up (a canceled run)."""
 
     @property
     def success(self) -> bool:
@@ -84,7 +87,9 @@ class AttemptResult:
         if self.holder is not None:
             body["holder"] = self.holder
         if self.error is not None:
-            body["error"] = self.error
+            body["error"] = dict(self.error)
+        if self.fenced:
+            body["fenced"] = True
         return body
 
 
@@ -178,7 +183,7 @@ def drop_delivery(
         dropped_by=owner,
         holder=claim.holder,
     )
-    return AttemptResult("dropped", ids, holder=claim.holder)
+    return AttemptResult("dropped", ids, holder=claim.holder, fenced=claim.fenced)
 
 
 def prepare_attempt(
@@ -204,8 +209,9 @@ def prepare_attempt(
         job = runtime.job(ids.job_reference)
         planned = runtime.plan(ids.job_reference, job).step(ids.step_key)
     except CoreExecError as exc:
+        error = {"type": type(exc).__name__, "message": str(exc), "traceback": ""}
         if not report_failure:
-            return AttemptResult("failure", ids, error=type(exc).__name__)
+            return AttemptResult("failure", ids, error=error)
         (emit or runtime.stream(ids.run_id).publish)(
             failure_event(
                 ids.run_id,
@@ -216,7 +222,7 @@ def prepare_attempt(
                 error_type=type(exc).__name__,
             )
         )
-        return AttemptResult("failure", ids, error=type(exc).__name__)
+        return AttemptResult("failure", ids, error=error)
     return PreparedAttempt(ids, info, job, planned)
 
 
@@ -290,7 +296,9 @@ def run_prepared(
             interval_s=info.settings.heartbeat_interval_s,
         ):
             outcome = run_step(step_run, emit, announce_start=False)
-    return AttemptResult("success" if outcome.success else "failure", ids)
+    if outcome.success:
+        return AttemptResult("success", ids)
+    return AttemptResult("failure", ids, error=outcome.error_data or {})
 
 
 def run_attempt(runtime: AttemptRuntime, ids: AttemptIds, *, owner: str) -> AttemptResult:

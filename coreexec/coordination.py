@@ -17,7 +17,7 @@ from __future__ import annotations
 import logging
 import os
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import redis
@@ -35,7 +35,7 @@ from coreexec.resume import (
     prepare_resume,
 )
 from coreexec.run_launcher import RunLauncher, get_run_launcher
-from coreexec.storage.base import RunStatus, RunStorage
+from coreexec.storage.base import RunRecord, RunStatus, RunStorage
 from coreexec.submission import event_redis_url, mark_launch_failed
 from coreexec.transport.coordinator_heartbeat import (
     COORDINATOR_TTL_MS,
@@ -265,12 +265,15 @@ def resume_run(
     launcher: RunLauncher | None = None,
     listeners: Sequence[EventListener] = (),
     in_flight_timeout_s: float = DEFAULT_IN_FLIGHT_TIMEOUT_S,
+    on_resuming: Callable[[RunRecord], None] | None = None,
 ) -> CoordinationOutcome:
     """Re-execute a failed, canceled or orphaned run without re-running its succeeded steps.
 
     In this process (until the run ends) by default; with ``submit`` the resume is handed
     to the run launcher and this returns at once. Raises :class:`ResumeError` when the
     run cannot be resumed (it succeeded, or its coordinator is alive, ...).
+    ``on_resuming(record)`` is called once the run is checked and claimed, just before
+    this process coordinates it (so an announcement is never followed by a refusal).
     """
     chosen_instance = instance or Instance.from_env()
     url = redis_url or event_redis_url(chosen_instance, launcher)
@@ -303,6 +306,8 @@ def resume_run(
                 f"run {run_id} changed status while being resumed; look at it again",
                 run_id=run_id,
             )
+        if on_resuming is not None:
+            on_resuming(record)
         return _coordinate(
             chosen_instance,
             run_id,

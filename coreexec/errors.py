@@ -111,4 +111,8 @@ class BrokerConnectionError(CoreExecError):
 
 
 class RunCanceledError(CoreExecError):
-    """The run was cancelled while this was waiting on it."""
+    """A run was canceled; raised by ``raise_on_error=True`` for a canceled run."""
+
+    def __init__(self, message: str, *, run_id: str) -> None:
+        super().__init__(message)
+        self.run_id = run_id

@@ -19,3 +19,23 @@ def client_url(client: redis.Redis) -> str:
     if "path" in kwargs:
         return f"unix://{kwargs['path']}?db={db}"
     return f"redis://{kwargs.get('host', 'localhost')}:{kwargs.get('port', 6379)}/{db}"
+
+
+def blocking_read_slice_s(client: redis.Redis) -> float | None:
+    """The longest blocking read (``XREAD BLOCK``) ``client`` can make without its socket
+    timeout firing first, None when its sockets never time out.
+
+    redis-py 8 gives every socket a timeout (5 s) unless the client sets one, and a read
+    blocked longer fails as a timeout of the connection although Redis is fine: blocking
+    reads wait in slices well inside it (Redis may answer a blocked read up to a server
+    tick, 100 ms at the default hz, after its BLOCK time).
+    """
+    kwargs = client.connection_pool.connection_kwargs
+    if "socket_timeout" in kwargs:
+        timeout = kwargs["socket_timeout"]
+    else:
+        timeout = getattr(redis.connection, "DEFAULT_SOCKET_TIMEOUT", None)
+    if not timeout:
+        return None
+    seconds = float(timeout)
+    return max(seconds - 0.5, seconds / 3)

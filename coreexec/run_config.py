@@ -11,6 +11,7 @@ Shape::
 
 from __future__ import annotations
 
+import difflib
 from collections.abc import Mapping
 from typing import Any
 
@@ -42,6 +43,42 @@ def parse_model(schema: type[BaseModel], raw: Any, *, prefix: str, hint: str = "
         return schema.model_validate(raw if raw is not None else {})
     except ValidationError as exc:
         raise validation_error(prefix, exc, hint=hint) from exc
+
+
+def _unknown_keys(schema: type[BaseModel], raw: Any, prefix: str, owner: str) -> None:
+    """Refuse keys ``schema`` does not declare, unless the schema says what to do with
+    extras itself (``model_config = ConfigDict(extra=...)``): pydantic would drop them
+    silently, and a typo would run with the default."""
+    if schema.model_config.get("extra") is not None or not isinstance(raw, Mapping):
+        return
+    fields = schema.model_fields
+    known: dict[str, str] = {}
+    for name, info in fields.items():
+        known[name] = name
+        if info.alias:
+            known[info.alias] = name
+    for key, value in raw.items():
+        field_name = known.get(str(key))
+        if field_name is None:
+            valid = ", ".join(fields) or "nothing (the schema has no fields)"
+            close = difflib.get_close_matches(str(key), list(fields), n=1)
+            guess = f"did you mean {close[0]!r}? " if close else ""
+            raise ConfigError(
+                f"{prefix}.{key}: unknown key; {guess}{owner} takes: {valid}",
+                path=f"{prefix}.{key}",
+            )
+        nested = fields[field_name].annotation
+        if isinstance(nested, type) and issubclass(nested, BaseModel):
+            _unknown_keys(nested, value, f"{prefix}.{key}", f"{prefix}.{key}")
+
+
+def parse_step_config(
+    schema: type[BaseModel], raw: Any, *, step_key: str, hint: str = ""
+) -> BaseModel:
+    """A step's config, parsed by its schema; unknown keys are refused (see above)."""
+    prefix = f"run_config.steps.{step_key}.config"
+    _unknown_keys(schema, raw, prefix, f"step {step_key!r}")
+    return parse_model(schema, raw, prefix=prefix, hint=hint)
 
 
 def check_run_config(job: JobDefinition, run_config: Mapping[str, Any] | None) -> dict[str, Any]:
@@ -79,17 +116,12 @@ def check_run_config(job: JobDefinition, run_config: Mapping[str, Any] | None) -
                 f"{prefix}.config: step {step_key!r} takes no config (it has no config_schema)",
                 path=f"{prefix}.config",
             )
-        parse_model(schema, body.get("config"), prefix=f"{prefix}.config")
+        parse_step_config(schema, body.get("config"), step_key=step_key)
     for step_key, node in job.nodes.items():
         schema = node.step.config_schema
         if schema is not None and step_key not in steps:
             # Fails here, before the run starts, when the schema has required fields.
-            parse_model(
-                schema,
-                {},
-                prefix=f"run_config.steps.{step_key}.config",
-                hint="give it in run_config.steps",
-            )
+            parse_step_config(schema, {}, step_key=step_key, hint="give it in run_config.steps")
     execution = config.get("execution")
     if execution is not None and (
         not isinstance(execution, Mapping) or set(execution) - {"config"}
@@ -108,7 +140,7 @@ def step_config(
     if schema is None:
         return None
     raw = ((run_config.get("steps") or {}).get(step_key) or {}).get("config")
-    return parse_model(schema, raw, prefix=f"run_config.steps.{step_key}.config")
+    return parse_step_config(schema, raw, step_key=step_key)
 
 
 def execution_config(run_config: Mapping[str, Any]) -> Mapping[str, Any] | None:

@@ -6,6 +6,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 
 from coreexec.events import Event, EventKind
+from coreexec.retry import FailureClass
 
 
 @dataclass
@@ -39,6 +40,18 @@ _STATUS_BY_KIND = {
 }
 
 
+def is_cancelled(event: Event) -> bool:
+    """A step attempt that ended because its run was canceled (never retried)."""
+    return (
+        event.kind is EventKind.STEP_FAILURE
+        and event.data.get("failure_class") == FailureClass.CANCELLED.value
+    )
+
+
+def _status_of(event: Event) -> str:
+    return "cancelled" if is_cancelled(event) else _STATUS_BY_KIND[event.kind]
+
+
 def summarize(events: Iterable[Event], step_keys: Iterable[str] = ()) -> list[StepSummary]:
     """One summary per step, in order of first appearance (``step_keys`` first)."""
     steps: dict[str, StepSummary] = {key: StepSummary(key) for key in step_keys}
@@ -49,7 +62,10 @@ def summarize(events: Iterable[Event], step_keys: Iterable[str] = ()) -> list[St
         summary = steps.setdefault(key, StepSummary(key))
         kind = event.kind
         if kind in _STATUS_BY_KIND:
-            summary.status = _STATUS_BY_KIND[kind]
+            summary.status = _status_of(event)
+            if kind is not EventKind.SLOT_WAIT:
+                # The wait ended with the state it was waiting in.
+                summary.waiting_for = None
         if kind is EventKind.STEP_QUEUED:
             summary.attempts = max(summary.attempts, event.attempt or 0)
             summary.waiting_for = None

@@ -8,6 +8,7 @@ as an event. Every executor runs steps through here, wherever the process is.
 from __future__ import annotations
 
 import os
+import signal
 import socket
 import time
 import traceback
@@ -31,10 +32,13 @@ _HOST = socket.gethostname()
 
 @dataclass(frozen=True)
 class StepOutcome:
-    """How an attempt ended; ``error`` is the user's exception when it raised one."""
+    """How an attempt ended; ``error`` is the user's exception when it raised one, and
+    ``error_data`` the error as its failure event reported it (type, message,
+    traceback)."""
 
     success: bool
     error: BaseException | None = None
+    error_data: Mapping[str, Any] | None = None
 
 
 @dataclass(frozen=True)
@@ -63,6 +67,20 @@ def _error_data(exc: BaseException, *, user_frames_only: bool) -> dict[str, Any]
         "message": str(exc),
         "traceback": "".join(frames),
     }
+
+
+def _stopped_by(exc: BaseException) -> str:
+    """Why a step was interrupted, in words: a pool process exits with ``-(256 - signum)``
+    on a terminating signal (how a cancel stops a step), Ctrl-C is KeyboardInterrupt."""
+    code = exc.code if isinstance(exc, SystemExit) else None
+    if isinstance(code, int) and -255 <= code <= -1:
+        try:
+            return f"the step was stopped by {signal.Signals(256 + code).name}"
+        except ValueError:
+            pass
+    if isinstance(exc, KeyboardInterrupt):
+        return "the step was interrupted (the run was canceled)"
+    return f"the step's process was asked to exit ({type(exc).__name__} {code!r})"
 
 
 class _Reporter:
@@ -144,15 +162,16 @@ def run_step(run: StepRun, emit: EventSink, *, announce_start: bool = True) -> S
     def failed(
         exc: BaseException, failure_class: FailureClass, retryable: bool, *, user: bool
     ) -> StepOutcome:
+        error = _error_data(exc, user_frames_only=user)
         report(
             EventKind.STEP_FAILURE,
             f"{type(exc).__name__}: {exc}",
             failure_class=failure_class.value,
             retryable=retryable,
-            error=_error_data(exc, user_frames_only=user),
+            error=error,
             duration_s=time.perf_counter() - started,
         )
-        return StepOutcome(False, exc)
+        return StepOutcome(False, exc, error)
 
     node = run.job.node(run.step.key)
     try:
@@ -195,11 +214,22 @@ def run_step(run: StepRun, emit: EventSink, *, announce_start: bool = True) -> S
             seconds_to_wait=exc.seconds_to_wait,
             duration_s=time.perf_counter() - started,
         )
-        return StepOutcome(False, exc)
+        return StepOutcome(
+            False, exc, {"type": "RetryRequested", "message": str(exc), "traceback": ""}
+        )
     except Failure as exc:
         return failed(exc, FailureClass.USER_ERROR, exc.allow_retries, user=True)
     except (KeyboardInterrupt, SystemExit) as exc:
-        failed(exc, FailureClass.CANCELLED, False, user=True)
+        reason = _stopped_by(exc)
+        traceback_text = _error_data(exc, user_frames_only=True)["traceback"]
+        report(
+            EventKind.STEP_FAILURE,
+            f"cancelled: {reason}",
+            failure_class=FailureClass.CANCELLED.value,
+            retryable=False,
+            error={"type": "Cancelled", "message": reason, "traceback": traceback_text},
+            duration_s=time.perf_counter() - started,
+        )
         raise
     except Exception as exc:
         return failed(exc, FailureClass.USER_ERROR, True, user=True)

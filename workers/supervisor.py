@@ -153,17 +153,16 @@ def _fail(
     exc: BaseException,
 ) -> AttemptResult:
     ids = prepared.ids
-    prepared.info.stream.publish(
-        failure_event(
-            ids.run_id,
-            message,
-            ids=ids,
-            failure_class=failure_class,
-            retryable=retryable,
-            error_type=type(exc).__name__,
-        )
+    event = failure_event(
+        ids.run_id,
+        message,
+        ids=ids,
+        failure_class=failure_class,
+        retryable=retryable,
+        error_type=type(exc).__name__,
     )
-    return AttemptResult("failure", ids, error=type(exc).__name__)
+    prepared.info.stream.publish(event)
+    return AttemptResult("failure", ids, error=event.data["error"])
 
 
 def verdict(launch: Launch, end: LaunchEnd, *, cancelled: bool) -> tuple[str, FailureClass]:
@@ -219,8 +218,10 @@ def publish_end(
     ends = AttemptEnds(runtime.client, url=runtime.redis_url)
     published = ends.publish(ids.run_id, ids.attempt_id, leading=leading, fallback=[fallback])
     if not published.published:
-        return AttemptResult("dropped", ids, error="end published by another supervisor")
+        return AttemptResult("dropped", ids, holder="another supervisor")
     if not published.reported:
-        return AttemptResult("failure", ids, error=fallback.data["error"]["type"])
+        return AttemptResult("failure", ids, error=fallback.data["error"])
     last = published.held[-1]
-    return AttemptResult("success" if last.kind is EventKind.STEP_SUCCESS else "failure", ids)
+    if last.kind is EventKind.STEP_SUCCESS:
+        return AttemptResult("success", ids)
+    return AttemptResult("failure", ids, error=last.data.get("error") or {})

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import click
 
+from coreexec.cli.exit_codes import exit_codes_help
 from coreexec.cli.limits import limits_group
 from coreexec.cli.run import run_command
 from coreexec.cli.runs import runs_group
@@ -13,7 +14,7 @@ from coreexec.cli.submit import submit_command
 from coreexec.cli.worker import worker_command
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.group(context_settings={"help_option_names": ["-h", "--help"]}, epilog=exit_codes_help())
 @click.version_option(package_name="coreexec")
 def cli() -> None:
     """coreexec: run data-pipeline jobs (DAGs of Python steps) in-process, on a process

@@ -7,12 +7,13 @@ from typing import TypeVar
 
 import click
 
-from coreexec.errors import CoreExecError
-from coreexec.instance import REDIS_URL_ENV
+from coreexec.cli.exit_codes import BadInput, fail
+from coreexec.errors import CoreExecError, LimiterError
 from coreexec.limits.global_rules import GlobalRules, rule_from_target
 from coreexec.limits.keys import DEFAULT_NAMESPACE
 from coreexec.limits.redis_limiter import RedisTagLimiter
-from coreexec.settings import Settings
+from coreexec.limits.rules import TagConcurrencyLimit
+from coreexec.settings import REDIS_URL_ENV, Settings
 
 DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"
 
@@ -32,7 +33,15 @@ def _guard(work: Callable[[], T]) -> T:
     try:
         return work()
     except CoreExecError as exc:
-        raise click.ClickException(str(exc)) from exc
+        raise fail(exc) from exc
+
+
+def _rule(target: str, limit: int, per_unique_value: bool) -> TagConcurrencyLimit:
+    """The rule TARGET names; a target that names none is bad input (exit status 2)."""
+    try:
+        return rule_from_target(target, limit, per_unique_value=per_unique_value)
+    except LimiterError as exc:
+        raise BadInput(str(exc)) from exc
 
 
 redis_option = click.option(
@@ -77,8 +86,9 @@ def set_limit(
     (every value of the key shares one limit), or a key with --per-unique-value.
     """
 
+    rule = _rule(target, limit, per_unique_value)
+
     def work() -> str:
-        rule = rule_from_target(target, limit, per_unique_value=per_unique_value)
         rules = GlobalRules.from_url(_redis_url(redis_url), namespace=namespace)
         try:
             rules.set_limit(rule)
@@ -99,8 +109,9 @@ def remove_limit(
 ) -> None:
     """Remove the stored limit on TARGET (written as for `coreexec limits set`)."""
 
+    rule = _rule(target, 0, per_unique_value)
+
     def work() -> bool:
-        rule = rule_from_target(target, 0, per_unique_value=per_unique_value)
         rules = GlobalRules.from_url(_redis_url(redis_url), namespace=namespace)
         try:
             return rules.delete_limit(rule.key, rule.value)
@@ -108,9 +119,7 @@ def remove_limit(
             rules.close()
 
     if not _guard(work):
-        raise click.ClickException(
-            f"no stored limit on {target!r}; `coreexec limits ls` lists them"
-        )
+        raise BadInput(f"no stored limit on {target!r}; `coreexec limits ls` lists them")
     click.echo(f"removed the limit on {target}")
 
 

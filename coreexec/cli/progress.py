@@ -5,7 +5,7 @@ from __future__ import annotations
 import click
 
 from coreexec.events import Event, EventKind
-from coreexec.run_summary import StepSummary
+from coreexec.run_summary import StepSummary, is_cancelled
 
 _SHOWN = {
     EventKind.STEP_START: ("start", "cyan"),
@@ -35,7 +35,7 @@ class ProgressPrinter:
         shown = _SHOWN.get(event.kind)
         if shown is None:
             return
-        label, color = shown
+        label, color = ("cancel", "magenta") if is_cancelled(event) else shown
         if event.kind in (EventKind.STEP_SUCCESS, EventKind.STEP_SKIPPED) or (
             event.kind is EventKind.STEP_FAILURE and not event.data.get("retryable", False)
         ):

@@ -10,6 +10,7 @@ from typing import Any
 
 import click
 
+from coreexec.cli.exit_codes import exit_code_for, fail
 from coreexec.cli.options import (
     config_option,
     instance_from_env,
@@ -24,10 +25,6 @@ from coreexec.execution.runs import execute_job
 from coreexec.plan import ExecutionPlan
 from coreexec.reference import load_job
 from coreexec.run_summary import summarize
-from coreexec.storage.base import RunStatus
-
-EXIT_FAILURE = 1
-EXIT_CANCELED = 130
 
 
 def _install_cancel_handlers(context: RunContext) -> Callable[[], None]:
@@ -66,8 +63,8 @@ def run_command(
     'path/file.py:job') in this process as coordinator, on the job's executor.
 
     Prints each step as it starts and ends, then a summary. Exit status: 0 when every
-    step succeeded, 1 when the run failed, 130 when it was canceled (Ctrl-C or SIGTERM
-    cancel the run and stop its steps), 2 for bad input.
+    step succeeded, 1 when the run failed or could not start, 130 when it was canceled
+    (Ctrl-C or SIGTERM cancel the run and stop its steps), 2 for bad input.
     """
     try:
         job = load_job(reference)
@@ -94,12 +91,11 @@ def run_command(
             for undo in restore:
                 undo()
     except CoreExecError as exc:
-        raise click.ClickException(str(exc)) from exc
+        raise fail(exc) from exc
     rows = summarize(result.events, plan.keys)
     click.echo("")
     click.echo(format_summary(rows))
     click.echo(f"\nrun {result.run_id}: {result.status.value}")
-    if result.status is RunStatus.CANCELED:
-        sys.exit(EXIT_CANCELED)
-    if not result.success:
-        sys.exit(EXIT_FAILURE)
+    code = exit_code_for(result.status)
+    if code:
+        sys.exit(code)

@@ -6,11 +6,15 @@ import datetime as dt
 
 import click
 
+from coreexec.cli.exit_codes import fail
 from coreexec.cli.options import instance_from_env
 from coreexec.cli.progress import format_summary
 from coreexec.errors import CoreExecError
+from coreexec.events import EventKind
 from coreexec.run_summary import summarize
 from coreexec.storage.base import RunStatus
+
+_RUN_ENDINGS = (EventKind.RUN_FAILURE, EventKind.RUN_CANCELED, EventKind.RUN_SUCCESS)
 
 
 def _when(timestamp: float | None) -> str:
@@ -40,7 +44,7 @@ def list_runs(limit: int, statuses: tuple[str, ...]) -> None:
         chosen = {RunStatus(value.upper()) for value in statuses} or None
         runs = instance_from_env().storage.list_runs(limit=limit, statuses=chosen)
     except CoreExecError as exc:
-        raise click.ClickException(str(exc)) from exc
+        raise fail(exc) from exc
     if not runs:
         click.echo("no runs yet; start one with `coreexec run package.module:job`")
         return
@@ -68,13 +72,16 @@ def show_run(run_id: str, show_events: bool) -> None:
         record = storage.get_run(run_id)
         events = [event for _, event in storage.events(run_id)]
     except CoreExecError as exc:
-        raise click.ClickException(str(exc)) from exc
+        raise fail(exc) from exc
     click.echo(f"run      {record.run_id}")
     click.echo(f"job      {record.job_name}  ({record.job_reference or 'no reference'})")
     click.echo(f"status   {record.status.value}")
     click.echo(f"created  {_when(record.created_at)}   ended {_when(record.ended_at)}")
     if record.tags:
         click.echo("tags     " + ", ".join(f"{k}={v}" for k, v in record.tags.items()))
+    ended = [e for e in events if e.step_key is None and e.kind in _RUN_ENDINGS]
+    if ended and ended[-1].message:
+        click.echo(f"ended    {ended[-1].message}")
     click.echo("")
     click.echo(format_summary(summarize(events)))
     failures = [e for e in events if e.kind.value == "STEP_FAILURE" and e.data.get("error")]

@@ -1,8 +1,6 @@
 """``coreexec runs watch|cancel|resume``: follow and control runs from any terminal.
 
-Exit status of commands that follow a run to its end: 0 when it succeeded, 1 when it
-failed (or its coordinator died), 130 when it was canceled, 2 for bad input (unknown
-run id, bad reference or config).
+Exit status: see :mod:`coreexec.cli.exit_codes`.
 """
 
 from __future__ import annotations
@@ -11,16 +9,17 @@ import sys
 
 import click
 
+from coreexec.cli.exit_codes import (
+    EXIT_CANCELED,
+    EXIT_FAILURE,
+    EXIT_SUCCESS,
+    exit_code_for,
+    fail,
+)
 from coreexec.cli.options import instance_from_env
 from coreexec.cli.progress import ProgressPrinter
 from coreexec.coordination import resume_run
-from coreexec.errors import (
-    ConfigError,
-    CoreExecError,
-    JobReferenceError,
-    RequirementError,
-    RunNotFoundError,
-)
+from coreexec.errors import CoreExecError
 from coreexec.events import Event, EventKind
 from coreexec.instance import Instance
 from coreexec.plan import ExecutionPlan
@@ -31,40 +30,12 @@ from coreexec.submission import RunHandle, RunWaitTimeout, event_redis_url
 from coreexec.transport.cancel import request_cancel
 from coreexec.transport.coordinator_heartbeat import CoordinatorState
 
-EXIT_SUCCESS = 0
-EXIT_FAILURE = 1
-EXIT_BAD_INPUT = 2
-EXIT_CANCELED = 130
-
-_EXIT_BY_STATUS = {
-    RunStatus.SUCCESS: EXIT_SUCCESS,
-    RunStatus.FAILURE: EXIT_FAILURE,
-    RunStatus.CANCELED: EXIT_CANCELED,
-}
-
-
-class BadInput(click.ClickException):
-    """An error in what the user gave (exit status 2)."""
-
-    exit_code = EXIT_BAD_INPUT
-
-
-def fail(exc: CoreExecError) -> click.ClickException:
-    """The click error for ``exc``: status 2 for bad input, else 1."""
-    if isinstance(exc, RunNotFoundError | JobReferenceError | ConfigError | RequirementError):
-        return BadInput(str(exc))
-    return click.ClickException(str(exc))
-
 
 def handle_for(run_id: str, instance: Instance | None = None) -> RunHandle:
     """A handle on a stored run (its existence checked), with the event Redis if known."""
     chosen = instance or instance_from_env()
     chosen.storage.get_run(run_id)
     return RunHandle(run_id, chosen, event_redis_url(chosen))
-
-
-def exit_code_for(status: RunStatus) -> int:
-    return _EXIT_BY_STATUS.get(status, EXIT_FAILURE)
 
 
 class _CoordinatorLost(Exception):
@@ -281,8 +252,6 @@ def resume_command(
         record = instance.storage.get_run(run_id)
         printer = None if quiet else ProgressPrinter(total_steps=0)
         watcher = _Watcher(printer, instance)
-        if not submit:
-            click.echo(f"resuming run {run_id}  job {record.job_name}  (was {record.status})")
         outcome = resume_run(
             run_id,
             instance=instance,
@@ -290,6 +259,9 @@ def resume_command(
             submit=submit,
             listeners=[watcher] if printer is not None and not submit else [],
             in_flight_timeout_s=in_flight_timeout_s,
+            on_resuming=lambda _: click.echo(
+                f"resuming run {run_id}  job {record.job_name}  (was {record.status})"
+            ),
         )
         if submit:
             click.echo(outcome.message)

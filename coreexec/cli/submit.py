@@ -6,6 +6,7 @@ import sys
 
 import click
 
+from coreexec.cli.exit_codes import fail
 from coreexec.cli.options import (
     config_option,
     instance_from_env,
@@ -13,7 +14,7 @@ from coreexec.cli.options import (
     parse_tags,
     tag_option,
 )
-from coreexec.cli.runs_control import fail, watch
+from coreexec.cli.runs_control import watch
 from coreexec.errors import CoreExecError
 from coreexec.submission import submit_job
 

@@ -9,10 +9,21 @@ from typing import Any
 
 from pydantic import BaseModel
 
-from coreexec.errors import ConfigError, RequirementError, RunFailedError, StepExecutionError
+from coreexec.errors import (
+    ConfigError,
+    RequirementError,
+    RunCanceledError,
+    RunFailedError,
+    StepExecutionError,
+)
 from coreexec.events import Event, EventKind
 from coreexec.execution.run_context import EventListener, RunContext
-from coreexec.executors.base import ExecutorDefinition, ExecutorRequirement, InitExecutorContext
+from coreexec.executors.base import (
+    Executor,
+    ExecutorDefinition,
+    ExecutorRequirement,
+    InitExecutorContext,
+)
 from coreexec.instance import Instance
 from coreexec.io_managers import IOManager
 from coreexec.job import JobDefinition
@@ -20,6 +31,7 @@ from coreexec.plan import ExecutionPlan
 from coreexec.reference import infer_reference, load_job
 from coreexec.result import ExecutionResult
 from coreexec.run_config import check_run_config, execution_config
+from coreexec.run_summary import is_cancelled
 from coreexec.storage.base import RunRecord, RunStatus
 from coreexec.tags import TagValue, normalize_tags
 
@@ -129,6 +141,35 @@ def _run_event(run_id: str, kind: EventKind, message: str = "", **data: Any) -> 
     return Event(kind=kind, run_id=run_id, timestamp=time.time(), message=message, data=data)
 
 
+def _prepare(
+    record: RunRecord,
+    instance: Instance,
+    job: JobDefinition | None,
+    executor_def: ExecutorDefinition | None,
+) -> tuple[JobDefinition, ExecutorDefinition, Executor, ExecutionPlan]:
+    """The job, its executor (created) and plan of a stored run."""
+    if job is None:
+        if record.job_reference is None:
+            raise ConfigError(
+                f"run {record.run_id} has no job reference; it cannot be executed here"
+            )
+        job = load_job(record.job_reference)
+    chosen = executor_def or resolve_executor_def(job)
+    exec_config = chosen.resolve_config(execution_config(record.run_config))
+    executor = chosen.create(InitExecutorContext(job=job, config=exec_config, instance=instance))
+    return job, chosen, executor, ExecutionPlan.from_job(job, job_reference=record.job_reference)
+
+
+def _fail_start(instance: Instance, run_id: str, exc: BaseException) -> None:
+    """A run that cannot start ends FAILURE with the reason, rather than stay QUEUED."""
+    reason = str(exc) or type(exc).__name__
+    instance.storage.append_events(
+        run_id,
+        [_run_event(run_id, EventKind.RUN_FAILURE, f"the run could not start: {reason}")],
+    )
+    instance.storage.set_status(run_id, RunStatus.FAILURE)
+
+
 def execute_run(
     run_id: str,
     *,
@@ -145,14 +186,11 @@ def execute_run(
     With ``resume`` the steps that succeeded before are not run again.
     """
     record = instance.storage.get_run(run_id)
-    if job is None:
-        if record.job_reference is None:
-            raise ConfigError(f"run {run_id} has no job reference; it cannot be executed here")
-        job = load_job(record.job_reference)
-    chosen = executor_def or resolve_executor_def(job)
-    exec_config = chosen.resolve_config(execution_config(record.run_config))
-    executor = chosen.create(InitExecutorContext(job=job, config=exec_config, instance=instance))
-    plan = ExecutionPlan.from_job(job, job_reference=record.job_reference)
+    try:
+        job, chosen, executor, plan = _prepare(record, instance, job, executor_def)
+    except BaseException as exc:
+        _fail_start(instance, run_id, exc)
+        raise
     succeeded, attempts = _done_steps(instance, run_id) if resume else (frozenset(), {})
     context = RunContext(
         run_id=run_id,
@@ -245,9 +283,14 @@ def result_of(context: RunContext) -> ExecutionResult:
 
 
 def raise_for(context: RunContext, result: ExecutionResult) -> None:
-    """Raise the error of the first failed step (or the run's), keeping the user's cause."""
-    if result.success or result.status is RunStatus.CANCELED:
+    """Raise the error of the first failed step (or the run's), keeping the user's cause;
+    a canceled run raises :class:`~coreexec.errors.RunCanceledError`."""
+    if result.success:
         return
+    if result.status is RunStatus.CANCELED:
+        cancelled = [str(e.step_key) for e in result.events if is_cancelled(e)]
+        stopped = f"; steps stopped: {', '.join(cancelled)}" if cancelled else ""
+        raise RunCanceledError(f"run {result.run_id} was canceled{stopped}", run_id=result.run_id)
     for key in result.failed_steps:
         cause = context.step_errors.get(key)
         failure = next(
@@ -280,15 +323,29 @@ def execute_job(
     raise_on_error: bool = False,
     listeners: list[EventListener] | None = None,
     run_context_hook: Callable[[RunContext], None] | None = None,
+    executor: ExecutorDefinition | None = None,
 ) -> ExecutionResult:
     """Run a job (an object or a ``"package.module:attribute"`` reference) with this
-    process as its coordinator, on the executor the job or run config chooses."""
+    process as its coordinator, on the job's executor, or on ``executor`` for this call
+    (the run config's ``execution.config`` is then checked against that one).
+
+    With ``raise_on_error`` a failed run raises StepExecutionError (or RunFailedError) and
+    a canceled one RunCanceledError.
+    """
     chosen_instance = instance or Instance.from_env()
-    record = create_run(job, run_config=run_config, tags=tags, instance=chosen_instance)
+    definition = _resolve_job(job)
+    record = create_run(
+        definition,
+        run_config=run_config,
+        tags=tags,
+        instance=chosen_instance,
+        executor_def=executor,
+    )
     context = execute_run(
         record.run_id,
         instance=chosen_instance,
-        job=_resolve_job(job),
+        job=definition,
+        executor_def=executor,
         listeners=listeners,
         run_context_hook=run_context_hook,
     )

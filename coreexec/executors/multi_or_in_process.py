@@ -14,6 +14,7 @@ from __future__ import annotations
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, model_validator
+from pydantic_core import PydanticCustomError
 
 from coreexec.executors.base import (
     Executor,
@@ -27,6 +28,26 @@ from coreexec.executors.multiprocess import (
     MultiprocessConfig,
     MultiprocessExecutor,
 )
+
+_SELECTORS = ("multiprocess", "in_process")
+
+
+def _refuse_misplaced(value: dict[str, Any]) -> None:
+    """A multiprocess setting given straight under ``execution.config`` belongs under
+    ``multiprocess:`` for this executor; say so rather than "extra inputs"."""
+    misplaced = [
+        key for key in value if key not in _SELECTORS and key in MultiprocessConfig.model_fields
+    ]
+    if misplaced:
+        key = misplaced[0]
+        message = (
+            f"{key}: the default executor (multi_or_in_process) takes its settings under "
+            f"multiprocess: (or in_process:), e.g. execution: {{config: {{multiprocess: "
+            f"{{{key}: ...}}}}}}; straight under execution.config they belong to "
+            "multiprocess_executor"
+        )
+        # Braces in a custom error's template are left as they are when it has no context.
+        raise PydanticCustomError("misplaced_key", message)
 
 
 class MultiOrInProcessConfig(BaseModel):
@@ -42,6 +63,7 @@ class MultiOrInProcessConfig(BaseModel):
     def _selected(cls, value: Any) -> Any:
         # ``in_process:`` with nothing after it (None in YAML) selects it with defaults.
         if isinstance(value, dict):
+            _refuse_misplaced(value)
             return {key: ({} if item is None else item) for key, item in value.items()}
         return value
 

@@ -178,7 +178,11 @@ class MultiprocessDispatcher(StepDispatcher):
         for queue in (self._local, self._pending):
             for item in [item for item in queue if item[1].attempt_id in ids]:
                 queue.remove(item)
-                self._lose(item[1], FailureClass.CANCELLED, "run canceled before the step started")
+                self._lose(
+                    item[1],
+                    FailureClass.CANCELLED,
+                    "cancelled: run canceled before the step started",
+                )
         if self._pool is None:
             return
         for worker in self._pool.workers:
@@ -347,7 +351,9 @@ class MultiprocessDispatcher(StepDispatcher):
             task = assigned.attempt
             if worker.stopping and self._canceling:
                 self._lose(
-                    task, FailureClass.CANCELLED, f"step stopped: run canceled ({worker.name})"
+                    task,
+                    FailureClass.CANCELLED,
+                    f"cancelled: step stopped, run canceled ({worker.name})",
                 )
             else:
                 self._lose(

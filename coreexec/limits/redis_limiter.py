@@ -43,7 +43,7 @@ from coreexec.limits.keys import (
     lease_id_of_member,
 )
 from coreexec.limits.rules import SlotSpec
-from coreexec.redis_urls import client_url, safe_url
+from coreexec.redis_urls import blocking_read_slice_s, client_url, safe_url
 
 log = logging.getLogger(__name__)
 
@@ -242,14 +242,9 @@ class RedisTagLimiter:
         """
         if timeout_s <= 0:
             raise LimiterError(f"wait_for_wake needs a positive timeout_s, got {timeout_s!r}")
-        # A blocking read longer than the client's socket timeout would fail as a timeout
-        # of the connection: block in slices well inside it (Redis may answer a blocked
-        # read up to a server tick, 100 ms at the default hz, after its BLOCK time).
-        socket_timeout = self.client.connection_pool.connection_kwargs.get("socket_timeout")
-        if socket_timeout:
-            slice_s = max(float(socket_timeout) - 0.5, float(socket_timeout) / 3)
-        else:
-            slice_s = timeout_s
+        # A blocking read longer than the client's socket timeout (redis-py's default one
+        # too) would fail as a timeout of the connection: block in slices inside it.
+        slice_s = blocking_read_slice_s(self.client) or timeout_s
         deadline = time.monotonic() + timeout_s
         while True:
             remaining_s = deadline - time.monotonic()

@@ -18,7 +18,7 @@ import redis
 
 from coreexec.errors import BrokerConnectionError, CoreExecError
 from coreexec.events import Event
-from coreexec.redis_urls import client_url, safe_url
+from coreexec.redis_urls import blocking_read_slice_s, client_url, safe_url
 from coreexec.transport import keys
 
 log = logging.getLogger(__name__)
@@ -178,9 +178,17 @@ class RedisEventStream:
         """Entries after ``last_id``, oldest first.
 
         ``block_ms`` None returns at once; otherwise waits up to that many milliseconds
-        for a first entry (0 waits forever). A malformed entry is logged with the stream
-        and entry id and returned as a ``StreamEntry`` with neither event nor wake-up.
+        for a first entry (0 as long as the client's socket timeout allows). A wait
+        longer than that timeout returns nothing after a slice inside it (see
+        :func:`~coreexec.redis_urls.blocking_read_slice_s`): callers loop to their own
+        deadline. A malformed entry is logged with the stream and entry id and returned as
+        a ``StreamEntry`` with neither event nor wake-up.
         """
+        if block_ms is not None:
+            slice_s = blocking_read_slice_s(self.client)
+            if slice_s is not None:
+                slice_ms = max(1, int(slice_s * 1000))
+                block_ms = slice_ms if block_ms == 0 else min(block_ms, slice_ms)
         try:
             reply = self.client.xread({self._key: last_id}, count=count, block=block_ms)
         except redis.RedisError as exc:

@@ -9,14 +9,20 @@ from collections.abc import Callable
 from typing import Any
 
 import pytest
+import redis
 
-from celery_app.queues import STEP_QUEUES
+from celery_app.queues import DEFAULT_QUEUE, STEP_QUEUES
+from celery_app.step_task import STEP_TASK_NAME
+from coreexec.events import Event, EventKind
+from coreexec.instance import Instance
 from coreexec.storage.base import RunStatus
+from coreexec.transport.cancel import request_cancel
 from tests.jobs import celery_jobs
 from tests.jobs.celery_jobs import RunWatcher
 from tests.support.processes import CeleryWorkerProcess, FlowerProcess
 
 REF = "tests.jobs.celery_jobs"
+JOB = "flower_states_job"
 
 
 @pytest.fixture
@@ -27,17 +33,39 @@ def celery_env(redis_url: str, coreexec_home: object, monkeypatch: pytest.Monkey
     return redis_url
 
 
-def tasks_named(flower: FlowerProcess, names: set[str], timeout_s: float) -> dict[str, Any]:
+def _publish_again(broker_url: str, start: Event) -> None:
+    """Publish an attempt's message once more, headers and all, as a broker redelivery
+    would."""
+    from celery_app.executor import CeleryExecutorConfig, _app_for, settings_for
+
+    app = _app_for(settings_for(CeleryExecutorConfig(broker=broker_url)))
+    app.send_task(
+        STEP_TASK_NAME,
+        args=[start.run_id, start.step_key, start.attempt, start.attempt_id, f"{REF}:{JOB}"],
+        task_id=start.attempt_id,
+        queue=DEFAULT_QUEUE,
+        shadow=f"{JOB}.{start.step_key}",
+        ignore_result=True,
+    )
+
+
+FINISHED = frozenset({"SUCCESS", "FAILURE", "REVOKED"})
+
+
+def tasks_named(
+    flower: FlowerProcess, names: set[str], timeout_s: float, states: frozenset[str] = FINISHED
+) -> dict[str, Any]:
     """Poll Flower's task list (an HTTP API: nothing to block on) until it has ``names``
-    in a finished state."""
+    in one of ``states`` (finished ones by default)."""
     deadline = time.monotonic() + timeout_s
     while True:
         tasks: dict[str, Any] = flower.get_json("/api/tasks")
-        by_name = {t.get("name"): t for t in tasks.values() if t.get("state") == "SUCCESS"}
+        by_name = {t.get("name"): t for t in tasks.values() if t.get("state") in states}
         if names <= set(by_name):
             return by_name
         if time.monotonic() > deadline:
-            raise AssertionError(f"Flower lists {sorted(map(str, by_name))}, not all of {names}")
+            seen = {name: t.get("state") for name, t in by_name.items()}
+            raise AssertionError(f"Flower lists {seen}, not all of {names}")
         time.sleep(0.1)
 
 
@@ -55,6 +83,7 @@ def test_flower_lists_step_tasks_by_job_and_step(
 
     keys = ["source", "join", *(f"square_{i}" for i in range(celery_jobs.FANOUT_WIDTH))]
     shown = tasks_named(flower, {f"fanout_job.{key}" for key in keys}, timeout_s=15.0)
+    assert {task["state"] for task in shown.values()} == {"SUCCESS"}
     square = shown["fanout_job.square_0"]
     # Identifiers in, a small status out: no values, no config.
     assert result.run_id in square["args"]
@@ -67,3 +96,65 @@ def test_flower_lists_step_tasks_by_job_and_step(
 
     status, _ = flower.get("/api/tasks", auth=False)
     assert status == 401
+
+
+def test_flower_shows_failed_steps_as_failure_and_cancelled_ones_as_revoked(
+    celery_env: str,
+    celery_worker_factory: Callable[..., CeleryWorkerProcess],
+    flower_factory: Callable[..., FlowerProcess],
+) -> None:
+    flower = flower_factory(celery_env, basic_auth="coreexec:s3cret")
+    worker = celery_worker_factory(queues=STEP_QUEUES, concurrency=2)
+    run_config = {"execution": {"config": {"heartbeat_interval_s": 0.2, "heartbeat_timeout_s": 2}}}
+    watcher = RunWatcher(f"{REF}:flower_states_job", run_config).start()
+    watcher.event(EventKind.STEP_SUCCESS, "fine")
+    watcher.event(EventKind.STEP_FAILURE, "broken")
+    watcher.event(EventKind.STEP_START, "gated")
+    request_cancel(Instance.from_env(), watcher.run_id, celery_env)
+    result = watcher.join()
+    assert result.status is RunStatus.CANCELED
+
+    names = {f"flower_states_job.{key}" for key in ("fine", "broken", "gated")}
+    shown = tasks_named(flower, names, timeout_s=15.0)
+    states = {name: task["state"] for name, task in shown.items()}
+    assert states == {
+        "flower_states_job.fine": "SUCCESS",
+        "flower_states_job.broken": "FAILURE",
+        "flower_states_job.gated": "REVOKED",
+    }
+    broken = shown["flower_states_job.broken"]
+    # The step's own error, not the machinery that reported it.
+    assert "StepBroke" in broken["exception"]
+    assert "the warehouse said no" in broken["exception"]
+    assert "in broken" in broken["traceback"]
+    assert "celery/app/trace.py" not in broken["traceback"]
+    assert "step_task.py" not in broken["traceback"]
+    failed = flower.get_json("/api/tasks?state=FAILURE")
+    assert [task["name"] for task in failed.values()] == ["flower_states_job.broken"]
+    # Acknowledged, not waiting for a redelivery: the coordinator decides about retries.
+    unacked = redis.Redis.from_url(celery_env).hvals("unacked")
+    assert not [m for m in unacked if broken["uuid"].encode() in m]
+    cancelled = next(
+        e for e in result.events if e.kind is EventKind.STEP_FAILURE and e.step_key == "gated"
+    )
+    assert cancelled.message.startswith("cancelled: ")
+    assert "SystemExit" not in cancelled.message
+
+    # Late copies of the failed and the succeeded attempts' messages (a broker
+    # redelivery) are dropped without changing what Flower shows or counting a failure.
+    for key in ("broken", "fine"):
+        start = next(
+            e for e in result.events if e.kind is EventKind.STEP_START and e.step_key == key
+        )
+        _publish_again(celery_env, start)
+        worker.wait_until(
+            lambda start=start: (
+                f"dropping delivery of attempt {start.attempt_id}" in worker.read_log()
+            ),
+            15.0,
+            f"the copy of {key} to be dropped",
+        )
+    again = tasks_named(flower, names, timeout_s=15.0)
+    assert {name: task["state"] for name, task in again.items()} == states
+    failed = flower.get_json("/api/tasks?state=FAILURE")
+    assert [task["name"] for task in failed.values()] == ["flower_states_job.broken"]

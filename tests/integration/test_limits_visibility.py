@@ -52,7 +52,7 @@ def test_limits_set_ls_rm_round_trip(redis_url: str, tmp_path: Path) -> None:
     assert removed.returncode == 0
     assert [rule.key for rule in stored.list_limits()] == ["team"]
     again = _cli(tmp_path, redis_url, "limits", "rm", "database=warehouse")
-    assert again.returncode == 1 and "no stored limit" in again.stderr
+    assert again.returncode == 2 and "no stored limit" in again.stderr
     bad = _cli(tmp_path, redis_url, "limits", "set", "database=warehouse", "-1")
     assert bad.returncode == 2
     stored.close()

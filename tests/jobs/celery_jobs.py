@@ -401,3 +401,28 @@ class RunWatcher:
             f"{e.kind.value}:{e.step_key or ''}:{e.attempt or ''} {e.message[:80]}"
             for e in self.events[-25:]
         )
+
+
+# -- what Flower shows ------------------------------------------------------------------
+
+
+class StepBroke(ValueError):
+    """The error a step of ``flower_states_job`` raises on purpose."""
+
+
+@step
+def fine() -> int:
+    return 1
+
+
+@step(retry_policy=RetryPolicy(max_retries=0))
+def broken() -> int:
+    raise StepBroke("the warehouse said no")
+
+
+@job(executor_def=celery_executor)
+def flower_states_job() -> None:
+    """One step that succeeds, one that fails, one that waits on a gate (for a cancel)."""
+    fine()
+    broken()
+    gated()

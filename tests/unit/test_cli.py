@@ -160,6 +160,7 @@ def test_resume_in_this_process_reruns_what_failed(runner: CliRunner, coreexec_h
     refused = _invoke(runner, "runs", "resume", handle.run_id)
     assert refused.exit_code == 1
     assert "already succeeded; there is nothing to resume" in refused.output
+    assert "resuming run" not in refused.output  # checked before announced
 
 
 def test_resume_of_a_running_run_without_proof_needs_force(runner: CliRunner) -> None:
@@ -169,6 +170,7 @@ def test_resume_of_a_running_run_without_proof_needs_force(runner: CliRunner) ->
     refused = _invoke(runner, "runs", "resume", record.run_id)
     assert refused.exit_code == 1
     assert "--force" in refused.output
+    assert "resuming run" not in refused.output
     forced = _invoke(runner, "runs", "resume", record.run_id, "--force")
     assert forced.exit_code == 0, forced.output
 
