@@ -37,6 +37,7 @@ from coreexec.redis_urls import safe_url
 from coreexec.retry import FailureClass
 from coreexec.transport import keys
 from coreexec.transport.attempts import AttemptClaims
+from coreexec.transport.outage import Outage
 from coreexec.transport.redis_events import RedisEventStream, StreamEntry
 
 log = logging.getLogger(__name__)
@@ -95,12 +96,16 @@ class CeleryDispatcher(StepDispatcher):
         self.watch = AttemptWatch(run.run_id, timings, self.claims, presence)
         self._lost: list[LostAttempt] = []
         self._unsent: list[_Unsent] = []
+        self.outage = Outage(timings.outage_tolerance_s, f"coordinator of run {run.run_id}")
 
     # -- lifecycle --------------------------------------------------------------------
 
     def start(self, sink: EventSink) -> None:
         self._sink = sink
-        settings = RunSettings(heartbeat_interval_s=self.timings.heartbeat_interval_s)
+        settings = RunSettings(
+            heartbeat_interval_s=self.timings.heartbeat_interval_s,
+            outage_tolerance_s=self.timings.outage_tolerance_s,
+        )
         key = keys.run_settings(self.run.run_id)
         try:
             with self._client.pipeline(transaction=False) as pipe:
@@ -213,16 +218,51 @@ class CeleryDispatcher(StepDispatcher):
             if deadline is not None:
                 until = min(until, deadline)
             block_s = until - time.monotonic()
-            if block_s <= 0.0005:
-                entries = self.stream.read(self._last_id, None, READ_COUNT)
-            else:
-                entries = self.stream.read(self._last_id, math.ceil(block_s * 1000), READ_COUNT)
+            entries = self._read(None if block_s <= 0.0005 else math.ceil(block_s * 1000))
             acted = self._take(entries)
             while len(entries) >= READ_COUNT:
-                entries = self.stream.read(self._last_id, None, READ_COUNT)
+                entries = self._read(None)
                 acted = self._take(entries) or acted
             if acted or time.monotonic() >= until - 0.0005:
                 return
+
+    def _read(self, block_ms: int | None) -> list[StreamEntry]:
+        """The stream's next entries, read on from the last one taken through a Redis
+        outage shorter than the tolerance (then the error fails the run)."""
+        while True:
+            try:
+                entries = self.stream.read(self._last_id, block_ms, READ_COUNT)
+            except BrokerConnectionError as exc:
+                time.sleep(self.outage.failed(exc, time.monotonic()))
+                continue
+            lasted_s = self.outage.recovered(time.monotonic())
+            if lasted_s is not None:
+                self._reconcile(lasted_s)
+            return entries
+
+    def _reconcile(self, lasted_s: float) -> None:
+        """After an outage: heartbeats could not arrive, so the watch's clocks restart;
+        a queued attempt no worker has claimed may have lost its message with a Redis
+        that restarted without persistence, so it is published again (a second
+        delivery of one that survived is dropped by the claim)."""
+        queued = self.watch.outage_ended(time.monotonic(), lasted_s)
+        if not queued:
+            return
+        try:
+            holders = self.claims.holders(self.run.run_id, [q[0] for q in queued])
+        except CoreExecError as exc:
+            log.warning("cannot check the claims of %d queued attempts: %s", len(queued), exc)
+            return
+        again = [q for q, holder in zip(queued, holders, strict=True) if holder is None]
+        for attempt_id, step_key, number in again:
+            self.dispatch(self.run.plan.step(step_key), StepAttempt(step_key, number, attempt_id))
+        log.warning(
+            "run %s: Redis was unreachable for %.1fs; published %d queued attempts again",
+            self.run.run_id,
+            lasted_s,
+            len(again),
+        )
+        self._lost.extend(self.flush())
 
     def _take(self, entries: Sequence[StreamEntry]) -> bool:
         """Pass events to the sink; True when one of them calls for a coordinator pass."""

@@ -27,6 +27,7 @@ from coreexec.errors import BrokerConnectionError, CoreExecError
 from coreexec.events import Event, EventKind
 from coreexec.retry import FailureClass
 from coreexec.step_runner import StepRun, run_step, start_event
+from coreexec.transport.outage import call_through_outage
 from coreexec.transport.redis_events import RedisEventStream
 
 if TYPE_CHECKING:
@@ -43,21 +44,24 @@ log = logging.getLogger(__name__)
 
 class _BufferedSink:
     """Publishes events as they come, except STEP_OUTPUT, which rides with the event
-    after it (always the attempt's end): one round trip less per output."""
+    after it (always the attempt's end): one round trip less per output. While Redis is
+    unreachable it keeps the events and retries, for up to ``outage_tolerance_s``."""
 
-    def __init__(self, stream: RedisEventStream) -> None:
+    def __init__(self, stream: RedisEventStream, outage_tolerance_s: float) -> None:
         self.stream = stream
+        self.outage_tolerance_s = outage_tolerance_s
         self._held: list[Event] = []
 
     def __call__(self, event: Event) -> None:
         if event.kind is EventKind.STEP_OUTPUT:
             self._held.append(event)
             return
-        if self._held:
-            batch, self._held = [*self._held, event], []
-            self.stream.publish_many(batch)
-        else:
-            self.stream.publish(event)
+        batch, self._held = [*self._held, event], []
+        call_through_outage(
+            lambda: self.stream.publish_many(batch),
+            tolerance_s=self.outage_tolerance_s,
+            what=f"step {event.step_key} of run {self.stream.run_id}",
+        )
 
 
 def _report(
@@ -154,7 +158,7 @@ def run_attempt(
             error={"type": type(exc).__name__, "message": str(exc), "traceback": ""},
         )
         return _status("failure", step_key, attempt, error=type(exc).__name__)
-    sink: EventSink = _BufferedSink(info.stream)
+    sink: EventSink = _BufferedSink(info.stream, info.settings.outage_tolerance_s)
     with runtime.heartbeats.beating(
         info.stream,
         step_key=step_key,

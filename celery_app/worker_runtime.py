@@ -29,6 +29,7 @@ from coreexec.reference import load_job
 from coreexec.storage.base import RunRecord
 from coreexec.transport import keys
 from coreexec.transport.attempts import AttemptClaims
+from coreexec.transport.outage import DEFAULT_OUTAGE_TOLERANCE_S
 from coreexec.transport.redis_events import RedisEventStream, redis_client, wrap_redis_error
 
 RUN_CACHE_SIZE = 256
@@ -43,6 +44,8 @@ class RunSettings:
     """What the dispatcher wrote for the run's workers (``coreexec:run:{id}:settings``)."""
 
     heartbeat_interval_s: float = DEFAULT_HEARTBEAT_INTERVAL_S
+    outage_tolerance_s: float = DEFAULT_OUTAGE_TOLERANCE_S
+    """How long a worker keeps retrying a step's events while Redis is unreachable."""
 
     @classmethod
     def from_hash(cls, raw: Mapping[Any, Any]) -> RunSettings:
@@ -52,14 +55,19 @@ class RunSettings:
             )
             for k, v in raw.items()
         }
-        interval = values.get("heartbeat_interval_s")
-        try:
-            return cls(heartbeat_interval_s=float(interval)) if interval else cls()
-        except ValueError:
-            return cls()
+        parsed: dict[str, float] = {}
+        for name in ("heartbeat_interval_s", "outage_tolerance_s"):
+            try:
+                parsed[name] = float(values[name])
+            except (KeyError, ValueError):
+                continue
+        return cls(**parsed)
 
     def to_hash(self) -> dict[str, str]:
-        return {"heartbeat_interval_s": repr(self.heartbeat_interval_s)}
+        return {
+            "heartbeat_interval_s": repr(self.heartbeat_interval_s),
+            "outage_tolerance_s": repr(self.outage_tolerance_s),
+        }
 
 
 @dataclass(frozen=True)

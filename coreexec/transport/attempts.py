@@ -100,6 +100,17 @@ class AttemptClaims:
             raise self._fail(exc, f"fence {len(attempt_ids)} attempts of run {run_id}") from exc
         return [bool(reply) for reply in replies]
 
+    def holders(self, run_id: str, attempt_ids: Sequence[str]) -> list[str | None]:
+        """:meth:`holder` of each attempt, in one pipeline."""
+        try:
+            with self.client.pipeline(transaction=False) as pipe:
+                for attempt_id in attempt_ids:
+                    pipe.get(keys.attempt_claim(run_id, attempt_id))
+                replies = pipe.execute()
+        except redis.RedisError as exc:
+            raise self._fail(exc, f"read the claims of {len(attempt_ids)} attempts") from exc
+        return [_text(reply) for reply in replies]
+
     def holder(self, run_id: str, attempt_id: str) -> str | None:
         """Who claimed the attempt (a fence starts with ``fenced:``), or None."""
         try:
