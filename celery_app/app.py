@@ -62,6 +62,9 @@ def base_config(settings: CelerySettings) -> dict[str, Any]:
     }
     if BrokerKind.of_url(settings.broker_url) is BrokerKind.REDIS:
         config["broker_transport_options"] = redis_transport_options()
+    if settings.broker_url.startswith("redis://"):
+        # Survives a queue item that is not a message (see celery_app.broker_transport).
+        config["broker_transport"] = "celery_app.broker_transport:Transport"
     return config
 
 

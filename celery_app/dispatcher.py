@@ -15,6 +15,7 @@ import math
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
+from functools import partial
 
 import redis
 from kombu.exceptions import KombuError
@@ -33,10 +34,15 @@ from coreexec.events import STEP_ATTEMPT_ENDINGS
 from coreexec.execution.dispatcher import STREAMED_STORAGE_FLUSH_S, LostAttempt, StepDispatcher
 from coreexec.execution.run_context import RunContext
 from coreexec.plan import PlannedStep
-from coreexec.redis_urls import safe_url
+from coreexec.redis_urls import safe_url, same_redis
 from coreexec.retry import FailureClass
 from coreexec.transport import keys
-from coreexec.transport.attempts import AttemptClaims
+from coreexec.transport.attempts import (
+    AttemptClaims,
+    add_finish_commands,
+    add_issue_commands,
+    add_reopen_commands,
+)
 from coreexec.transport.outage import Outage
 from coreexec.transport.redis_events import RedisEventStream, StreamEntry
 
@@ -96,6 +102,8 @@ class CeleryDispatcher(StepDispatcher):
         self.watch = AttemptWatch(run.run_id, timings, self.claims, presence)
         self._lost: list[LostAttempt] = []
         self._unsent: list[_Unsent] = []
+        self._redis_url = redis_url
+        self._issue_in_publish = False
         self.outage = Outage(timings.outage_tolerance_s, f"coordinator of run {run.run_id}")
 
     # -- lifecycle --------------------------------------------------------------------
@@ -112,6 +120,7 @@ class CeleryDispatcher(StepDispatcher):
                 for name, value in settings.to_hash().items():
                     pipe.hset(key, name, value)
                 pipe.expire(key, keys.FINISHED_RUN_TTL_S * 7)
+                add_reopen_commands(pipe, self.run.run_id)
                 pipe.execute()
         except redis.RedisError as exc:
             raise BrokerConnectionError(
@@ -121,11 +130,21 @@ class CeleryDispatcher(StepDispatcher):
         # Only what happens from now on: a resumed run's stream holds its past too.
         self._last_id = self.stream.last_id()
         self._publisher = StepPublisher(self.app)
+        # Issued attempts ride in the publish pipeline when the broker is this Redis.
+        self._issue_in_publish = self._publisher.lists is not None and same_redis(
+            str(self.app.conf.broker_url), self._redis_url
+        )
 
     def close(self) -> None:
         if self._publisher is not None:
             self._publisher.close()
             self._publisher = None
+        try:
+            with self._client.pipeline(transaction=False) as pipe:
+                add_finish_commands(pipe, self.run.run_id)
+                pipe.execute()
+        except redis.RedisError as exc:
+            log.warning("could not mark run %s finished in Redis: %s", self.run.run_id, exc)
         try:
             self.stream.expire()
         except CoreExecError as exc:
@@ -166,13 +185,24 @@ class CeleryDispatcher(StepDispatcher):
         unsent, self._unsent = self._unsent, []
         for start, batch in growing_batches(unsent):
             try:
-                self._publisher.publish([item.outgoing for item in batch])
-            except PUBLISH_ERRORS as exc:
+                self._publish(batch)
+            except (*PUBLISH_ERRORS, CoreExecError) as exc:
                 return self._unpublished(unsent[start:], exc)
             now = time.monotonic()
             for item in batch:
                 self.watch.published(item.attempt, item.outgoing.queue, now)
         return ()
+
+    def _publish(self, batch: Sequence[_Unsent]) -> None:
+        """Record the batch's attempts as issued (workers claim no other), then send it."""
+        assert self._publisher is not None, "start() first"
+        run_id, attempts = self.run.run_id, [item.attempt for item in batch]
+        if self._issue_in_publish:
+            hook = partial(add_issue_commands, run_id=run_id, attempts=attempts)
+            self._publisher.publish([item.outgoing for item in batch], hook)
+            return
+        self.claims.issue(run_id, attempts)
+        self._publisher.publish([item.outgoing for item in batch])
 
     def _unpublished(self, unsent: Sequence[_Unsent], exc: BaseException) -> list[LostAttempt]:
         """The attempts from a batch that failed on. Each is fenced, so that a message

@@ -27,6 +27,7 @@ from coreexec.errors import BrokerConnectionError, CoreExecError
 from coreexec.events import Event, EventKind
 from coreexec.retry import FailureClass
 from coreexec.step_runner import StepRun, run_step, start_event
+from coreexec.transport.attempts import invalid_attempt_message
 from coreexec.transport.outage import call_through_outage
 from coreexec.transport.redis_events import RedisEventStream
 
@@ -83,7 +84,8 @@ def _report(
             attempt_id=attempt.attempt_id,
             message=message,
             data=data,
-        )
+        ),
+        create=False,  # a report makes no stream: it exists for any run being coordinated
     )
 
 
@@ -102,6 +104,10 @@ def run_attempt(
     job_reference: str,
 ) -> dict[str, Any]:
     """Claim and run one attempt; returns the task's status dict."""
+    invalid = invalid_attempt_message(run_id, step_key, attempt_number, attempt_id, job_reference)
+    if invalid is not None:
+        log.error("dropping a step message coreexec did not make: %s", invalid)
+        return {"status": "refused", "error": invalid}
     attempt = StepAttempt(step_key, attempt_number, attempt_id)
     owner = f"{worker}:{os.getpid()}"
     try:
@@ -115,6 +121,15 @@ def run_attempt(
         log.error("cannot claim attempt %s, returning its message: %s", attempt_id, exc)
         time.sleep(CLAIM_RETRY_DELAY_S)  # back off: the broker redelivers at once
         raise Reject(str(exc), requeue=True) from exc
+    if claim.refused is not None:
+        log.warning(
+            "refusing attempt %s (step %s of run %s): %s",
+            attempt_id,
+            step_key,
+            run_id,
+            claim.refused,
+        )
+        return _status("refused", step_key, attempt, reason=claim.refused)
     if not claim.claimed:
         why = "the coordinator gave it up" if claim.fenced else f"already claimed by {claim.holder}"
         log.warning(

@@ -24,3 +24,21 @@ def client_url(client: redis.Redis) -> str:
     if "path" in kwargs:
         return f"unix://{kwargs['path']}?db={db}"
     return f"redis://{kwargs.get('host', 'localhost')}:{kwargs.get('port', 6379)}/{db}"
+
+
+def _where(url: str) -> tuple[str, str, int, str]:
+    parts = urlsplit(url)
+    scheme = parts.scheme.lower()
+    if scheme == "unix":
+        return scheme, parts.path, 0, parts.query
+    try:
+        port = parts.port or 6379
+    except ValueError:
+        port = -1
+    db = parts.path.strip("/") or "0"
+    return scheme, (parts.hostname or "localhost").lower(), port, db
+
+
+def same_redis(first: str, second: str) -> bool:
+    """True when both URLs name the same Redis database (host, port and db number)."""
+    return _where(first) == _where(second)
