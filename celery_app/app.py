@@ -57,9 +57,14 @@ def base_config(settings: CelerySettings) -> dict[str, Any]:
         "broker_connection_retry_on_startup": True,
         "result_expires": 24 * 3600,
         "worker_hijack_root_logger": False,
+        # Survives a broker outage while a message is held (see celery_app.consumer).
+        "worker_consumer": "celery_app.consumer:CoreexecConsumer",
     }
     if BrokerKind.of_url(settings.broker_url) is BrokerKind.REDIS:
         config["broker_transport_options"] = redis_transport_options()
+    if settings.broker_url.startswith("redis://"):
+        # Survives a queue item that is not a message (see celery_app.broker_transport).
+        config["broker_transport"] = "celery_app.broker_transport:Transport"
     return config
 
 

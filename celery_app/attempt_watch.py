@@ -29,6 +29,7 @@ from coreexec.events import STEP_ATTEMPT_ENDINGS, Event, EventKind
 from coreexec.execution.dispatcher import LostAttempt
 from coreexec.retry import FailureClass
 from coreexec.transport.attempts import AttemptClaims
+from coreexec.transport.outage import DEFAULT_OUTAGE_TOLERANCE_S
 
 log = logging.getLogger(__name__)
 
@@ -43,6 +44,7 @@ class DispatchTimings:
     queued_timeout_s: float
     heartbeat_interval_s: float
     heartbeat_timeout_s: float
+    outage_tolerance_s: float = DEFAULT_OUTAGE_TOLERANCE_S
 
 
 @dataclass
@@ -137,6 +139,17 @@ class AttemptWatch:
             self._running[attempt.attempt_id] = queued.started(now)
         self._terminating.add(attempt.attempt_id)
         return False
+
+    def outage_ended(self, now: float, lasted_s: float) -> list[tuple[str, str, int]]:
+        """Redis answers again after ``lasted_s``: nothing could be heard meanwhile, so
+        running attempts get a fresh heartbeat timeout and queued ones their time back.
+        Returns the queued attempts (id, step key, number), whose messages Redis may have
+        lost."""
+        for running in self._running.values():
+            running.last_seen = max(running.last_seen, now)
+        for queued in self._queued.values():
+            queued.deadline += lasted_s
+        return [(attempt_id, q.step_key, q.number) for attempt_id, q in self._queued.items()]
 
     # -- what it finds ---------------------------------------------------------------
 

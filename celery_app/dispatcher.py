@@ -15,6 +15,7 @@ import math
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
+from functools import partial
 
 import redis
 from kombu.exceptions import KombuError
@@ -32,10 +33,16 @@ from coreexec.events import STEP_ATTEMPT_ENDINGS
 from coreexec.execution.dispatcher import STREAMED_STORAGE_FLUSH_S, LostAttempt, StepDispatcher
 from coreexec.execution.run_context import RunContext
 from coreexec.plan import PlannedStep
-from coreexec.redis_urls import safe_url
+from coreexec.redis_urls import safe_url, same_redis
 from coreexec.retry import FailureClass
 from coreexec.transport import keys
-from coreexec.transport.attempts import AttemptClaims
+from coreexec.transport.attempts import (
+    AttemptClaims,
+    add_finish_commands,
+    add_issue_commands,
+    add_reopen_commands,
+)
+from coreexec.transport.outage import Outage
 from coreexec.transport.redis_events import RedisEventStream, StreamEntry
 from coreexec.transport.run_settings import RunSettings
 
@@ -97,6 +104,9 @@ class CeleryDispatcher(StepDispatcher):
         self.watch = AttemptWatch(run.run_id, timings, self.claims, presence)
         self._lost: list[LostAttempt] = []
         self._unsent: list[_Unsent] = []
+        self._redis_url = redis_url
+        self._issue_in_publish = False
+        self.outage = Outage(timings.outage_tolerance_s, f"coordinator of run {run.run_id}")
 
     # -- lifecycle --------------------------------------------------------------------
 
@@ -107,6 +117,7 @@ class CeleryDispatcher(StepDispatcher):
             heartbeat_interval_s=self.timings.heartbeat_interval_s,
             # Workers store where this coordinator loads from (an object store's URL).
             io_url=str(getattr(self.run.io_manager, "url", "")),
+            outage_tolerance_s=self.timings.outage_tolerance_s,
         )
         key = keys.run_settings(self.run.run_id)
         try:
@@ -114,6 +125,7 @@ class CeleryDispatcher(StepDispatcher):
                 for name, value in settings.to_hash().items():
                     pipe.hset(key, name, value)
                 pipe.expire(key, keys.FINISHED_RUN_TTL_S * 7)
+                add_reopen_commands(pipe, self.run.run_id)
                 pipe.execute()
         except redis.RedisError as exc:
             raise BrokerConnectionError(
@@ -123,11 +135,21 @@ class CeleryDispatcher(StepDispatcher):
         # Only what happens from now on: a resumed run's stream holds its past too.
         self._last_id = self.stream.last_id()
         self._publisher = StepPublisher(self.app)
+        # Issued attempts ride in the publish pipeline when the broker is this Redis.
+        self._issue_in_publish = self._publisher.lists is not None and same_redis(
+            str(self.app.conf.broker_url), self._redis_url
+        )
 
     def close(self) -> None:
         if self._publisher is not None:
             self._publisher.close()
             self._publisher = None
+        try:
+            with self._client.pipeline(transaction=False) as pipe:
+                add_finish_commands(pipe, self.run.run_id)
+                pipe.execute()
+        except redis.RedisError as exc:
+            log.warning("could not mark run %s finished in Redis: %s", self.run.run_id, exc)
         try:
             self.stream.expire()
         except CoreExecError as exc:
@@ -168,13 +190,24 @@ class CeleryDispatcher(StepDispatcher):
         unsent, self._unsent = self._unsent, []
         for start, batch in growing_batches(unsent):
             try:
-                self._publisher.publish([item.outgoing for item in batch])
-            except PUBLISH_ERRORS as exc:
+                self._publish(batch)
+            except (*PUBLISH_ERRORS, CoreExecError) as exc:
                 return self._unpublished(unsent[start:], exc)
             now = time.monotonic()
             for item in batch:
                 self.watch.published(item.attempt, item.outgoing.queue, now)
         return ()
+
+    def _publish(self, batch: Sequence[_Unsent]) -> None:
+        """Record the batch's attempts as issued (workers claim no other), then send it."""
+        assert self._publisher is not None, "start() first"
+        run_id, attempts = self.run.run_id, [item.attempt for item in batch]
+        if self._issue_in_publish:
+            hook = partial(add_issue_commands, run_id=run_id, attempts=attempts)
+            self._publisher.publish([item.outgoing for item in batch], hook)
+            return
+        self.claims.issue(run_id, attempts)
+        self._publisher.publish([item.outgoing for item in batch])
 
     def _unpublished(self, unsent: Sequence[_Unsent], exc: BaseException) -> list[LostAttempt]:
         """The attempts from a batch that failed on. Each is fenced, so that a message
@@ -220,16 +253,51 @@ class CeleryDispatcher(StepDispatcher):
             if deadline is not None:
                 until = min(until, deadline)
             block_s = until - time.monotonic()
-            if block_s <= 0.0005:
-                entries = self.stream.read(self._last_id, None, READ_COUNT)
-            else:
-                entries = self.stream.read(self._last_id, math.ceil(block_s * 1000), READ_COUNT)
+            entries = self._read(None if block_s <= 0.0005 else math.ceil(block_s * 1000))
             acted = self._take(entries)
             while len(entries) >= READ_COUNT:
-                entries = self.stream.read(self._last_id, None, READ_COUNT)
+                entries = self._read(None)
                 acted = self._take(entries) or acted
             if acted or time.monotonic() >= until - 0.0005:
                 return
+
+    def _read(self, block_ms: int | None) -> list[StreamEntry]:
+        """The stream's next entries, read on from the last one taken through a Redis
+        outage shorter than the tolerance (then the error fails the run)."""
+        while True:
+            try:
+                entries = self.stream.read(self._last_id, block_ms, READ_COUNT)
+            except BrokerConnectionError as exc:
+                time.sleep(self.outage.failed(exc, time.monotonic()))
+                continue
+            lasted_s = self.outage.recovered(time.monotonic())
+            if lasted_s is not None:
+                self._reconcile(lasted_s)
+            return entries
+
+    def _reconcile(self, lasted_s: float) -> None:
+        """After an outage: heartbeats could not arrive, so the watch's clocks restart;
+        a queued attempt no worker has claimed may have lost its message with a Redis
+        that restarted without persistence, so it is published again (a second
+        delivery of one that survived is dropped by the claim)."""
+        queued = self.watch.outage_ended(time.monotonic(), lasted_s)
+        if not queued:
+            return
+        try:
+            holders = self.claims.holders(self.run.run_id, [q[0] for q in queued])
+        except CoreExecError as exc:
+            log.warning("cannot check the claims of %d queued attempts: %s", len(queued), exc)
+            return
+        again = [q for q, holder in zip(queued, holders, strict=True) if holder is None]
+        for attempt_id, step_key, number in again:
+            self.dispatch(self.run.plan.step(step_key), StepAttempt(step_key, number, attempt_id))
+        log.warning(
+            "run %s: Redis was unreachable for %.1fs; published %d queued attempts again",
+            self.run.run_id,
+            lasted_s,
+            len(again),
+        )
+        self._lost.extend(self.flush())
 
     def _take(self, entries: Sequence[StreamEntry]) -> bool:
         """Pass events to the sink; True when one of them calls for a coordinator pass."""

@@ -40,6 +40,7 @@ from coreexec.limits.global_rules import GlobalRules
 from coreexec.limits.keys import DEFAULT_NAMESPACE
 from coreexec.limits.redis_limiter import RedisTagLimiter
 from coreexec.limits.rules import TagConcurrencyLimit, parse_limits
+from coreexec.transport.outage import DEFAULT_OUTAGE_TOLERANCE_S
 from coreexec.transport.redis_events import redis_client
 from coreexec.transport.run_settings import RunSettings
 from workers.docker.config import DockerConfig, check_steps
@@ -73,6 +74,10 @@ class CeleryExecutorConfig(BaseModel):
     heartbeat_interval_s: float = Field(default=2.0, gt=0)
     heartbeat_timeout_s: float = Field(default=10.0, gt=0)
     """A started attempt silent this long is lost (infrastructure failure)."""
+    redis_outage_tolerance_s: float = Field(default=DEFAULT_OUTAGE_TOLERANCE_S, gt=0)
+    """A Redis outage this short fails nothing: the coordinator and workers retry, the
+    coordinator reads on from where it was and publishes again what Redis lost. A longer
+    one fails the run, naming this setting; ``coreexec runs resume`` finishes it."""
     tag_concurrency_limits: list[dict[str, Any]] | None = None
     limiter_namespace: str = Field(default=DEFAULT_NAMESPACE, min_length=1)
     slot_lease_ttl_s: float = Field(default=DEFAULT_LEASE_TTL_MS / 1000, gt=0)
@@ -170,6 +175,7 @@ class CeleryExecutor(DispatchingExecutor):
             queued_timeout_s=config.queued_timeout_s,
             heartbeat_interval_s=config.heartbeat_interval_s,
             heartbeat_timeout_s=config.heartbeat_timeout_s,
+            outage_tolerance_s=config.redis_outage_tolerance_s,
         )
         self.presence = QueuePresence(client, url=redis_url)
         self.tag_concurrency_limits = limits

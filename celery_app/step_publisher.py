@@ -18,7 +18,7 @@ everything else goes through kombu's batching producer.
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
@@ -43,6 +43,9 @@ PUBLISH_ERRORS = (KombuError, OSError, redis.RedisError)
 """What a publish raises when the broker cannot take a batch."""
 
 T = TypeVar("T")
+
+PipelineHook = Callable[[Any], None]
+"""Adds commands to a batch's Redis pipeline (the coordinator's issued attempts)."""
 
 
 def growing_batches(items: Sequence[T], cap: int = MAX_BATCH) -> Iterator[tuple[int, Sequence[T]]]:
@@ -91,11 +94,15 @@ class StepPublisher:
             log.warning("publishing through kombu's producer: %s", exc)
             self.lists = None
 
-    def publish(self, steps: Sequence[OutgoingStep]) -> None:
-        """One batch (raises one of :data:`PUBLISH_ERRORS` when the broker fails)."""
+    def publish(self, steps: Sequence[OutgoingStep], before: PipelineHook | None = None) -> None:
+        """One batch (raises one of :data:`PUBLISH_ERRORS` when the broker fails).
+
+        ``before`` adds commands to the batch's pipeline ahead of the messages; only
+        where :attr:`lists` publishes (a Redis broker), else it must be None."""
         if self.lists is not None:
-            self.lists.publish(steps)
+            self.lists.publish(steps, before)
             return
+        assert before is None, "only a Redis broker's pipeline carries other commands"
         send = self.app.amqp.send_task_message
         with self.producer.batch():
             for step in steps:
@@ -140,9 +147,12 @@ class RedisListPublisher:
         key = channel._q_for_pri(step.queue, channel._get_message_priority(message))
         return key, json_dumps(message)  # type: ignore[no-untyped-call]
 
-    def publish(self, steps: Sequence[OutgoingStep]) -> None:
-        """Send ``steps`` in one pipeline (redis-py errors are the caller's to handle)."""
+    def publish(self, steps: Sequence[OutgoingStep], before: PipelineHook | None = None) -> None:
+        """Send ``steps`` in one pipeline, after what ``before`` adds to it (redis-py
+        errors are the caller's to handle)."""
         with self.client.pipeline(transaction=False) as pipe:
+            if before is not None:
+                before(pipe)
             for step in steps:
                 key, payload = self.encode(step)
                 pipe.lpush(key, payload)

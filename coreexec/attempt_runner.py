@@ -35,7 +35,8 @@ from coreexec.job import JobDefinition
 from coreexec.plan import PlannedStep
 from coreexec.retry import FailureClass
 from coreexec.step_runner import StepRun, run_step, start_event
-from coreexec.transport.attempts import ClaimResult
+from coreexec.transport.attempts import ClaimResult, invalid_attempt_message
+from coreexec.transport.outage import call_through_outage
 from coreexec.transport.redis_events import RedisEventStream
 
 log = logging.getLogger(__name__)
@@ -72,6 +73,8 @@ class AttemptResult:
     """A failure's error as its event reported it (``type``, ``message``, ``traceback``)."""
     fenced: bool = False
     """A dropped delivery of an attempt the coordinator gave up (a canceled run)."""
+    reason: str | None = None
+    """Why a ``refused`` message may run nowhere (not issued, run finished, bad ids)."""
 
     @property
     def success(self) -> bool:
@@ -90,6 +93,8 @@ class AttemptResult:
             body["error"] = dict(self.error)
         if self.fenced:
             body["fenced"] = True
+        if self.reason is not None:
+            body["reason"] = self.reason
         return body
 
 
@@ -107,7 +112,8 @@ def report(
     stream: RedisEventStream, kind: EventKind, message: str, *, ids: AttemptIds, **data: Any
 ) -> None:
     """Publish one event of the attempt."""
-    stream.publish(attempt_event(stream.run_id, kind, message, ids=ids, **data))
+    # A report makes no stream: it exists for any run being coordinated.
+    stream.publish(attempt_event(stream.run_id, kind, message, ids=ids, **data), create=False)
 
 
 def attempt_event(
@@ -147,6 +153,31 @@ def failure_event(
         error={"type": error_type, "message": message, "traceback": ""},
         **data,
     )
+
+
+def screen_message(ids: AttemptIds) -> AttemptResult | None:
+    """A ``refused`` result for identifiers coreexec cannot have made (checked before
+    anything is written to Redis, so no key is made from them); None for good ones."""
+    invalid = invalid_attempt_message(
+        ids.run_id, ids.step_key, ids.attempt_number, ids.attempt_id, ids.job_reference
+    )
+    if invalid is None:
+        return None
+    log.error("dropping a step message coreexec did not make: %s", invalid)
+    return AttemptResult("refused", ids, reason=invalid)
+
+
+def refuse_delivery(ids: AttemptIds, claim: ClaimResult) -> AttemptResult:
+    """Log a message whose attempt the run's coordinator never issued, or of a finished
+    run: nothing of it runs and nothing is written."""
+    log.warning(
+        "refusing attempt %s (step %s of run %s): %s",
+        ids.attempt_id,
+        ids.step_key,
+        ids.run_id,
+        claim.refused,
+    )
+    return AttemptResult("refused", ids, reason=claim.refused)
 
 
 def claim_attempt(runtime: AttemptRuntime, ids: AttemptIds, owner: str) -> ClaimResult:
@@ -230,19 +261,23 @@ class BufferedSink:
     """Publishes events as they come, except STEP_OUTPUT, which rides with the event
     after it (always the attempt's end): one round trip less per output."""
 
-    def __init__(self, stream: RedisEventStream) -> None:
+    def __init__(self, stream: RedisEventStream, outage_tolerance_s: float = 0.0) -> None:
         self.stream = stream
+        self.outage_tolerance_s = outage_tolerance_s
         self._held: list[Event] = []
 
     def __call__(self, event: Event) -> None:
         if event.kind is EventKind.STEP_OUTPUT:
             self._held.append(event)
             return
-        if self._held:
-            batch, self._held = [*self._held, event], []
-            self.stream.publish_many(batch)
-        else:
-            self.stream.publish(event)
+        batch, self._held = [*self._held, event], []
+        # While Redis is unreachable the events are kept and retried, for up to the
+        # run's outage tolerance: a finished step's result is not lost to an outage.
+        call_through_outage(
+            lambda: self.stream.publish_many(batch),
+            tolerance_s=self.outage_tolerance_s,
+            what=f"step {event.step_key} of run {self.stream.run_id}",
+        )
 
 
 class HeldEndSink:
@@ -284,7 +319,9 @@ def run_prepared(
         io_manager=runtime.io_manager_for(info.settings),
         run_tags=info.record.tags,
     )
-    emit: EventSink = sink if sink is not None else BufferedSink(info.stream)
+    emit: EventSink = (
+        sink if sink is not None else BufferedSink(info.stream, info.settings.outage_tolerance_s)
+    )
     if not heartbeat:
         outcome = run_step(step_run, emit, announce_start=False)
     else:
@@ -306,7 +343,12 @@ def run_attempt(runtime: AttemptRuntime, ids: AttemptIds, *, owner: str) -> Atte
 
     Raises :class:`ClaimUnavailableError` when the claim could not be made (nothing ran).
     """
+    screened = screen_message(ids)
+    if screened is not None:
+        return screened
     claim = claim_attempt(runtime, ids, owner)
+    if claim.refused is not None:
+        return refuse_delivery(ids, claim)
     if not claim.claimed:
         return drop_delivery(runtime, ids, owner, claim)
     prepared = prepare_attempt(runtime, ids, owner)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from urllib.parse import urlsplit
+
 import redis
 
 from coreexec.urls import masked_url
@@ -39,3 +41,21 @@ def blocking_read_slice_s(client: redis.Redis) -> float | None:
         return None
     seconds = float(timeout)
     return max(seconds - 0.5, seconds / 3)
+
+
+def _where(url: str) -> tuple[str, str, int, str]:
+    parts = urlsplit(url)
+    scheme = parts.scheme.lower()
+    if scheme == "unix":
+        return scheme, parts.path, 0, parts.query
+    try:
+        port = parts.port or 6379
+    except ValueError:
+        port = -1
+    db = parts.path.strip("/") or "0"
+    return scheme, (parts.hostname or "localhost").lower(), port, db
+
+
+def same_redis(first: str, second: str) -> bool:
+    """True when both URLs name the same Redis database (host, port and db number)."""
+    return _where(first) == _where(second)

@@ -16,7 +16,7 @@ from typing import Any
 
 import redis
 
-from coreexec.errors import CoreExecError, LauncherError, RequirementError
+from coreexec.errors import BrokerConnectionError, CoreExecError, LauncherError, RequirementError
 from coreexec.events import Event, EventKind
 from coreexec.execution.dispatcher import STREAMED_STORAGE_FLUSH_S
 from coreexec.execution.runs import create_run
@@ -120,7 +120,14 @@ class RunHandle:
         if stream is None or cursor is None:
             time.sleep(min(timeout_s, NO_REDIS_INTERVAL_S))
             return cursor, False
-        entries = stream.read(cursor, block_ms=max(1, int(timeout_s * 1000)))
+        try:
+            entries = stream.read(cursor, block_ms=max(1, int(timeout_s * 1000)))
+        except BrokerConnectionError as exc:
+            # A Redis outage the run may well ride out: the run storage still says when
+            # it ends, so look there until Redis answers again.
+            log.warning("waiting for run %s without its event stream: %s", self.run_id, exc)
+            time.sleep(min(timeout_s, NO_REDIS_INTERVAL_S))
+            return cursor, False
         if not entries:
             return cursor, False
         return entries[-1].entry_id, True

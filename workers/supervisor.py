@@ -34,6 +34,8 @@ from coreexec.attempt_runner import (
     drop_delivery,
     failure_event,
     prepare_attempt,
+    refuse_delivery,
+    screen_message,
 )
 from coreexec.attempt_runtime import AttemptRuntime
 from coreexec.errors import CoreExecError
@@ -82,7 +84,12 @@ def supervise(
     Raises :class:`~coreexec.attempt_runner.ClaimUnavailableError` when the attempt
     could not be claimed (nothing ran).
     """
+    screened = screen_message(ids)
+    if screened is not None:
+        return screened
     claim = claim_attempt(runtime, ids, owner)
+    if claim.refused is not None:
+        return refuse_delivery(ids, claim)
     if not claim.claimed and claim.fenced:
         return drop_delivery(runtime, ids, owner, claim)
     prepared = prepare_attempt(runtime, ids, owner, report_failure=claim.claimed)

@@ -146,8 +146,9 @@ def _prepare(
     instance: Instance,
     job: JobDefinition | None,
     executor_def: ExecutorDefinition | None,
-) -> tuple[JobDefinition, ExecutorDefinition, Executor, ExecutionPlan]:
-    """The job, its executor (created) and plan of a stored run."""
+) -> tuple[JobDefinition, ExecutorDefinition, Executor, ExecutionPlan, IOManager]:
+    """The job, its executor (created), plan and the IO manager its executor config names
+    (else the instance's) of a stored run."""
     if job is None:
         if record.job_reference is None:
             raise ConfigError(
@@ -157,7 +158,8 @@ def _prepare(
     chosen = executor_def or resolve_executor_def(job)
     exec_config = chosen.resolve_config(execution_config(record.run_config))
     executor = chosen.create(InitExecutorContext(job=job, config=exec_config, instance=instance))
-    return job, chosen, executor, ExecutionPlan.from_job(job, job_reference=record.job_reference)
+    plan = ExecutionPlan.from_job(job, job_reference=record.job_reference)
+    return job, chosen, executor, plan, run_io_manager(instance, exec_config)
 
 
 def _fail_start(instance: Instance, run_id: str, exc: BaseException) -> None:
@@ -187,7 +189,7 @@ def execute_run(
     """
     record = instance.storage.get_run(run_id)
     try:
-        job, chosen, executor, plan = _prepare(record, instance, job, executor_def)
+        job, chosen, executor, plan, run_io = _prepare(record, instance, job, executor_def)
     except BaseException as exc:
         _fail_start(instance, run_id, exc)
         raise
@@ -199,7 +201,7 @@ def execute_run(
         run_config=record.run_config,
         run_tags=record.tags,
         instance=instance,
-        io_manager=io_manager or run_io_manager(instance, exec_config),
+        io_manager=io_manager or run_io,
         listeners=list(listeners or []),
         already_succeeded=succeeded,
         attempts_made=attempts,

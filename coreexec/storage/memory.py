@@ -56,8 +56,10 @@ class InMemoryRunStorage:
                 raise RunNotFoundError(run_id)
             if expected is not None and record.status not in expected:
                 return False
-            started = when if status is RunStatus.STARTED else record.started_at
-            ended = when if status.is_finished else record.ended_at
+            restarted = status is RunStatus.STARTED
+            # A resumed run keeps its first start; it has no end until it ends again.
+            started = when if restarted and record.started_at is None else record.started_at
+            ended = when if status.is_finished else None if restarted else record.ended_at
             self._runs[run_id] = replace(
                 record, status=status, updated_at=when, started_at=started, ended_at=ended
             )

@@ -56,13 +56,25 @@ def _is_locked(exc: sqlite3.OperationalError) -> bool:
     return "locked" in str(exc) or "busy" in str(exc)
 
 
+def _create_private(path: Path) -> None:
+    """Create ``path`` readable by its owner only, unless it exists (SQLite gives its
+    WAL and shared-memory files the database file's mode)."""
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:
+        return
+    os.close(fd)
+
+
 class SqliteRunStorage:
     """Runs and events in one SQLite file, safe across threads and processes."""
 
     def __init__(self, path: Path | str) -> None:
         self.path = Path(path)
         try:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
+            # Run config is stored as given and may hold passwords: owner only.
+            self.path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+            _create_private(self.path)
         except OSError as exc:
             raise StorageError(
                 f"cannot create the run storage directory {str(self.path.parent)!r}: {exc}; "
@@ -182,8 +194,9 @@ class SqliteRunStorage:
         when = at if at is not None else time.time()
         query = (
             "UPDATE runs SET status = ?, updated_at = ?,"
-            " started_at = CASE WHEN ? THEN ? ELSE started_at END,"
-            " ended_at = CASE WHEN ? THEN ? ELSE ended_at END"
+            # A resumed run keeps its first start; it has no end until it ends again.
+            " started_at = CASE WHEN ? AND started_at IS NULL THEN ? ELSE started_at END,"
+            " ended_at = CASE WHEN ? THEN ? WHEN ? THEN NULL ELSE ended_at END"
             " WHERE run_id = ?"
         )
         params: list[Any] = [
@@ -193,6 +206,7 @@ class SqliteRunStorage:
             when,
             status.is_finished,
             when,
+            status is RunStatus.STARTED,
             run_id,
         ]
         if expected is not None:

@@ -5,7 +5,11 @@ and attempt claims live in one cluster slot and one MULTI or Lua script may touc
 
     coreexec:run:{<run_id>}:events                  STREAM  the run's events and wake-ups
     coreexec:run:{<run_id>}:settings                HASH    what workers need besides the
-                                                            message (heartbeat interval, ...)
+                                                            message (heartbeat interval, ...;
+                                                            ``finished`` once the run ended)
+    coreexec:run:{<run_id>}:issued                  HASH    attempt id -> ``<n>:<step key>``
+                                                            of every attempt the coordinator
+                                                            published (claims check it)
     coreexec:attempt:{<run_id>}:<attempt_id>:claim  STRING  who runs the attempt (SET NX)
     coreexec:attempt:{<run_id>}:<attempt_id>:end    LIST    a supervised attempt's ending
                                                             events, held for its supervisor
@@ -35,10 +39,19 @@ FINISHED_RUN_TTL_S = 24 * 3600
 """How long a finished run's stream and settings stay in Redis (for late watchers)."""
 
 
+MAX_ID_LENGTH = 128
+"""Longest run id, attempt id or queue name that goes into a key."""
+
+
 def check_id(value: str, *, what: str) -> str:
-    """Return ``value`` or raise ValueError when it cannot sit inside a key's hash tag."""
-    if not value or any(ch in value for ch in "{}\r\n"):
-        raise ValueError(f"{what} {value!r} must be non-empty, without braces or newlines")
+    """Return ``value`` or raise ValueError when it cannot sit inside a key's hash tag
+    (empty, longer than :data:`MAX_ID_LENGTH`, braces or control characters)."""
+    if not isinstance(value, str) or not value or len(value) > MAX_ID_LENGTH:
+        raise ValueError(
+            f"{what} {str(value)[:40]!r} must be a string of 1 to {MAX_ID_LENGTH} characters"
+        )
+    if any(ch in value for ch in "{}") or not value.isprintable():
+        raise ValueError(f"{what} {value[:40]!r} must be printable, without braces")
     return value
 
 
@@ -50,6 +63,11 @@ def run_events(run_id: str) -> str:
 def run_settings(run_id: str) -> str:
     """The run's settings hash, written by the dispatcher when the run starts."""
     return f"{PREFIX}:run:{{{check_id(run_id, what='run id')}}}:settings"
+
+
+def run_issued(run_id: str) -> str:
+    """The attempts the run's coordinator issued; a worker claims no other."""
+    return f"{PREFIX}:run:{{{check_id(run_id, what='run id')}}}:issued"
 
 
 def attempt_claim(run_id: str, attempt_id: str) -> str:

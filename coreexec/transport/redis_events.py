@@ -119,18 +119,21 @@ class RedisEventStream:
     def _fail(self, exc: redis.RedisError, what: str) -> CoreExecError:
         return wrap_redis_error(exc, url=self._url, what=f"{what} stream {self._key}")
 
-    def publish(self, event: Event) -> str:
-        """Append one event; returns its entry id."""
+    def publish(self, event: Event, *, create: bool = True) -> str | None:
+        """Append one event; returns its entry id. With ``create`` False, a stream that
+        does not exist (an unknown run, or one whose keys lapsed) is not made, and None
+        is returned."""
         try:
             entry_id = self.client.xadd(
                 self._key,
                 {keys.EVENT_FIELD: encode_event(event)},
                 maxlen=keys.EVENT_STREAM_MAXLEN,
                 approximate=True,
+                nomkstream=not create,
             )
         except redis.RedisError as exc:
             raise self._fail(exc, "append to") from exc
-        return _text(entry_id)
+        return None if entry_id is None else _text(entry_id)
 
     def publish_many(self, events: Iterable[Event]) -> list[str]:
         """Append several events in one round trip (a pipeline, in order)."""
@@ -138,7 +141,7 @@ class RedisEventStream:
         if not batch:
             return []
         if len(batch) == 1:
-            return [self.publish(batch[0])]
+            return [self.publish(batch[0]) or ""]
         try:
             with self.client.pipeline(transaction=False) as pipe:
                 for event in batch:

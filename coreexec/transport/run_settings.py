@@ -14,6 +14,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from coreexec.transport.outage import DEFAULT_OUTAGE_TOLERANCE_S
+
 DEFAULT_HEARTBEAT_INTERVAL_S = 2.0
 """Used when a run's settings say nothing (a dispatcher older than this worker)."""
 
@@ -35,6 +37,8 @@ class RunSettings:
     """Config per launcher name (JSON), e.g. ``{"docker": {"image": ...}}``."""
     io_url: str = ""
     """The run's outputs (the executor's ``io_url``); empty: the worker's own settings."""
+    outage_tolerance_s: float = DEFAULT_OUTAGE_TOLERANCE_S
+    """How long a worker keeps retrying a step's events while Redis is unreachable."""
 
     @classmethod
     def from_hash(cls, raw: Mapping[Any, Any]) -> RunSettings:
@@ -43,6 +47,9 @@ class RunSettings:
         interval = DEFAULT_HEARTBEAT_INTERVAL_S
         with contextlib.suppress(ValueError):
             interval = float(values.get("heartbeat_interval_s") or interval)
+        tolerance = DEFAULT_OUTAGE_TOLERANCE_S
+        with contextlib.suppress(ValueError):
+            tolerance = float(values.get("outage_tolerance_s") or tolerance)
         config: dict[str, Mapping[str, Any]] = {}
         try:
             loaded = json.loads(values.get("launcher_config") or "{}")
@@ -55,6 +62,7 @@ class RunSettings:
             default_launcher=values.get("default_launcher") or DEFAULT_LAUNCHER,
             launcher_config=config,
             io_url=values.get("io_url", ""),
+            outage_tolerance_s=tolerance,
         )
 
     def to_hash(self) -> dict[str, str]:
@@ -63,4 +71,5 @@ class RunSettings:
             "default_launcher": self.default_launcher,
             "launcher_config": json.dumps(dict(self.launcher_config), sort_keys=True),
             "io_url": self.io_url,
+            "outage_tolerance_s": repr(self.outage_tolerance_s),
         }

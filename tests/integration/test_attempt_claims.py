@@ -11,7 +11,7 @@ from coreexec.active_execution import StepAttempt
 from coreexec.events import EventKind
 from coreexec.step_runner import start_event
 from coreexec.transport import keys
-from coreexec.transport.attempts import AttemptClaims
+from coreexec.transport.attempts import AttemptClaims, add_finish_commands
 from coreexec.transport.redis_events import RedisEventStream, events_of, redis_client
 
 pytestmark = pytest.mark.integration
@@ -35,6 +35,7 @@ def started(client: redis.Redis) -> list[str]:
 
 def test_the_first_claim_wins_and_alone_announces_the_start(client: redis.Redis) -> None:
     claims = AttemptClaims(client)
+    claims.issue(RUN, [ATTEMPT])
     start = start_event(RUN, ATTEMPT.step_key, ATTEMPT)
 
     first = claims.claim_and_start(RUN, ATTEMPT.attempt_id, "w1@host:10", start)
@@ -48,6 +49,7 @@ def test_the_first_claim_wins_and_alone_announces_the_start(client: redis.Redis)
 
 def test_a_fenced_attempt_is_neither_claimed_nor_started(client: redis.Redis) -> None:
     claims = AttemptClaims(client)
+    claims.issue(RUN, [ATTEMPT])
     assert claims.fence(RUN, [ATTEMPT.attempt_id], "run canceled") == [True]
 
     late = claims.claim_and_start(
@@ -60,8 +62,51 @@ def test_a_fenced_attempt_is_neither_claimed_nor_started(client: redis.Redis) ->
 
 def test_a_claim_expires_with_its_ttl(client: redis.Redis) -> None:
     claims = AttemptClaims(client, ttl_s=60)
+    claims.issue(RUN, [ATTEMPT])
     claims.claim_and_start(
         RUN, ATTEMPT.attempt_id, "w1@host:10", start_event(RUN, ATTEMPT.step_key, ATTEMPT)
     )
     ttl = client.ttl(keys.attempt_claim(RUN, ATTEMPT.attempt_id))
     assert 0 < int(ttl) <= 60
+
+
+def test_an_attempt_the_coordinator_never_issued_is_refused_and_writes_nothing(
+    client: redis.Redis,
+) -> None:
+    claims = AttemptClaims(client)
+    forged = StepAttempt("load", 1, "attempt-forged")
+
+    refused = claims.claim_and_start(
+        RUN, forged.attempt_id, "w1@host:10", start_event(RUN, "load", forged)
+    )
+
+    assert not refused.claimed and refused.refused == "not issued by the coordinator of the run"
+    assert client.keys("*") == []
+
+
+def test_a_message_naming_another_step_or_attempt_number_is_refused(client: redis.Redis) -> None:
+    claims = AttemptClaims(client)
+    claims.issue(RUN, [ATTEMPT])
+    other_step = StepAttempt("drop_tables", 1, ATTEMPT.attempt_id)
+    other_number = StepAttempt("load", 2, ATTEMPT.attempt_id)
+
+    for forged in (other_step, other_number):
+        start = start_event(RUN, forged.step_key, forged)
+        assert claims.claim_and_start(RUN, forged.attempt_id, "w1@host:10", start).refused
+    assert started(client) == []
+
+
+def test_no_attempt_of_a_finished_run_is_claimed(client: redis.Redis) -> None:
+    claims = AttemptClaims(client)
+    claims.issue(RUN, [ATTEMPT])
+    with client.pipeline(transaction=False) as pipe:
+        add_finish_commands(pipe, RUN)
+        pipe.execute()
+
+    late = claims.claim_and_start(
+        RUN, ATTEMPT.attempt_id, "w1@host:10", start_event(RUN, ATTEMPT.step_key, ATTEMPT)
+    )
+
+    assert late.refused == "the run has finished"
+    assert started(client) == []
+    assert 0 < int(client.ttl(keys.run_issued(RUN))) <= keys.FINISHED_RUN_TTL_S

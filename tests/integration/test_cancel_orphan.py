@@ -79,6 +79,7 @@ def orphaned(env: Path, client: redis.Redis) -> OrphanedRun:
         run_id, [_queued(run_id, "first", running), _queued(run_id, "gated", queued)]
     )
     claims = AttemptClaims(client)
+    claims.issue(run_id, [StepAttempt("first", 1, running), StepAttempt("gated", 1, queued)])
     start = start_event(run_id, "first", StepAttempt("first", 1, running))
     assert claims.claim_and_start(run_id, running, "worker-1:123", start).claimed
     # What a coordinator that ran and died leaves: no heartbeat, only the record it ran.

@@ -348,7 +348,9 @@ def redis_server_binary() -> str:
 
 
 class RedisServerProcess(ManagedProcess):
-    """A throwaway ``redis-server`` on a free loopback port, without persistence.
+    """A throwaway ``redis-server`` on a free loopback port, without persistence unless
+    ``persistent`` (append-only file, fsync on every write, in ``log_dir/redis-data``:
+    a server started again on the same port and ``log_dir`` finds the data).
 
     Ready when the server on its port reports this process's pid. When no port is given
     and the chosen one is taken in the meantime, it retries on another free port.
@@ -362,7 +364,9 @@ class RedisServerProcess(ManagedProcess):
         port: int | None = None,
         log_dir: Path | str | None = None,
         ready_timeout_s: float = 20.0,
+        persistent: bool = False,
     ) -> None:
+        self.persistent = persistent
         self._fixed_port = port is not None
         self.port = port if port is not None else free_port()
         log_dir = Path(log_dir) if log_dir is not None else Path(tempfile.mkdtemp())
@@ -381,7 +385,8 @@ class RedisServerProcess(ManagedProcess):
             "--port", str(self.port),
             "--bind", LOOPBACK,
             "--save", "",
-            "--appendonly", "no",
+            "--appendonly", "yes" if self.persistent else "no",
+            "--appendfsync", "always",
             "--dir", str(self.data_dir),
             "--daemonize", "no",
         ]  # fmt: skip

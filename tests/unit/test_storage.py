@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import multiprocessing
+import stat
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -61,6 +62,26 @@ def test_status_compare_and_set(storage: RunStorage) -> None:
     assert [r.run_id for r in storage.list_runs(statuses={RunStatus.SUCCESS})] == ["a"]
     with pytest.raises(RunNotFoundError):
         storage.set_status("nope", RunStatus.FAILURE)
+
+
+def test_a_resumed_run_keeps_its_first_start_and_ends_once_more(storage: RunStorage) -> None:
+    storage.add_run(_record("a"))
+    storage.set_status("a", RunStatus.STARTED, at=5.0)
+    storage.set_status("a", RunStatus.FAILURE, at=9.0)
+    storage.set_status("a", RunStatus.STARTED, at=20.0)  # resumed
+    running = storage.get_run("a")
+    assert (running.started_at, running.ended_at) == (5.0, None)
+    storage.set_status("a", RunStatus.SUCCESS, at=30.0)
+    ended = storage.get_run("a")
+    assert (ended.started_at, ended.ended_at) == (5.0, 30.0)
+
+
+def test_a_new_run_storage_is_readable_by_its_owner_only(tmp_path: Path) -> None:
+    home = tmp_path / "home"
+    SqliteRunStorage(home / "runs.db").close()
+    assert stat.S_IMODE(home.stat().st_mode) == 0o700
+    for path in home.iterdir():  # runs.db and SQLite's WAL files
+        assert stat.S_IMODE(path.stat().st_mode) == 0o600, path
 
 
 def test_events_are_ordered_and_paged(storage: RunStorage) -> None:

@@ -114,6 +114,9 @@ class DockerDispatcher(StepDispatcher):
         ids = AttemptIds(
             self.run.run_id, step.key, attempt.number, attempt.attempt_id, self._reference
         )
+        # Only attempts their coordinator issued can be claimed (a forged message runs
+        # nothing): record this one before its supervisor claims it.
+        self.runtime.claims.issue(self.run.run_id, [attempt])
         future = self._pool.submit(self._supervise, ids)
         future.add_done_callback(lambda done: self._finished(ids, done))
 
