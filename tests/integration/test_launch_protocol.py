@@ -256,3 +256,16 @@ def test_the_entrypoint_standalone_runs_from_environment_identifiers(
         3,
     ]
     assert len(step_events(runtime, run_id, EventKind.STEP_SUCCESS)) == 1
+
+
+def test_a_run_with_an_unknown_launcher_is_refused_before_any_step_starts(
+    redis_url: str, coreexec_home: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from coreexec import execute_job
+    from coreexec.errors import DefinitionError
+
+    monkeypatch.setenv("COREEXEC_BROKER_URL", redis_url)
+    with pytest.raises(DefinitionError) as caught:
+        execute_job(f"{REF}:unknown_launcher_job", instance=Instance.from_env())
+    assert "step 'misplaced'" in str(caught.value)
+    assert "valid names: docker, in_process" in str(caught.value)

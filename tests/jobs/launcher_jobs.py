@@ -6,13 +6,21 @@ Steps write marks and wait on gates under ``$COREEXEC_HOME`` like the Celery tes
 
 from __future__ import annotations
 
+import os
 import sys
 import time
 
+from pydantic import BaseModel
+
+from celery_app import celery_docker_executor
 from coreexec import RetryPolicy, StepContext, job, step
 from coreexec.retry import FailureClass
 from coreexec.tags import LAUNCHER_TAG
 from tests.jobs.celery_jobs import mark, wait_for_gate
+from workers import docker_executor
+
+IN_CONTAINER = "in a container"
+"""What ``where()`` says in a step container, whose PID 1 is the step entrypoint."""
 
 
 @step
@@ -25,23 +33,32 @@ def total(rows: list[int]) -> int:
     return sum(rows)
 
 
-@job
+@job(executor_def=celery_docker_executor)
 def sum_job() -> None:
     total(numbers())
 
 
+def where() -> str:
+    return IN_CONTAINER if os.getpid() == 1 else f"in process {os.getpid()}"
+
+
 @step(tags={LAUNCHER_TAG: "in_process"})
-def light() -> list[int]:
-    return [4, 5, 6]
+def light() -> str:
+    return where()
 
 
 @step(tags={LAUNCHER_TAG: "docker"})
-def heavy(rows: list[int]) -> int:
-    return sum(rows) * 10
+def heavy(light_ran: str) -> tuple[str, str]:
+    return light_ran, where()
 
 
-@job
+@job(executor_def=celery_docker_executor)
 def mixed_job() -> None:
+    heavy(light())
+
+
+@job(executor_def=docker_executor)
+def docker_mixed_job() -> None:
     heavy(light())
 
 
@@ -53,7 +70,7 @@ def held(context: StepContext) -> str:
     return "done"
 
 
-@job
+@job(executor_def=celery_docker_executor)
 def held_job() -> None:
     held()
 
@@ -67,7 +84,7 @@ def killed_once(context: StepContext) -> int:
     return context.attempt
 
 
-@job
+@job(executor_def=celery_docker_executor)
 def killed_once_job() -> None:
     killed_once()
 
@@ -80,7 +97,7 @@ def noisy_failure() -> None:
     raise ValueError("noisy_failure fails on purpose")
 
 
-@job
+@job(executor_def=celery_docker_executor)
 def noisy_job() -> None:
     noisy_failure()
 
@@ -92,7 +109,7 @@ def hog() -> int:
     return len(blocks)
 
 
-@job
+@job(executor_def=celery_docker_executor)
 def hog_job() -> None:
     hog()
 
@@ -102,6 +119,22 @@ def misplaced() -> int:
     return 1
 
 
-@job
+@job(executor_def=celery_docker_executor)
 def unknown_launcher_job() -> None:
     misplaced()
+
+
+class SecretConfig(BaseModel):
+    api_key: str
+
+
+@step(config_schema=SecretConfig)
+def use_secret(context: StepContext) -> int:
+    config = context.config
+    assert isinstance(config, SecretConfig)
+    return len(config.api_key)
+
+
+@job(executor_def=celery_docker_executor)
+def secret_job() -> None:
+    use_secret()

@@ -25,8 +25,9 @@ DOCKER_CONFIG_TAG = "coreexec-docker/config"
 DEFAULT_COMMAND = ("coreexec-step",)
 """The step entrypoint as installed in the worker image (``python -m workers.entrypoint``)."""
 
-RESERVED_KWARGS = frozenset({"image", "command", "name", "labels", "environment", "detach"})
-"""Set by the launcher itself; ``container_kwargs`` may not give them."""
+RESERVED_KWARGS = frozenset({"image", "command", "name", "environment", "detach"})
+"""Set by the launcher itself; ``container_kwargs`` may not give them (``labels`` may be
+given: the launcher's ``coreexec.*`` labels are added to them)."""
 
 
 class RegistryConfig(BaseModel):

@@ -108,7 +108,7 @@ def spec_of(config: DockerConfig, ids: AttemptIds, *, owner: str, redis_url: str
     kwargs: dict[str, Any] = {
         **config.container_kwargs,
         "command": command_of(config, ids),
-        "labels": labels_of(ids, owner),
+        "labels": {**config.container_kwargs.get("labels", {}), **labels_of(ids, owner)},
         "environment": environment_of(config, redis_url=redis_url),
         "detach": True,
     }

@@ -100,7 +100,7 @@ class DockerLauncher:
             return found
         self.stop_earlier(request)
         spec = spec_of(self.config, request.ids, owner=request.owner, redis_url=self.redis_url)
-        self._login()
+        self._ensure_image(spec.image)
         container = self._create(spec)
         try:
             for network in self.config.networks:
@@ -111,6 +111,30 @@ class DockerLauncher:
                 f"cannot start container {spec.name} of image {spec.image!r}: {exc}"
             ) from exc
         return Launch(self.name, spec.name, request.ids, handle=str(container.id))
+
+    def _ensure_image(self, image: str) -> None:
+        """The image on the daemon, pulled from the registry (after a login) when it is
+        missing and a registry is configured; else a LaunchError naming the image."""
+        try:
+            self.client.images.get(image)
+            return
+        except docker.errors.ImageNotFound:
+            pass
+        except docker.errors.DockerException as exc:
+            raise LaunchError(f"cannot look up image {image!r}: {exc}") from exc
+        if self.config.registry is None:
+            raise LaunchError(
+                f"image {image!r} is not on the Docker daemon at {socket_of(self.config)}; "
+                "build or load it there, or configure docker.registry to pull it"
+            )
+        self._login()
+        try:
+            self.client.images.pull(image)
+        except docker.errors.DockerException as exc:
+            raise LaunchError(
+                f"image {image!r} is not on the Docker daemon at {socket_of(self.config)} "
+                f"and pulling it from {self.config.registry.url} failed: {exc}"
+            ) from exc
 
     def _login(self) -> None:
         registry = self.config.registry
