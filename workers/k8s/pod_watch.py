@@ -208,6 +208,15 @@ class NamespaceWatch:
     def stop(self) -> None:
         self.stopped.set()
 
+    @classmethod
+    def stop_all(cls) -> None:
+        """Stop every watch of this process (a worker shutting down, a test's teardown)."""
+        with cls._instances_lock:
+            watches = list(cls._instances.values())
+            cls._instances.clear()
+        for watch in watches:
+            watch.stop()
+
     # -- sorting what arrives -----------------------------------------------------------
     def _tracker(self, job_name: str | None) -> Tracker | None:
         if job_name is None:

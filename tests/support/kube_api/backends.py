@@ -4,7 +4,10 @@
 process (its own session, stopped by pid), for API tests that need no Docker engine; an
 image without a command runs the argv its ``entrypoints`` mapping gives, the way an
 image's ENTRYPOINT would. It enforces no memory limit, so an OOM kill needs the Docker
-backend (tests/support/kube_api/docker_backend.py).
+backend, or the local backend's stand-in for the kernel's OOM killer: with
+``enforce_memory=True`` a watcher reads the process's resident memory from /proc and
+kills it with SIGKILL once it passes the container's ``resources.limits.memory``,
+reporting ``OOMKilled`` as the container runtime would.
 """
 
 from __future__ import annotations
@@ -15,11 +18,13 @@ import signal
 import subprocess
 import tempfile
 import threading
+import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
+from tests.support.kube_api.objects import parse_quantity
 from tests.support.kube_api.store import Obj, now_rfc3339
 
 
@@ -61,8 +66,24 @@ class ContainerBackend(Protocol):
     def run(self, pod: Obj, container: Obj, env: Mapping[str, str]) -> ContainerHandle: ...
 
 
+def _rss_bytes(pid: int) -> int:
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return 0
+
+
 class _LocalProcess:
-    def __init__(self, argv: Sequence[str], env: Mapping[str, str], workdir: Path) -> None:
+    def __init__(
+        self,
+        argv: Sequence[str],
+        env: Mapping[str, str],
+        workdir: Path,
+        memory_limit: int | None = None,
+    ) -> None:
         self._log_path = workdir / "container.log"
         with self._log_path.open("wb") as log:
             self._proc = subprocess.Popen(
@@ -78,6 +99,18 @@ class _LocalProcess:
         self.started_at = now_rfc3339()
         self._exit: ContainerExit | None = None
         self._lock = threading.Lock()
+        self._oom_killed = False
+        if memory_limit is not None:
+            threading.Thread(target=self._watch_memory, args=(memory_limit,), daemon=True).start()
+
+    def _watch_memory(self, limit: int) -> None:
+        """The OOM killer's stand-in: SIGKILL once resident memory passes the limit."""
+        while self._proc.poll() is None:
+            if _rss_bytes(self._proc.pid) > limit:
+                self._oom_killed = True
+                self._signal(signal.SIGKILL)
+                return
+            time.sleep(0.02)
 
     def wait(self, timeout_s: float | None) -> ContainerExit | None:
         try:
@@ -88,7 +121,7 @@ class _LocalProcess:
             if self._exit is None:
                 # A process killed by signal N exits 128+N inside a container.
                 status = code if code >= 0 else 128 - code
-                self._exit = ContainerExit(status, False, self.started_at, now_rfc3339())
+                self._exit = ContainerExit(status, self._oom_killed, self.started_at, now_rfc3339())
             return self._exit
 
     def stop(self, grace_s: float) -> None:
@@ -114,6 +147,11 @@ class _LocalProcess:
         self._log_path.parent.rmdir()
 
 
+def memory_limit_bytes(container: Obj) -> int | None:
+    limit = ((container.get("resources") or {}).get("limits") or {}).get("memory")
+    return None if limit is None else int(parse_quantity(limit))
+
+
 class LocalProcessBackend:
     """Runs containers as local processes; every image counts as present."""
 
@@ -121,12 +159,18 @@ class LocalProcessBackend:
         self,
         entrypoints: Mapping[str, Sequence[str]] | None = None,
         base_env: Mapping[str, str] | None = None,
+        *,
+        enforce_memory: bool = False,
     ) -> None:
         self.entrypoints = dict(entrypoints or {})
         self.base_env = dict(base_env if base_env is not None else os.environ)
+        self.enforce_memory = enforce_memory
 
     def has_image(self, image: str) -> bool:
         return True
+
+    def _limit(self, container: Obj) -> int | None:
+        return memory_limit_bytes(container) if self.enforce_memory else None
 
     def run(self, pod: Obj, container: Obj, env: Mapping[str, str]) -> ContainerHandle:
         argv = list(container.get("command") or self.entrypoints.get(container["image"], []))
@@ -137,7 +181,7 @@ class LocalProcessBackend:
             )
         workdir = Path(tempfile.mkdtemp(prefix=f"kubelet-{pod['metadata']['name']}-"))
         try:
-            return _LocalProcess(argv, {**self.base_env, **env}, workdir)
+            return _LocalProcess(argv, {**self.base_env, **env}, workdir, self._limit(container))
         except OSError as exc:
             workdir.rmdir()
             raise ContainerStartError(

@@ -37,6 +37,7 @@ class TestCluster:
 
     def __init__(self, directory: Path, backend: Any, *, history_limit: int = 100_000) -> None:
         self.directory = directory
+        directory.mkdir(parents=True, exist_ok=True)
         self.store = Store(history_limit=history_limit)
         self.api = ClusterApi(self.store)
         self.controller = JobController(self.api)

@@ -325,11 +325,13 @@ class _Handler(BaseHTTPRequestHandler):
                 )
                 self._end_stream()
                 return
+        timed_out = False
         try:
-            self._follow_changes(res, namespace, match, cursor, epoch, deadline)
+            timed_out = self._follow_changes(res, namespace, match, cursor, epoch, deadline)
         except ApiError as error:
             self._send_event("ERROR", error.status())
-        if query.flag("allowWatchBookmarks") and not self.server_state.stopping:
+        # A bookmark before a timeout; a watch ended by a restart or compaction gets none.
+        if query.flag("allowWatchBookmarks") and timed_out:
             bookmark = {
                 "kind": res.kind,
                 "apiVersion": res.api_version,
@@ -346,15 +348,18 @@ class _Handler(BaseHTTPRequestHandler):
         cursor: int,
         epoch: int,
         deadline: float,
-    ) -> None:
+    ) -> bool:
+        """Send changes until the deadline (True) or the end of the epoch (False)."""
         store = self.server_state.api.store
         while True:
             changes, cursor = store.changes_after(cursor, res, namespace, match)
             for change in changes:
                 self._send_event(change.type, change.obj)
             remaining = deadline - time.monotonic()
-            if remaining <= 0 or not store.wait_for_change(cursor, epoch, remaining):
-                return
+            if remaining <= 0:
+                return True
+            if not store.wait_for_change(cursor, epoch, remaining):
+                return store.epoch() == epoch
 
     def _send_event(self, kind: str, obj: Obj) -> None:
         self._chunk(json.dumps({"type": kind, "object": obj}).encode() + b"\n")

@@ -51,6 +51,9 @@ class Kubelet:
         self.secrets: dict[str, dict[str, str]] = {}
         self.config_maps: dict[str, dict[str, str]] = {}
         self._workers: dict[str, PodWorker] = {}
+        self.running = 0
+        """Containers running right now; ``max_running`` is the most seen at once."""
+        self.max_running = 0
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="kubelet", daemon=True)
 
@@ -150,6 +153,11 @@ class Kubelet:
                 if rest:
                     yield rest
                 return
+
+    def note_running(self, delta: int) -> None:
+        with self.cond:
+            self.running += delta
+            self.max_running = max(self.max_running, self.running)
 
     def record(self, pod: Obj, event_type: str, reason: str, message: str) -> None:
         with contextlib.suppress(ApiError):

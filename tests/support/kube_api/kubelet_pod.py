@@ -306,6 +306,7 @@ class PodWorker(threading.Thread):
                 ContainerExit(128, False, stamp, stamp), reason=error.reason, message=error.message
             )
             return
+        self.kubelet.note_running(+1)
         self.kubelet.record(self.pod, "Normal", "Created", f"Created container: {name}")
         self.kubelet.record(self.pod, "Normal", "Started", f"Started container {name}")
         running = {"running": {"startedAt": self.handle.started_at}}
@@ -324,11 +325,13 @@ class PodWorker(threading.Thread):
         handle = self.handle
         if handle is None:
             return  # it failed to start; _start reported it
-        waiter = threading.Thread(
-            target=lambda: (handle.wait(None), self._interrupt.set()),
-            name=f"wait-{self.pod_name}",
-            daemon=True,
-        )
+
+        def ended() -> None:
+            handle.wait(None)
+            self.kubelet.note_running(-1)
+            self._interrupt.set()
+
+        waiter = threading.Thread(target=ended, name=f"wait-{self.pod_name}", daemon=True)
         waiter.start()
         self._interrupt.wait()
         if self._eviction is not None:

@@ -169,6 +169,7 @@ class Store:
         """
         with self._cond:
             self._log.clear()
+            self._rv += 1  # the compacted revision: every version seen so far is too old
             self._oldest_rv = self._rv
             rv = self._rv
         self.end_watches()
