@@ -32,15 +32,18 @@ from workers.registry import DOCKER, K8S, check_launchers, launcher_name
 
 
 class CeleryK8sJobExecutorConfig(CeleryExecutorConfig):
-    """The celery executor's config plus the ``k8s`` block."""
+    """The celery executor's config plus the ``k8s`` block (and, for steps tagged
+    ``coreexec/launcher: docker``, an optional ``docker`` block)."""
 
     k8s: K8sConfig = Field(default_factory=K8sConfig)
+    docker: DockerConfig = Field(default_factory=DockerConfig)
 
 
 class CeleryK8sJobExecutor(CeleryExecutor):
     """Celery dispatch; steps as Kubernetes Jobs unless tagged otherwise."""
 
     k8s: K8sConfig
+    docker: DockerConfig
 
     def launch_settings(self, run: RunContext) -> RunSettings:
         steps = list(run.plan.steps)
@@ -51,8 +54,8 @@ class CeleryK8sJobExecutor(CeleryExecutor):
         config = {K8S: self.k8s.model_dump(mode="json")}
         docker_steps = {key for key, name in chosen.items() if name == DOCKER}
         if docker_steps:
-            check_docker_steps(steps, DockerConfig(), docker_steps)
-            config[DOCKER] = {}
+            check_docker_steps(steps, self.docker, docker_steps)
+            config[DOCKER] = self.docker.model_dump(mode="json")
         return RunSettings(default_launcher=K8S, launcher_config=config)
 
 
@@ -80,4 +83,5 @@ def celery_k8s_job_executor(context: InitExecutorContext) -> Executor:
         limits=_limits(config, client, redis_url),
     )
     built.k8s = config.k8s
+    built.docker = config.docker
     return built

@@ -94,7 +94,7 @@ def held_job() -> None:
 
 @step(retry_policy=RetryPolicy(max_retries=1, retry_on=frozenset({FailureClass.INFRASTRUCTURE})))
 def hog(context: StepContext) -> int:
-    """Allocates far more than a 48Mi limit, on every attempt."""
+    """Allocates 256 MiB, far more than a 160Mi limit, on every attempt."""
     mark(context)
     blocks = [bytearray(16 * 1024 * 1024) for _ in range(16)]
     return len(blocks)

@@ -261,13 +261,14 @@ def test_a_job_whose_pod_is_never_created_fails_naming_the_event(
 def test_an_oom_killed_pod_is_out_of_memory_with_the_limit_as_given(
     runtime: AttemptRuntime, pod_cluster: TestCluster, k8s_block: dict[str, Any]
 ) -> None:
-    block = {**k8s_block, "resources": {"limits": {"memory": "48Mi"}}}
+    block = {**k8s_block, "resources": {"limits": {"memory": "160Mi"}}}
     run = Run(runtime, "hog_job", block)
     result = run.supervise(run.ids("hog"))
 
     assert result.status == "failure"
     failure = run.failure()
-    assert "out of memory (limit 48Mi)" in failure.message
+    assert "out of memory (limit 160Mi)" in failure.message
+    assert len(marks(run.run_id, "hog")) == 1  # killed in the step, not before it
     assert failure.data["failure_class"] == "infrastructure"
     assert failure.data["retryable"] is True
 
