@@ -86,6 +86,6 @@ fi
 
 # --- the package, editable, with dev tools -------------------------------------------
 # pip itself makes this idempotent: satisfied requirements are left alone.
-log "installing coreexec editable with [dev] extras (pip, quiet)"
-"$PYTHON" -m pip install --quiet --disable-pip-version-check --root-user-action=ignore -e '.[dev]'
+log "installing coreexec editable with [dev,kubernetes] extras (pip, quiet)"
+"$PYTHON" -m pip install --quiet --disable-pip-version-check --root-user-action=ignore -e '.[dev,kubernetes]'
 log "done"

@@ -6,19 +6,23 @@
   ``docker`` launchers; :mod:`workers.registry`: the tag ``coreexec/launcher``;
 - :mod:`workers.entrypoint`: the step entrypoint of containers and pods
   (``python -m workers.entrypoint``, ``coreexec-step``);
-- ``docker_executor``: the coordinator launches containers itself (no Celery).
+- ``docker_executor`` and ``k8s_job_executor``: the coordinator launches containers or
+  Kubernetes Jobs itself (no Celery); :mod:`workers.k8s`: the ``k8s`` launcher.
 
 Nothing here imports Celery.
 """
 
 from workers.docker.executor import DockerExecutorConfig, docker_executor
+from workers.k8s.executor import K8sJobExecutorConfig, k8s_job_executor
 from workers.launcher import Launch, LaunchEnd, LaunchRequest, StepLauncher
 
 __all__ = [
     "DockerExecutorConfig",
+    "K8sJobExecutorConfig",
     "Launch",
     "LaunchEnd",
     "LaunchRequest",
     "StepLauncher",
     "docker_executor",
+    "k8s_job_executor",
 ]

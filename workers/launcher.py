@@ -75,6 +75,11 @@ class EndReason(StrEnum):
     """It vanished before its end could be seen (removed by someone else)."""
     IN_PROCESS = "in_process"
     """It ran in the supervisor's own process and reported its end itself."""
+    NOT_STARTED = "not_started"
+    """It never ran: not scheduled in time, an image that cannot be pulled, a pod that
+    could not be created (the detail says which)."""
+    TIMED_OUT = "timed_out"
+    """Stopped by its own deadline (a Kubernetes Job's activeDeadlineSeconds)."""
 
 
 @dataclass(frozen=True)

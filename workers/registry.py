@@ -1,6 +1,6 @@
 """Launcher names and how a step picks one: the tag ``coreexec/launcher``.
 
-A step's tag names its launcher (``in_process``, ``docker``); without the tag it runs
+A step's tag names its launcher (``in_process``, ``docker``, ``k8s``); without the tag it runs
 where its executor's default says (``in_process`` under ``celery_executor``,
 ``docker`` under ``celery_docker_executor`` and ``docker_executor``). Other launchers
 (``k8s``) add themselves with :func:`register_launcher`.
@@ -19,6 +19,7 @@ from workers.in_process import IN_PROCESS, InProcessLauncher
 from workers.launcher import StepLauncher
 
 DOCKER = "docker"
+K8S = "k8s"
 
 LauncherFactory = Callable[[AttemptRuntime, PreparedAttempt], StepLauncher]
 
@@ -33,7 +34,17 @@ def _docker(runtime: AttemptRuntime, prepared: PreparedAttempt) -> StepLauncher:
     return docker_launcher_for(runtime, prepared)
 
 
-_factories: dict[str, LauncherFactory] = {IN_PROCESS: _in_process, DOCKER: _docker}
+def _k8s(runtime: AttemptRuntime, prepared: PreparedAttempt) -> StepLauncher:
+    from workers.k8s.launcher import k8s_launcher_for
+
+    return k8s_launcher_for(runtime, prepared)
+
+
+_factories: dict[str, LauncherFactory] = {
+    IN_PROCESS: _in_process,
+    DOCKER: _docker,
+    K8S: _k8s,
+}
 
 
 def register_launcher(name: str, factory: LauncherFactory) -> None:

@@ -180,6 +180,10 @@ def verdict(launch: Launch, end: LaunchEnd, *, cancelled: bool) -> tuple[str, Fa
     detail = end.detail or end.reason.value
     if end.reason is EndReason.OOM_KILLED:
         return f"{what} was killed: {detail}", FailureClass.INFRASTRUCTURE
+    if end.reason is EndReason.NOT_STARTED:
+        return f"{what} could not start: {detail}", FailureClass.INFRASTRUCTURE
+    if end.reason is EndReason.TIMED_OUT:
+        return f"{what} timed out: {detail}", FailureClass.TIMEOUT
     return (
         f"{what} ended without reporting the step's end ({detail}); the process was "
         "killed or crashed",

@@ -1,0 +1,87 @@
+"""``celery_k8s_job_executor``: the celery executor whose steps run as Kubernetes Jobs.
+
+Dispatch is the celery executor's (queues, priority, limits, heartbeats); the worker
+that takes a step's message creates a Job for it from the ``k8s`` block
+(:mod:`workers.k8s.launcher`) and supervises it: one watch per worker process and
+namespace serves every step it follows. A step tagged ``coreexec/launcher: in_process``
+runs in the worker's own process and one tagged ``docker`` in a container, so one job
+mixes all three. The ``k8s`` block reaches workers in the run's settings hash in Redis,
+never in a message; it holds no secrets (the pods get those from ``env_secrets``).
+"""
+
+from __future__ import annotations
+
+from pydantic import Field
+
+from celery_app.executor import (
+    CeleryExecutor,
+    CeleryExecutorConfig,
+    _app_for,
+    _client_for,
+    _limits,
+    settings_for,
+)
+from coreexec.execution.run_context import RunContext
+from coreexec.executors.base import Executor, ExecutorRequirement, InitExecutorContext, executor
+from coreexec.transport.run_settings import RunSettings
+from workers.docker.config import DockerConfig
+from workers.docker.config import check_steps as check_docker_steps
+from workers.k8s.config import K8sConfig
+from workers.k8s.steps import check_steps
+from workers.registry import DOCKER, K8S, check_launchers, launcher_name
+
+
+class CeleryK8sJobExecutorConfig(CeleryExecutorConfig):
+    """The celery executor's config plus the ``k8s`` block (and, for steps tagged
+    ``coreexec/launcher: docker``, an optional ``docker`` block)."""
+
+    k8s: K8sConfig = Field(default_factory=K8sConfig)
+    docker: DockerConfig = Field(default_factory=DockerConfig)
+
+
+class CeleryK8sJobExecutor(CeleryExecutor):
+    """Celery dispatch; steps as Kubernetes Jobs unless tagged otherwise."""
+
+    k8s: K8sConfig
+    docker: DockerConfig
+
+    def launch_settings(self, run: RunContext) -> RunSettings:
+        steps = list(run.plan.steps)
+        check_launchers(steps, K8S)
+        chosen = {step.key: launcher_name(step, K8S) for step in steps}
+        k8s_steps = {key for key, name in chosen.items() if name == K8S}
+        check_steps(run.job, steps, self.k8s, k8s_steps)
+        config = {K8S: self.k8s.model_dump(mode="json")}
+        docker_steps = {key for key, name in chosen.items() if name == DOCKER}
+        if docker_steps:
+            check_docker_steps(steps, self.docker, docker_steps)
+            config[DOCKER] = self.docker.model_dump(mode="json")
+        return RunSettings(default_launcher=K8S, launcher_config=config)
+
+
+@executor(
+    name="celery_k8s_job",
+    config_schema=CeleryK8sJobExecutorConfig,
+    requirements=(
+        ExecutorRequirement.RECONSTRUCTABLE_JOB,
+        ExecutorRequirement.NON_EPHEMERAL_INSTANCE,
+        ExecutorRequirement.PERSISTENT_OUTPUTS,
+    ),
+)
+def celery_k8s_job_executor(context: InitExecutorContext) -> Executor:
+    """Runs each step as a Celery task whose worker creates a Kubernetes Job for it."""
+    config = context.config
+    assert isinstance(config, CeleryK8sJobExecutorConfig)
+    settings = settings_for(config)
+    redis_url = settings.events_redis_url
+    client = _client_for(redis_url)
+    built = CeleryK8sJobExecutor(
+        config,
+        app=_app_for(settings),
+        client=client,
+        redis_url=redis_url,
+        limits=_limits(config, client, redis_url),
+    )
+    built.k8s = config.k8s
+    built.docker = config.docker
+    return built

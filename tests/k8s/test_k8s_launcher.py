@@ -1,0 +1,373 @@
+"""The ``k8s`` launcher through the supervisor, the real step entrypoint in the pods, a
+real Redis and the test API server (pods run as local processes by the kubelet stand-in).
+
+What a user relies on: outputs are right and nothing is left behind; a redelivered
+message adopts the Job instead of creating another; every way a pod fails to start or
+ends is reported with its reason (image, scheduler, FailedCreate, OOMKilled with the
+limit, eviction, deadline); logs land in the run's events; a watch that gets 410 Gone
+recovers; cancel leaves no Job and no pod; a Job removed by its TTL after success is a
+success.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from coreexec.attempt_runner import AttemptIds, AttemptResult
+from coreexec.attempt_runtime import AttemptRuntime
+from coreexec.events import Event, EventKind
+from coreexec.io_managers import OutputKey
+from coreexec.storage.base import RunRecord, RunStatus
+from coreexec.transport import keys
+from coreexec.transport.redis_events import RedisEventStream, events_of
+from coreexec.transport.run_settings import RunSettings
+from tests.jobs.celery_jobs import marks, open_gate
+from tests.support.kube_api import TestCluster
+from tests.support.kube_api.store import JOBS, PODS
+from workers.k8s.launcher import K8sLauncher
+from workers.k8s.steps import k8s_config_of
+from workers.launcher import Launch, launch_name
+from workers.registry import K8S, launcher_for
+from workers.supervisor import supervise
+
+REF = "tests.jobs.k8s_jobs"
+WAIT_S = 60.0
+
+
+@pytest.fixture
+def runtime(k8s_env: Path, redis_url: str) -> Iterator[AttemptRuntime]:
+    yield AttemptRuntime(redis_url)
+
+
+class Run:
+    """A run record and its settings (the k8s block), attempts supervised one by one."""
+
+    def __init__(self, runtime: AttemptRuntime, job: str, block: dict[str, Any]) -> None:
+        self.runtime = runtime
+        self.job = job
+        self.run_id = uuid.uuid4().hex
+        record = RunRecord(self.run_id, job, RunStatus.STARTED, job_reference=f"{REF}:{job}")
+        runtime.instance.storage.add_run(record)
+        settings = RunSettings(
+            heartbeat_interval_s=0.2, default_launcher=K8S, launcher_config={K8S: block}
+        )
+        runtime.client.hset(keys.run_settings(self.run_id), mapping=settings.to_hash())
+        self.launchers: list[Any] = []
+
+    def ids(self, step: str, number: int = 1) -> AttemptIds:
+        return AttemptIds(self.run_id, step, number, uuid.uuid4().hex, f"{REF}:{self.job}")
+
+    def choose(self, runtime: AttemptRuntime, prepared: Any) -> Any:
+        launcher = launcher_for(runtime, prepared)
+        self.launchers.append(launcher)
+        return launcher
+
+    def supervise(self, ids: AttemptIds) -> AttemptResult:
+        return supervise(
+            self.runtime, ids, owner=f"test-{uuid.uuid4().hex[:6]}", choose=self.choose
+        )
+
+    def events(self) -> list[Event]:
+        return events_of(RedisEventStream(self.runtime.client, self.run_id).history())
+
+    def failure(self) -> Event:
+        found = [e for e in self.events() if e.kind is EventKind.STEP_FAILURE]
+        assert len(found) == 1, [e.message for e in self.events()]
+        return found[0]
+
+
+class Background:
+    """A call in a thread, joined with a deadline."""
+
+    def __init__(self, func: Callable[[], AttemptResult]) -> None:
+        self.result: AttemptResult | None = None
+        self.error: BaseException | None = None
+        self.thread = threading.Thread(target=self._run, args=(func,), daemon=True)
+        self.thread.start()
+
+    def _run(self, func: Callable[[], AttemptResult]) -> None:
+        try:
+            self.result = func()
+        except BaseException as exc:
+            self.error = exc
+
+    def join(self) -> AttemptResult:
+        self.thread.join(WAIT_S)
+        assert self.error is None, self.error
+        assert self.result is not None, "the supervisor did not return"
+        return self.result
+
+
+def wait_until(check: Callable[[], bool], what: str) -> None:
+    deadline = time.monotonic() + WAIT_S
+    while not check():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.02)
+
+
+def jobs_and_pods(cluster: TestCluster, run_id: str) -> tuple[list[Any], list[Any]]:
+    jobs, _rv = cluster.store.list(JOBS, None)
+    pods, _rv = cluster.store.list(PODS, None)
+    mine = [j for j in jobs if j["metadata"]["labels"].get("coreexec.io/run-id") == run_id]
+    my_pods = [p for p in pods if p["metadata"]["labels"].get("coreexec.io/run-id") == run_id]
+    return mine, my_pods
+
+
+# -- success and cleanup --------------------------------------------------------------
+
+
+def test_steps_run_as_jobs_with_outputs_and_leave_no_job_or_pod(
+    runtime: AttemptRuntime, pod_cluster: TestCluster, k8s_block: dict[str, Any]
+) -> None:
+    run = Run(runtime, "sum_job", k8s_block)
+    first = run.supervise(run.ids("numbers"))
+    second = run.supervise(run.ids("total"))
+
+    assert (first.status, second.status) == ("success", "success"), run.events()[-3:]
+    assert runtime.io_manager.load(OutputKey(run.run_id, "total", "result")) == 6
+    wait_until(lambda: jobs_and_pods(pod_cluster, run.run_id) == ([], []), "cleanup")
+    assert pod_cluster.requests()["create jobs"] == 2
+    assert pod_cluster.requests()["watch pods"] >= 1
+
+
+def test_the_job_carries_the_attempts_name_labels_annotations_and_only_identifiers(
+    runtime: AttemptRuntime, pod_cluster: TestCluster, k8s_block: dict[str, Any]
+) -> None:
+    run = Run(runtime, "sum_job", {**k8s_block, "keep_jobs": True})
+    ids = run.ids("numbers")
+    assert run.supervise(ids).status == "success"
+
+    job = pod_cluster.store.get(JOBS, "default", launch_name(ids))
+    labels = job["metadata"]["labels"]
+    assert labels["coreexec.io/run-id"] == run.run_id
+    assert labels["coreexec.io/step"] == "numbers"
+    assert labels["coreexec.io/attempt-id"] == ids.attempt_id
+    assert labels["coreexec.io/job"] == "sum_job"
+    assert job["metadata"]["annotations"]["coreexec.io/step-key"] == "numbers"
+    assert job["spec"]["backoffLimit"] == 0
+    pod_spec = job["spec"]["template"]["spec"]
+    assert pod_spec["restartPolicy"] == "Never"
+    container = pod_spec["containers"][0]
+    assert container["args"] == [
+        "--run-id", run.run_id, "--step-key", "numbers", "--attempt", "1",
+        "--attempt-id", ids.attempt_id, "--job", f"{REF}:sum_job",
+    ]  # fmt: skip
+    assert "env" not in container  # settings come from the Secret, not the spec
+    assert container["envFrom"] == [{"secretRef": {"name": "coreexec-settings"}}]
+    assert container["securityContext"]["runAsNonRoot"] is True
+    assert job["spec"]["ttlSecondsAfterFinished"] == 3600
+    assert job["spec"]["activeDeadlineSeconds"] == 86400
+
+
+# -- adoption ---------------------------------------------------------------------------
+
+
+def test_a_redelivered_message_adopts_the_job_instead_of_creating_a_second(
+    runtime: AttemptRuntime, pod_cluster: TestCluster, k8s_block: dict[str, Any]
+) -> None:
+    run = Run(runtime, "held_job", k8s_block)
+    ids = run.ids("held")
+    first = Background(lambda: run.supervise(ids))
+    wait_until(lambda: len(marks(run.run_id, "held")) == 1, "the step to start")
+    second = Background(lambda: run.supervise(ids))  # the same message, delivered again
+    wait_until(lambda: len(run.launchers) == 2, "the second supervisor")
+    open_gate(run.run_id, "go")
+
+    results = {first.join().status, second.join().status}
+    assert results == {"success", "dropped"} or results == {"success"}
+    assert pod_cluster.requests()["create jobs"] == 1
+    assert len(marks(run.run_id, "held")) == 1
+    assert [e.kind for e in run.events()].count(EventKind.STEP_SUCCESS) == 1
+
+
+def test_a_conflict_on_create_adopts_the_existing_job(
+    runtime: AttemptRuntime, pod_cluster: TestCluster, k8s_block: dict[str, Any]
+) -> None:
+    run = Run(runtime, "held_job", k8s_block)
+    ids = run.ids("held")
+    from coreexec.attempt_runner import prepare_attempt
+    from workers.launcher import LaunchRequest
+
+    prepared = prepare_attempt(runtime, ids, "t", report_failure=False)
+    assert not isinstance(prepared, AttemptResult)
+    launcher = K8sLauncher(*k8s_config_of(prepared))
+    request = LaunchRequest(prepared, "t")
+    launched = launcher.launch(request)
+    again = launcher.launch(request)  # 409 AlreadyExists from the API
+    assert (launched.adopted, again.adopted) == (False, True)
+    assert again.handle == launched.handle
+    launcher.terminate(again)
+    launcher.cleanup(again)
+
+
+# -- failures before the step runs ------------------------------------------------------
+
+
+def test_an_image_that_cannot_be_pulled_fails_within_seconds_naming_the_image(
+    runtime: AttemptRuntime, pod_cluster: TestCluster, k8s_block: dict[str, Any]
+) -> None:
+    pod_cluster.kubelet.unpullable_images = {"registry.invalid/missing:1"}
+    run = Run(runtime, "sum_job", {**k8s_block, "job_image": "registry.invalid/missing:1"})
+    started = time.monotonic()
+    result = run.supervise(run.ids("numbers"))
+
+    assert result.status == "failure"
+    assert time.monotonic() - started < 20
+    failure = run.failure()
+    assert "could not start" in failure.message
+    assert "'registry.invalid/missing:1' cannot be pulled (ErrImagePull)" in failure.message
+    assert failure.data["failure_class"] == "infrastructure"
+    wait_until(lambda: jobs_and_pods(pod_cluster, run.run_id) == ([], []), "cleanup")
+
+
+def test_a_pod_stuck_pending_fails_after_schedule_timeout_with_the_schedulers_reason(
+    runtime: AttemptRuntime, pod_cluster: TestCluster, k8s_block: dict[str, Any]
+) -> None:
+    reason = "0/1 nodes are available: 1 Insufficient memory."
+    pod_cluster.kubelet.unschedulable = reason
+    run = Run(runtime, "sum_job", {**k8s_block, "schedule_timeout_s": 1.5})
+    result = run.supervise(run.ids("numbers"))
+
+    assert result.status == "failure"
+    message = run.failure().message
+    assert "was not scheduled within schedule_timeout_s=1.5s" in message
+    assert reason in message and "FailedScheduling" in message
+    wait_until(lambda: jobs_and_pods(pod_cluster, run.run_id) == ([], []), "cleanup")
+
+
+def test_a_job_whose_pod_is_never_created_fails_naming_the_event(
+    runtime: AttemptRuntime, pod_cluster: TestCluster, k8s_block: dict[str, Any]
+) -> None:
+    pod_cluster.controller.known_service_accounts = {"default"}
+    run = Run(runtime, "sum_job", {**k8s_block, "service_account_name": "coreexec-steps"})
+    result = run.supervise(run.ids("numbers"))
+
+    assert result.status == "failure"
+    message = run.failure().message
+    assert "the Job's pod could not be created" in message
+    assert 'serviceaccount "coreexec-steps" not found' in message
+
+
+# -- how pods end -----------------------------------------------------------------------
+
+
+def test_an_oom_killed_pod_is_out_of_memory_with_the_limit_as_given(
+    runtime: AttemptRuntime, pod_cluster: TestCluster, k8s_block: dict[str, Any]
+) -> None:
+    block = {**k8s_block, "resources": {"limits": {"memory": "160Mi"}}}
+    run = Run(runtime, "hog_job", block)
+    result = run.supervise(run.ids("hog"))
+
+    assert result.status == "failure"
+    failure = run.failure()
+    assert "out of memory (limit 160Mi)" in failure.message
+    assert len(marks(run.run_id, "hog")) == 1  # killed in the step, not before it
+    assert failure.data["failure_class"] == "infrastructure"
+    assert failure.data["retryable"] is True
+
+
+def test_an_evicted_pod_is_an_infrastructure_failure_naming_the_eviction(
+    runtime: AttemptRuntime, pod_cluster: TestCluster, k8s_block: dict[str, Any]
+) -> None:
+    run = Run(runtime, "held_job", k8s_block)
+    ids = run.ids("held")
+    supervised = Background(lambda: run.supervise(ids))
+    wait_until(lambda: len(marks(run.run_id, "held")) == 1, "the step to start")
+    pod = jobs_and_pods(pod_cluster, run.run_id)[1][0]
+    pod_cluster.kubelet.evict("default", pod["metadata"]["name"])
+
+    assert supervised.join().status == "failure"
+    failure = run.failure()
+    assert "was Evicted: The node was low on resource: memory" in failure.message
+    assert failure.data["failure_class"] == "infrastructure"
+
+
+def test_the_jobs_deadline_is_a_timeout_failure(
+    runtime: AttemptRuntime, pod_cluster: TestCluster, k8s_block: dict[str, Any]
+) -> None:
+    run = Run(runtime, "held_job", {**k8s_block, "job_wait_timeout_s": 1})
+    result = run.supervise(run.ids("held"))
+
+    assert result.status == "failure"
+    failure = run.failure()
+    assert "timed out" in failure.message and "job_wait_timeout_s=1s" in failure.message
+    assert failure.data["failure_class"] == "timeout"
+    wait_until(lambda: jobs_and_pods(pod_cluster, run.run_id) == ([], []), "cleanup")
+
+
+def test_the_logs_of_a_failed_pod_are_in_the_runs_events(
+    runtime: AttemptRuntime, pod_cluster: TestCluster, k8s_block: dict[str, Any]
+) -> None:
+    run = Run(runtime, "noisy_job", k8s_block)
+    assert run.supervise(run.ids("noisy_failure")).status == "failure"
+
+    logs = [e for e in run.events() if e.kind is EventKind.STEP_LOG and e.data.get("logs")]
+    assert logs, [e.message for e in run.events()]
+    assert "the last words of noisy_failure" in logs[-1].data["logs"]
+    assert "noisy_failure fails on purpose" in run.failure().message
+
+
+def test_a_job_removed_by_its_ttl_after_success_is_still_a_success(
+    runtime: AttemptRuntime, pod_cluster: TestCluster, k8s_block: dict[str, Any]
+) -> None:
+    block = {**k8s_block, "ttl_seconds_after_finished": 0, "keep_jobs": True}
+    run = Run(runtime, "sum_job", block)
+    assert run.supervise(run.ids("numbers")).status == "success"
+    wait_until(lambda: jobs_and_pods(pod_cluster, run.run_id) == ([], []), "the TTL")
+    assert runtime.io_manager.load(OutputKey(run.run_id, "numbers", "result")) == [1, 2, 3]
+
+
+# -- watch and cancel -------------------------------------------------------------------
+
+
+def test_a_watch_that_gets_410_gone_lists_again_and_still_sees_the_end(
+    runtime: AttemptRuntime, pod_cluster: TestCluster, k8s_block: dict[str, Any]
+) -> None:
+    run = Run(runtime, "held_job", k8s_block)
+    supervised = Background(lambda: run.supervise(run.ids("held")))
+    wait_until(lambda: len(marks(run.run_id, "held")) == 1, "the step to start")
+    lists_before = pod_cluster.requests()["list pods"]
+    pod_cluster.store.compact()  # open watches end; resuming from their version is 410
+    wait_until(lambda: pod_cluster.requests()["list pods"] > lists_before, "a fresh list")
+    open_gate(run.run_id, "go")
+
+    assert supervised.join().status == "success"
+
+
+def test_cancel_leaves_no_job_and_no_pod(
+    runtime: AttemptRuntime, pod_cluster: TestCluster, k8s_block: dict[str, Any]
+) -> None:
+    run = Run(runtime, "held_job", k8s_block)
+    supervised = Background(lambda: run.supervise(run.ids("held")))
+    wait_until(lambda: len(marks(run.run_id, "held")) == 1, "the step to start")
+    launcher = run.launchers[0]
+    job = jobs_and_pods(pod_cluster, run.run_id)[0][0]
+    launch = Launch(K8S, job["metadata"]["name"], run.ids("held"))
+    launcher.terminate(launch)
+
+    assert supervised.join().status == "failure"
+    assert run.failure().data["failure_class"] == "cancelled"
+    wait_until(lambda: jobs_and_pods(pod_cluster, run.run_id) == ([], []), "no Job, no pod")
+
+
+def test_a_terminate_that_races_pod_creation_leaves_no_pod(
+    runtime: AttemptRuntime, pod_cluster: TestCluster, k8s_block: dict[str, Any]
+) -> None:
+    pod_cluster.controller.fail_pod_creation = "held back by the test"
+    run = Run(runtime, "held_job", k8s_block)
+    supervised = Background(lambda: run.supervise(run.ids("held")))
+    wait_until(lambda: jobs_and_pods(pod_cluster, run.run_id)[0] != [], "the Job")
+    job = jobs_and_pods(pod_cluster, run.run_id)[0][0]
+    run.launchers[0].terminate(Launch(K8S, job["metadata"]["name"], run.ids("held")))
+    pod_cluster.controller.fail_pod_creation = None  # the controller could create it now
+
+    assert supervised.join().status == "failure"
+    wait_until(lambda: jobs_and_pods(pod_cluster, run.run_id) == ([], []), "no Job, no pod")
+    assert marks(run.run_id, "held") == []
