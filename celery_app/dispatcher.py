@@ -14,7 +14,7 @@ import logging
 import math
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import redis
 from kombu.exceptions import KombuError
@@ -25,7 +25,6 @@ from celery_app.queue_presence import QueuePresence
 from celery_app.routing import StepRouter
 from celery_app.step_publisher import PUBLISH_ERRORS, OutgoingStep, StepPublisher, growing_batches
 from celery_app.step_task import STEP_TASK_NAME
-from celery_app.worker_runtime import RunSettings
 from coreexec.active_execution import StepAttempt
 from coreexec.context import EventSink
 from coreexec.errors import BrokerConnectionError, CoreExecError
@@ -38,6 +37,7 @@ from coreexec.retry import FailureClass
 from coreexec.transport import keys
 from coreexec.transport.attempts import AttemptClaims
 from coreexec.transport.redis_events import RedisEventStream, StreamEntry
+from coreexec.transport.run_settings import RunSettings
 
 log = logging.getLogger(__name__)
 
@@ -67,6 +67,7 @@ class CeleryDispatcher(StepDispatcher):
         *,
         redis_url: str,
         presence: QueuePresence,
+        launch: RunSettings | None = None,
     ) -> None:
         if run.plan.job_reference is None:
             raise CoreExecError(
@@ -75,6 +76,7 @@ class CeleryDispatcher(StepDispatcher):
             )
         self.run = run
         self.app = app
+        self.launch = launch or RunSettings()
         self.router = router
         self.timings = timings
         self.stream = RedisEventStream(client, run.run_id, url=redis_url)
@@ -100,7 +102,7 @@ class CeleryDispatcher(StepDispatcher):
 
     def start(self, sink: EventSink) -> None:
         self._sink = sink
-        settings = RunSettings(heartbeat_interval_s=self.timings.heartbeat_interval_s)
+        settings = replace(self.launch, heartbeat_interval_s=self.timings.heartbeat_interval_s)
         key = keys.run_settings(self.run.run_id)
         try:
             with self._client.pipeline(transaction=False) as pipe:

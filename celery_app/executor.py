@@ -41,6 +41,10 @@ from coreexec.limits.keys import DEFAULT_NAMESPACE
 from coreexec.limits.redis_limiter import RedisTagLimiter
 from coreexec.limits.rules import TagConcurrencyLimit, parse_limits
 from coreexec.transport.redis_events import redis_client
+from coreexec.transport.run_settings import RunSettings
+from workers.docker.config import DockerConfig, check_steps
+from workers.in_process import IN_PROCESS
+from workers.registry import DOCKER, check_launchers, launcher_name
 
 CONFIG_PATH = "celery_executor"
 
@@ -174,6 +178,18 @@ class CeleryExecutor(DispatchingExecutor):
                 url=redis_url,
             )
 
+    def launch_settings(self, run: RunContext) -> RunSettings:
+        """Where the run's steps run: in the worker's process unless a step's
+        ``coreexec/launcher`` tag says otherwise (checked here, before anything runs)."""
+        check_launchers(run.plan.steps, IN_PROCESS)
+        docker_steps = {
+            step.key for step in run.plan.steps if launcher_name(step, IN_PROCESS) == DOCKER
+        }
+        if not docker_steps:
+            return RunSettings()
+        check_steps(list(run.plan.steps), DockerConfig(), docker_steps)
+        return RunSettings(launcher_config={DOCKER: {}})
+
     def create_dispatcher(self, run: RunContext) -> StepDispatcher:
         return CeleryDispatcher(
             run,
@@ -183,6 +199,7 @@ class CeleryExecutor(DispatchingExecutor):
             self.timings,
             redis_url=self.redis_url,
             presence=self.presence,
+            launch=self.launch_settings(run),
         )
 
 

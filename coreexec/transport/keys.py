@@ -7,6 +7,9 @@ and attempt claims live in one cluster slot and one MULTI or Lua script may touc
     coreexec:run:{<run_id>}:settings                HASH    what workers need besides the
                                                             message (heartbeat interval, ...)
     coreexec:attempt:{<run_id>}:<attempt_id>:claim  STRING  who runs the attempt (SET NX)
+    coreexec:attempt:{<run_id>}:<attempt_id>:end    LIST    a supervised attempt's ending
+                                                            events, held for its supervisor
+    coreexec:attempt:{<run_id>}:<attempt_id>:end:published  STRING  its end was published
     coreexec:queue:{<queue>}:consumers              SET     workers consuming the queue
     coreexec:queue:{<queue>}:consumers:<worker>     STRING  a worker's presence (with TTL)
 
@@ -63,3 +66,16 @@ def queue_consumers(queue: str) -> str:
 def queue_consumer(queue: str, worker: str) -> str:
     """One worker's presence on ``queue``: a key with a TTL the worker keeps refreshing."""
     return f"{queue_consumers(queue)}:{worker}"
+
+
+def attempt_end(run_id: str, attempt_id: str) -> str:
+    """LIST of the events that end an attempt run under a supervisor (its outputs and
+    its end), held by the step entrypoint until the supervisor has seen the process end."""
+    run = check_id(run_id, what="run id")
+    return f"{PREFIX}:attempt:{{{run}}}:{check_id(attempt_id, what='attempt id')}:end"
+
+
+def attempt_end_published(run_id: str, attempt_id: str) -> str:
+    """Set once the end of a supervised attempt is on the run's stream (one supervisor
+    publishes it, however many adopted the attempt)."""
+    return f"{attempt_end(run_id, attempt_id)}:published"

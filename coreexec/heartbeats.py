@@ -1,4 +1,5 @@
-"""Heartbeats of running step attempts, from one thread per worker process.
+"""Heartbeats of running step attempts, from one thread per process (a Celery worker
+process, a Dask worker, the supervisor of a container).
 
 While an attempt runs, a STEP_HEARTBEAT event (transient: it drives the coordinator and
 is not kept in the run's history) goes to its run's stream every ``interval_s``. One

@@ -1,0 +1,78 @@
+"""``celery_docker_executor``: the celery executor whose steps run in containers.
+
+Dispatch is the celery executor's (queues, priority, limits, heartbeats); the worker
+that takes a step's message starts a container for it from the ``docker`` block
+(:mod:`workers.docker.launcher`) and supervises it. A step tagged
+``coreexec/launcher: in_process`` runs in the worker's own process instead, so one job
+mixes light steps on the worker with heavy steps in containers. The ``docker`` block
+reaches workers in the run's settings hash in Redis, never in a message; of the
+registry it holds only the name of the password's environment variable.
+"""
+
+from __future__ import annotations
+
+from pydantic import Field
+
+from celery_app.executor import (
+    CeleryExecutor,
+    CeleryExecutorConfig,
+    _app_for,
+    _client_for,
+    _limits,
+    settings_for,
+)
+from coreexec.execution.run_context import RunContext
+from coreexec.executors.base import Executor, ExecutorRequirement, InitExecutorContext, executor
+from coreexec.transport.run_settings import RunSettings
+from workers.docker.config import DockerConfig, check_steps
+from workers.registry import DOCKER, check_launchers, launcher_name
+
+
+class CeleryDockerExecutorConfig(CeleryExecutorConfig):
+    """The celery executor's config plus the ``docker`` block."""
+
+    docker: DockerConfig = Field(default_factory=DockerConfig)
+
+
+class CeleryDockerExecutor(CeleryExecutor):
+    """Celery dispatch; steps in containers unless tagged otherwise."""
+
+    docker: DockerConfig
+
+    def launch_settings(self, run: RunContext) -> RunSettings:
+        check_launchers(run.plan.steps, DOCKER)
+        docker_steps = {
+            step.key for step in run.plan.steps if launcher_name(step, DOCKER) == DOCKER
+        }
+        check_steps(list(run.plan.steps), self.docker, docker_steps)
+        return RunSettings(
+            default_launcher=DOCKER,
+            launcher_config={DOCKER: self.docker.model_dump(mode="json")},
+        )
+
+
+@executor(
+    name="celery_docker",
+    config_schema=CeleryDockerExecutorConfig,
+    requirements=(
+        ExecutorRequirement.RECONSTRUCTABLE_JOB,
+        ExecutorRequirement.NON_EPHEMERAL_INSTANCE,
+        ExecutorRequirement.PERSISTENT_OUTPUTS,
+    ),
+)
+def celery_docker_executor(context: InitExecutorContext) -> Executor:
+    """Runs each step as a Celery task whose worker starts a container for it."""
+    config = context.config
+    assert isinstance(config, CeleryDockerExecutorConfig)
+    settings = settings_for(config)
+    redis_url = settings.events_redis_url
+    client = _client_for(redis_url)
+    built = CeleryDockerExecutor(
+        config,
+        app=_app_for(settings),
+        client=client,
+        redis_url=redis_url,
+        limits=_limits(config, client, redis_url),
+    )
+    built.docker = config.docker
+    return built
