@@ -62,7 +62,9 @@ class ActiveExecution:
         rng: random.Random | None = None,
         already_succeeded: Iterable[str] = (),
         attempts_made: dict[str, int] | None = None,
+        marked: frozenset[str] = frozenset(),
     ) -> None:
+        """``marked``: steps whose ready ones :meth:`ready_counts` counts apart."""
         self.plan = plan
         self.run_id = run_id
         self.retries_enabled = retries_enabled
@@ -71,6 +73,9 @@ class ActiveExecution:
         self._state: dict[str, StepState] = {}
         self._unfinished = 0
         """Steps not in a terminal state: is_complete is asked every pass, so it is kept."""
+        self._marked = marked
+        self._ready = [0, 0]
+        """Ready steps not marked, and marked."""
         self._missing: dict[str, int] = {}
         self._heap: list[tuple[int, int, str]] = []
         self._retry_at: dict[str, float] = {}
@@ -94,6 +99,8 @@ class ActiveExecution:
     def _set_state(self, step_key: str, state: StepState) -> None:
         before = self._state.get(step_key)
         self._state[step_key] = state
+        if (before is StepState.READY) != (state is StepState.READY):
+            self._ready[step_key in self._marked] += 1 if state is StepState.READY else -1
         self._unfinished += (state not in TERMINAL_STATES) - (
             before is not None and before not in TERMINAL_STATES
         )
@@ -114,6 +121,14 @@ class ActiveExecution:
     @property
     def in_flight_count(self) -> int:
         return len(self._in_flight)
+
+    def is_in_flight(self, attempt_id: str) -> bool:
+        return attempt_id in self._in_flight
+
+    def ready_counts(self) -> tuple[int, int]:
+        """How many ready steps are not marked, and how many are (see ``marked``)."""
+        self._promote_due_retries()
+        return self._ready[0], self._ready[1]
 
     def current_attempt(self, step_key: str) -> StepAttempt | None:
         return self._current.get(step_key)

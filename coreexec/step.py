@@ -74,6 +74,11 @@ class StepDefinition:
     def input_names(self) -> tuple[str, ...]:
         return tuple(item.name for item in self.inputs)
 
+    @property
+    def is_async(self) -> bool:
+        """True for an ``async def`` step (run on an event loop, see the step runner)."""
+        return inspect.iscoroutinefunction(self.fn)
+
 
 @dataclass(frozen=True)
 class StepInvocation:
@@ -120,6 +125,11 @@ def _definition_from(
     step_name = name or fn.__name__
     if not step_name.isidentifier():
         raise DefinitionError(f"step name {step_name!r} must be a Python identifier")
+    if inspect.isasyncgenfunction(fn) or inspect.isgeneratorfunction(fn):
+        raise DefinitionError(
+            f"step {step_name!r} is a generator; a step returns its outputs once: "
+            "use `def` or `async def` with `return`"
+        )
     signature = inspect.signature(fn)
     try:
         hints = inspect.get_annotations(fn, eval_str=True)
@@ -186,11 +196,14 @@ def step(
     config_schema: type[BaseModel] | None = None,
     out: Mapping[str, Out] | None = None,
 ) -> StepDefinition | Callable[[Callable[..., Any]], StepDefinition]:
-    """Define a step from a function.
+    """Define a step from a function (``def`` or ``async def``).
 
     Inputs are the function's parameters (type hints kept); an optional first parameter
     ``context`` receives a :class:`StepContext`. One output, ``result``, unless ``out``
-    names several, in which case the function returns a tuple in that order.
+    names several, in which case the function returns a tuple in that order. Ready
+    ``async def`` steps of a run under the in-process and multiprocess executors run
+    concurrently on one event loop in the coordinating process; elsewhere each runs on an
+    event loop in the process that runs it.
     """
 
     def decorate(func: Callable[..., Any]) -> StepDefinition:

@@ -3,17 +3,25 @@
 Loads the inputs through the IO manager, calls the user's function inside an error
 boundary that keeps the user's traceback, stores the outputs and reports every stage
 as an event. Every executor runs steps through here, wherever the process is.
+
+An ``async def`` step is awaited: :func:`run_step_async` runs it on the caller's event
+loop (the in-process and multiprocess executors run a run's async steps side by side on
+one loop), and :func:`run_step` runs it to its end on an event loop of its own, so a
+celery worker, a pool worker or a Dask worker runs async steps with no change of its own.
 """
 
 from __future__ import annotations
 
+import asyncio
 import os
 import signal
 import socket
 import time
 import traceback
-from collections.abc import Mapping
+from collections.abc import Callable, Coroutine, Mapping
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from coreexec.active_execution import StepAttempt
@@ -28,13 +36,12 @@ from coreexec.retry import Failure, FailureClass, RetryRequested
 from coreexec.run_config import step_config
 
 _HOST = socket.gethostname()
+_ASYNCIO_DIR = str(Path(asyncio.__file__).parent)
 
 
 @dataclass(frozen=True)
 class StepOutcome:
-    """How an attempt ended; ``error`` is the user's exception when it raised one, and
-    ``error_data`` the error as its failure event reported it (type, message,
-    traceback)."""
+    """How an attempt ended; ``error`` is the user's exception when it raised one."""
 
     success: bool
     error: BaseException | None = None
@@ -58,8 +65,12 @@ class StepRun:
 def _error_data(exc: BaseException, *, user_frames_only: bool) -> dict[str, Any]:
     frames = traceback.format_exception(exc)
     if user_frames_only:
-        # Drop the runner's own frames so the traceback starts in the user's code.
+        # Drop the runner's own frames (and the event loop's under them, for an async
+        # step run by run_step) so the traceback starts in the user's code.
         cut = next((i for i, line in enumerate(frames) if __file__ in line), None)
+        if cut is not None:
+            while cut + 1 < len(frames) and _ASYNCIO_DIR in frames[cut + 1]:
+                cut += 1
         if cut is not None and cut + 1 < len(frames):
             frames = [frames[0], *frames[cut + 1 :]]
     return {
@@ -146,104 +157,187 @@ def start_event(
     )
 
 
+class _Attempt:
+    """One attempt on its way: its reporter, its clock, the user's call and its end."""
+
+    def __init__(self, run: StepRun, emit: EventSink, *, announce_start: bool) -> None:
+        self.run = run
+        self.emit = emit
+        self.report = _Reporter(run, emit)
+        self.started = time.perf_counter()
+        if announce_start:
+            emit(start_event(run.run_id, run.step.key, run.attempt, run.clock))
+        self.step = run.job.node(run.step.key).step
+
+    def failed(
+        self,
+        exc: BaseException,
+        failure_class: FailureClass,
+        retryable: bool,
+        *,
+        user: bool,
+        message: str | None = None,
+        error: Mapping[str, Any] | None = None,
+    ) -> StepOutcome:
+        error = error or _error_data(exc, user_frames_only=user)
+        self.report(
+            EventKind.STEP_FAILURE,
+            message or f"{type(exc).__name__}: {exc}",
+            failure_class=failure_class.value,
+            retryable=retryable,
+            error=error,
+            duration_s=time.perf_counter() - self.started,
+        )
+        return StepOutcome(False, exc, error)
+
+    def cancelled(self, exc: BaseException) -> StepOutcome:
+        """Report a step stopped by a signal or by the cancellation of its task: it reads
+        "cancelled" with the reason, never as the interpreter's exit exception."""
+        if isinstance(exc, asyncio.CancelledError):
+            reason = "the step's task was cancelled (asyncio.CancelledError)"
+        else:
+            reason = _stopped_by(exc)
+        error = {
+            "type": "Cancelled",
+            "message": reason,
+            "traceback": _error_data(exc, user_frames_only=True)["traceback"],
+        }
+        return self.failed(
+            exc,
+            FailureClass.CANCELLED,
+            False,
+            user=True,
+            message=f"cancelled: {reason}",
+            error=error,
+        )
+
+    def prepare(self) -> tuple[list[Any], dict[str, Any]] | StepOutcome:
+        """The call's positional arguments (the context) and inputs, or how it failed."""
+        run = self.run
+        try:
+            inputs = _load_inputs(run)
+            config = step_config(run.job, run.step.key, run.run_config)
+        except IOManagerError as exc:
+            return self.failed(exc, FailureClass.INFRASTRUCTURE, True, user=False)
+        except CoreExecError as exc:
+            return self.failed(exc, FailureClass.USER_ERROR, False, user=False)
+        if not self.step.takes_context:
+            return [], inputs
+        logger = StepLogger(
+            run_id=run.run_id,
+            step_key=run.step.key,
+            attempt=run.attempt.number,
+            attempt_id=run.attempt.attempt_id,
+            emit=self.emit,
+            now=run.clock.now,
+        )
+        context = StepContext(
+            run_id=run.run_id,
+            step_key=run.step.key,
+            attempt=run.attempt.number,
+            job_name=run.job.name,
+            tags=run.step.tags,
+            config=config,
+            log=logger,
+            run_tags=run.run_tags,
+        )
+        return [context], inputs
+
+    def raised(self, exc: Exception) -> StepOutcome:
+        """The end of an attempt whose user code raised ``exc``."""
+        if isinstance(exc, RetryRequested):
+            self.report(
+                EventKind.STEP_RETRY_REQUESTED,
+                str(exc),
+                max_retries=exc.max_retries,
+                seconds_to_wait=exc.seconds_to_wait,
+                duration_s=time.perf_counter() - self.started,
+            )
+            return StepOutcome(
+                False, exc, {"type": "RetryRequested", "message": str(exc), "traceback": ""}
+            )
+        if isinstance(exc, Failure):
+            return self.failed(exc, FailureClass.USER_ERROR, exc.allow_retries, user=True)
+        return self.failed(exc, FailureClass.USER_ERROR, True, user=True)
+
+    def returned(self, value: Any) -> StepOutcome:
+        """Store what the user's code returned and report success."""
+        run = self.run
+        try:
+            outputs = _outputs_of(run, value)
+            for name, output in outputs.items():
+                run.io_manager.store(OutputKey(run.run_id, run.step.key, name), output)
+                self.report(
+                    EventKind.STEP_OUTPUT, name, output_name=name, type=type(output).__name__
+                )
+        except CoreExecError as exc:
+            return self.failed(exc, FailureClass.USER_ERROR, False, user=False)
+        elapsed = time.perf_counter() - self.started
+        self.report(EventKind.STEP_SUCCESS, f"succeeded in {elapsed:.3f}s", duration_s=elapsed)
+        return StepOutcome(True)
+
+
+def _run_to_end(coroutine: Coroutine[Any, Any, Any]) -> Any:
+    """Run an async step's coroutine on an event loop of its own and return its result."""
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return asyncio.run(coroutine)
+    # A loop already runs in this thread (a runner called from async code), and a thread
+    # runs one loop at a time: the step gets a thread of its own.
+    with ThreadPoolExecutor(1, thread_name_prefix="coreexec-async-step") as pool:
+        return pool.submit(asyncio.run, coroutine).result()
+
+
 def run_step(run: StepRun, emit: EventSink, *, announce_start: bool = True) -> StepOutcome:
     """Run one attempt, reporting through ``emit``; never raises for a step's failure.
 
     ``announce_start=False`` when the caller has reported the attempt's
     :func:`start_event` itself (a worker does it with its claim, in one round trip).
     KeyboardInterrupt and SystemExit are reported as a cancelled attempt and raised
-    again, so the process can stop.
+    again, so the process can stop; an async step sees them as ``asyncio.CancelledError``
+    at the ``await`` it was in, as ``asyncio.run`` cancels what it ran.
     """
-    report = _Reporter(run, emit)
-    started = time.perf_counter()
-    if announce_start:
-        emit(start_event(run.run_id, run.step.key, run.attempt, run.clock))
-
-    def failed(
-        exc: BaseException, failure_class: FailureClass, retryable: bool, *, user: bool
-    ) -> StepOutcome:
-        error = _error_data(exc, user_frames_only=user)
-        report(
-            EventKind.STEP_FAILURE,
-            f"{type(exc).__name__}: {exc}",
-            failure_class=failure_class.value,
-            retryable=retryable,
-            error=error,
-            duration_s=time.perf_counter() - started,
-        )
-        return StepOutcome(False, exc, error)
-
-    node = run.job.node(run.step.key)
+    attempt = _Attempt(run, emit, announce_start=announce_start)
+    call = attempt.prepare()
+    if isinstance(call, StepOutcome):
+        return call
+    args, inputs = call
+    fn: Callable[..., Any] = attempt.step.fn
     try:
-        inputs = _load_inputs(run)
-        config = step_config(run.job, run.step.key, run.run_config)
-    except IOManagerError as exc:
-        return failed(exc, FailureClass.INFRASTRUCTURE, True, user=False)
-    except CoreExecError as exc:
-        return failed(exc, FailureClass.USER_ERROR, False, user=False)
-
-    args: list[Any] = []
-    if node.step.takes_context:
-        logger = StepLogger(
-            run_id=run.run_id,
-            step_key=run.step.key,
-            attempt=run.attempt.number,
-            attempt_id=run.attempt.attempt_id,
-            emit=emit,
-            now=run.clock.now,
-        )
-        args.append(
-            StepContext(
-                run_id=run.run_id,
-                step_key=run.step.key,
-                attempt=run.attempt.number,
-                job_name=run.job.name,
-                tags=run.step.tags,
-                config=config,
-                log=logger,
-                run_tags=run.run_tags,
-            )
-        )
-    try:
-        returned = node.step.fn(*args, **inputs)
-    except RetryRequested as exc:
-        report(
-            EventKind.STEP_RETRY_REQUESTED,
-            str(exc),
-            max_retries=exc.max_retries,
-            seconds_to_wait=exc.seconds_to_wait,
-            duration_s=time.perf_counter() - started,
-        )
-        return StepOutcome(
-            False, exc, {"type": "RetryRequested", "message": str(exc), "traceback": ""}
-        )
-    except Failure as exc:
-        return failed(exc, FailureClass.USER_ERROR, exc.allow_retries, user=True)
+        returned = fn(*args, **inputs)
+        value = _run_to_end(returned) if attempt.step.is_async else returned
     except (KeyboardInterrupt, SystemExit) as exc:
-        reason = _stopped_by(exc)
-        traceback_text = _error_data(exc, user_frames_only=True)["traceback"]
-        report(
-            EventKind.STEP_FAILURE,
-            f"cancelled: {reason}",
-            failure_class=FailureClass.CANCELLED.value,
-            retryable=False,
-            error={"type": "Cancelled", "message": reason, "traceback": traceback_text},
-            duration_s=time.perf_counter() - started,
-        )
+        attempt.cancelled(exc)
+        raise
+    except asyncio.CancelledError as exc:
+        # The step's own code cancelled the task it ran in.
+        return attempt.cancelled(exc)
+    except Exception as exc:
+        return attempt.raised(exc)
+    return attempt.returned(value)
+
+
+async def run_step_async(
+    run: StepRun, emit: EventSink, *, announce_start: bool = True
+) -> StepOutcome:
+    """:func:`run_step` for a caller on an event loop: an ``async def`` step is awaited
+    on that loop (a sync step is called in place, blocking it).
+
+    Cancelling the task running this reaches the step as ``asyncio.CancelledError``; the
+    attempt is reported as cancelled and the ``CancelledError`` raised again.
+    """
+    attempt = _Attempt(run, emit, announce_start=announce_start)
+    call = attempt.prepare()
+    if isinstance(call, StepOutcome):
+        return call
+    args, inputs = call
+    fn: Callable[..., Any] = attempt.step.fn
+    try:
+        value = await fn(*args, **inputs) if attempt.step.is_async else fn(*args, **inputs)
+    except (asyncio.CancelledError, KeyboardInterrupt, SystemExit) as exc:
+        attempt.cancelled(exc)
         raise
     except Exception as exc:
-        return failed(exc, FailureClass.USER_ERROR, True, user=True)
-
-    try:
-        outputs = _outputs_of(run, returned)
-        for name, value in outputs.items():
-            run.io_manager.store(OutputKey(run.run_id, run.step.key, name), value)
-            report(EventKind.STEP_OUTPUT, name, output_name=name, type=type(value).__name__)
-    except CoreExecError as exc:
-        return failed(exc, FailureClass.USER_ERROR, False, user=False)
-    report(
-        EventKind.STEP_SUCCESS,
-        f"succeeded in {time.perf_counter() - started:.3f}s",
-        duration_s=time.perf_counter() - started,
-    )
-    return StepOutcome(True)
+        return attempt.raised(exc)
+    return attempt.returned(value)

@@ -16,6 +16,7 @@ from coreexec.active_execution import ActiveExecution, StepAttempt, StepState, n
 from coreexec.errors import CoreExecError, LimiterError
 from coreexec.events import STEP_ATTEMPT_ENDINGS, TRANSIENT_KINDS, Event, EventKind
 from coreexec.execution.dispatcher import LostAttempt, StepDispatcher
+from coreexec.execution.lanes import DispatchLanes
 from coreexec.execution.run_context import RunContext
 from coreexec.limits.base import Lease, SlotBlock, SlotRequest, TagLimiter
 from coreexec.limits.rules import TagConcurrencyLimit, slots_for
@@ -60,6 +61,7 @@ class Coordinator:
             clock=run.clock,
             already_succeeded=run.already_succeeded,
             attempts_made=run.attempts_made,
+            marked=dispatcher.async_keys,
         )
         self._leases: dict[str, Lease] = {}
         self._waiting: dict[str, SlotRequest] = {}
@@ -69,6 +71,7 @@ class Coordinator:
         self._next_slot_try_at: float | None = None
         self._next_cancel_check_at = run.clock.now() + CANCEL_CHECK_INTERVAL_S
         self._last_flush_at = run.clock.now()
+        self.lanes = DispatchLanes(dispatcher, self.active)
 
     # -- events -----------------------------------------------------------------------
 
@@ -243,38 +246,48 @@ class Coordinator:
 
     def _dispatch_ready(self) -> None:
         self._next_slot_try_at = None
-        capacity = self.dispatcher.max_in_flight
+        self.lanes.begin_pass()
         pass_slots = _PassSlots()
+        at_capacity = False
         for step in self.active.ready_in_order():
-            if capacity is not None and self.active.in_flight_count >= capacity:
-                self._keep_places()
-                break
+            if self.lanes.seen(step):
+                at_capacity = True
+                if self.lanes.nothing_else_fits(step):
+                    break
+                continue  # a step of the other kind (async or not) may still start
             lease_id = self._acquire(step, pass_slots)
             if lease_id is None:
                 continue
             attempt = self.active.start_attempt(step.key, lease_id)
-            self.context.record(
-                Event(
-                    kind=EventKind.STEP_QUEUED,
-                    run_id=self.context.run_id,
-                    timestamp=self.context.clock.now(),
-                    step_key=step.key,
-                    attempt=attempt.number,
-                    attempt_id=attempt.attempt_id,
-                    data={"priority": step.priority},
-                )
-            )
-            try:
-                self.dispatcher.dispatch(step, attempt)
-            except CoreExecError as exc:
-                self._fail_lost(
-                    [LostAttempt(attempt.attempt_id, FailureClass.INFRASTRUCTURE, str(exc))]
-                )
+            self.lanes.started(step, attempt.attempt_id)
+            self._start(step, attempt)
+        if at_capacity:
+            self._keep_places()
         # One send for the whole pass (one broker round trip where the broker batches).
         self._fail_lost(self.dispatcher.flush())
 
+    def _start(self, step: PlannedStep, attempt: StepAttempt) -> None:
+        self.context.record(
+            Event(
+                kind=EventKind.STEP_QUEUED,
+                run_id=self.context.run_id,
+                timestamp=self.context.clock.now(),
+                step_key=step.key,
+                attempt=attempt.number,
+                attempt_id=attempt.attempt_id,
+                data={"priority": step.priority},
+            )
+        )
+        try:
+            self.dispatcher.dispatch(step, attempt)
+        except CoreExecError as exc:
+            self._fail_lost(
+                [LostAttempt(attempt.attempt_id, FailureClass.INFRASTRUCTURE, str(exc))]
+            )
+
     def _fail_lost(self, lost_attempts: Sequence[LostAttempt]) -> None:
         for lost in lost_attempts:
+            self.lanes.ended(lost.attempt_id)
             self._record_all(
                 self.active.fail_attempt(lost.attempt_id, lost.failure_class, lost.message)
             )

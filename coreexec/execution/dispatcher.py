@@ -36,6 +36,14 @@ class StepDispatcher(ABC):
     max_in_flight: int | None = None
     """At most this many attempts at once (None: no limit of the dispatcher's own)."""
 
+    max_async_in_flight: int | None = None
+    """Set by a dispatcher that runs async steps on an event loop of its own
+    (:attr:`async_keys`): at most this many of them at once, counted apart from
+    :attr:`max_in_flight`, which then bounds the other steps only."""
+
+    async_keys: frozenset[str] = frozenset()
+    """Steps counted against :attr:`max_async_in_flight` (when that is set)."""
+
     wake_key: str | None = None
     """Where a Redis tag limiter sends wake-ups for this run (a Redis stream key)."""
 

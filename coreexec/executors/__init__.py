@@ -1,5 +1,8 @@
 """Executors that run in the coordinating machine: in-process, multiprocess, and the
-default that picks between them. The Celery executors live in ``celery_app``."""
+default that picks between them; ``dask_executor`` (imported on first use, it needs the
+``dask`` extra). The Celery executors live in ``celery_app``."""
+
+from typing import Any
 
 from coreexec.executors.base import (
     DispatchingExecutor,
@@ -13,6 +16,16 @@ from coreexec.executors.base import (
 from coreexec.executors.in_process import in_process_executor
 from coreexec.executors.multi_or_in_process import multi_or_in_process_executor
 from coreexec.executors.multiprocess import multiprocess_executor
+
+
+def __getattr__(name: str) -> Any:
+    # Dask is an optional extra: only ``from coreexec.executors import dask_executor``
+    # imports it.
+    if name == "dask_executor":
+        from coreexec.executors.dask import dask_executor
+
+        return dask_executor
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def default_executor_def() -> ExecutorDefinition:

@@ -9,7 +9,9 @@ from :meth:`~coreexec.executors.multiprocess_dispatcher.MultiprocessDispatcher.w
 A worker that dies mid-step (SIGKILL, segfault, the out-of-memory killer) fails that
 attempt as an infrastructure failure, its retry policy decides, and the pool starts a
 replacement. A step tagged ``coreexec/executor: in_process`` runs in the coordinating
-process instead, inside ``wait``.
+process instead, inside ``wait``. ``async def`` steps run side by side on an event loop
+in the coordinating process (:mod:`coreexec.executors.async_lane`), up to
+``max_concurrent_async`` of them on top of ``max_concurrent`` sync steps in the pool.
 
 This module holds what users name: the executor definition, its config and the
 executor. The dispatcher that drives the pool is in
@@ -26,6 +28,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from coreexec.execution.dispatcher import StepDispatcher
 from coreexec.execution.run_context import RunContext
+from coreexec.executors.async_lane import DEFAULT_MAX_CONCURRENT_ASYNC
 from coreexec.executors.base import (
     DispatchingExecutor,
     Executor,
@@ -102,6 +105,8 @@ class MultiprocessConfig(BaseModel):
 
     max_concurrent: int | None = Field(default=None, ge=0)
     """Steps running at once (worker processes); None or 0: the number of usable CPUs."""
+    max_concurrent_async: int = Field(default=DEFAULT_MAX_CONCURRENT_ASYNC, ge=1)
+    """``async def`` steps running at once on the coordinating process's event loop."""
     tag_concurrency_limits: list[TagConcurrencyLimit] | None = None
     """Rules such as ``{key: database, value: warehouse, limit: 2}``; per run unless
     ``redis_url`` is given, then shared by every run using that Redis."""
@@ -158,6 +163,7 @@ class MultiprocessExecutor(DispatchingExecutor):
         return MultiprocessDispatcher(
             run,
             max_concurrent=self.config.worker_count,
+            max_concurrent_async=self.config.max_concurrent_async,
             pool_spec=self._pool_spec(run),
             wake_listener=self._wake_listener,
         )

@@ -2,7 +2,8 @@
 
 Step attempts go to idle workers (the pool grows on demand up to ``max_concurrent``);
 what workers report comes back through :meth:`MultiprocessDispatcher.wait`, which also
-runs the steps tagged ``coreexec/executor: in_process`` in the coordinating process. A
+runs the steps tagged ``coreexec/executor: in_process`` in the coordinating process and
+passes on what the run's async steps, on their event loop in this process, reported. A
 worker that dies mid-step loses that attempt as an infrastructure failure.
 """
 
@@ -25,6 +26,11 @@ from coreexec.errors import ConfigError, LauncherError, RequirementError
 from coreexec.events import STEP_ATTEMPT_ENDINGS, Event
 from coreexec.execution.dispatcher import LostAttempt, StepDispatcher
 from coreexec.execution.run_context import RunContext
+from coreexec.executors.async_lane import (
+    DEFAULT_MAX_CONCURRENT_ASYNC,
+    AsyncStepLane,
+    async_step_keys,
+)
 from coreexec.executors.process_pool import (
     PoolSpec,
     ProcessPool,
@@ -73,15 +79,18 @@ def runs_in_process(step: PlannedStep) -> bool:
     )
 
 
-def widest_level(plan: ExecutionPlan, done: frozenset[str]) -> int:
-    """Most worker steps (not yet done) at one depth of the plan: how many workers to
-    start with. The pool grows on demand when a plan's shape runs more at once."""
+def widest_level(
+    plan: ExecutionPlan, done: frozenset[str], elsewhere: frozenset[str] = frozenset()
+) -> int:
+    """Most worker steps (not yet done, not ``elsewhere``) at one depth of the plan: how
+    many workers to start with. The pool grows on demand when a plan's shape runs more
+    at once."""
     depth: dict[str, int] = {}
     per_depth: dict[int, int] = {}
     for step in plan.steps:  # upstream steps come first
         level = 1 + max((depth[key] for key in step.upstream_keys), default=0)
         depth[step.key] = level
-        if step.key not in done and not runs_in_process(step):
+        if step.key not in done and step.key not in elsewhere and not runs_in_process(step):
             per_depth[level] = per_depth.get(level, 0) + 1
     return max(per_depth.values(), default=0)
 
@@ -96,9 +105,15 @@ class MultiprocessDispatcher(StepDispatcher):
         max_concurrent: int,
         pool_spec: PoolSpec,
         wake_listener: RedisWakeListener | None = None,
+        max_concurrent_async: int = DEFAULT_MAX_CONCURRENT_ASYNC,
     ) -> None:
         self.run = run
         self.max_in_flight = max_concurrent
+        keys = async_step_keys(run)
+        self._lane = AsyncStepLane(run, keys, self.wake) if keys else None
+        if keys:
+            self.async_keys = keys
+            self.max_async_in_flight = max_concurrent_async
         self._max_concurrent = max_concurrent
         self._pool_spec = pool_spec
         self._wake_listener = wake_listener
@@ -132,7 +147,7 @@ class MultiprocessDispatcher(StepDispatcher):
         os.set_blocking(self._wake_w, False)
         # The coordinator calls close() only once start() has returned.
         try:
-            width = widest_level(self.run.plan, self.run.already_succeeded)
+            width = widest_level(self.run.plan, self.run.already_succeeded, self.async_keys)
             self._target = min(self._max_concurrent, width)
             if self._target:
                 self._pool = ProcessPool(
@@ -145,11 +160,16 @@ class MultiprocessDispatcher(StepDispatcher):
                 self._fill_pool(limit=1)
             if self._wake_listener is not None:
                 self._wake_listener.start(self.wake)
+            if self._lane is not None:
+                self._lane.start()
         except BaseException:
             self.close()
             raise
 
     def dispatch(self, step: PlannedStep, attempt: StepAttempt) -> None:
+        if self._lane is not None and self._lane.runs(step):
+            self._lane.submit(step, attempt)
+            return
         if runs_in_process(step):
             self._local.append((step, attempt))
             return
@@ -161,20 +181,28 @@ class MultiprocessDispatcher(StepDispatcher):
 
     def wait(self, timeout_s: float | None) -> None:
         assert self._sink is not None, "start() first"
+        if self._lane is not None and self._lane.drain(self._sink):
+            timeout_s = 0.0
         if self._local:
             self._pump(0.0)
             step, attempt = self._local.popleft()
             self._run_here(step, attempt)
             return
         self._pump(timeout_s)
+        if self._lane is not None:
+            self._lane.drain(self._sink)
 
     def lost_attempts(self) -> Sequence[LostAttempt]:
         lost, self._lost = self._lost, []
+        if self._lane is not None:
+            lost.extend(self._lane.lost_attempts())
         return lost
 
     def terminate(self, attempts: Sequence[StepAttempt]) -> None:
         self._canceling = True
         ids = {attempt.attempt_id for attempt in attempts}
+        if self._lane is not None:
+            self._lane.terminate(ids)
         for queue in (self._local, self._pending):
             for item in [item for item in queue if item[1].attempt_id in ids]:
                 queue.remove(item)
@@ -196,6 +224,8 @@ class MultiprocessDispatcher(StepDispatcher):
 
     def close(self) -> None:
         try:
+            if self._lane is not None:
+                self._lane.close()
             if self._wake_listener is not None:
                 self._wake_listener.stop()
         finally:
