@@ -84,9 +84,13 @@ def _stopped_by(exc: BaseException) -> str:
     """Why a step was interrupted, in words: a pool process exits with ``-(256 - signum)``
     on a terminating signal (how a cancel stops a step), Ctrl-C is KeyboardInterrupt."""
     code = exc.code if isinstance(exc, SystemExit) else None
-    if isinstance(code, int) and -255 <= code <= -1:
+    # 128 + signum: how the step entrypoint exits on a signal, as a shell reports it.
+    signum = 256 + code if isinstance(code, int) and -255 <= code <= -1 else None
+    if isinstance(code, int) and 129 <= code <= 128 + 64:
+        signum = code - 128
+    if signum is not None:
         try:
-            return f"the step was stopped by {signal.Signals(256 + code).name}"
+            return f"the step was stopped by {signal.Signals(signum).name}"
         except ValueError:
             pass
     if isinstance(exc, KeyboardInterrupt):

@@ -60,8 +60,13 @@ def new_run(runtime: AttemptRuntime, job: str) -> str:
     return run_id
 
 
-def ids_of(run_id: str, job: str, step: str, number: int = 1) -> AttemptIds:
-    return AttemptIds(run_id, step, number, uuid.uuid4().hex, f"{REF}:{job}")
+def ids_of(
+    runtime: AttemptRuntime, run_id: str, job: str, step: str, number: int = 1
+) -> AttemptIds:
+    """A new attempt, recorded as issued the way a coordinator records what it sends."""
+    ids = AttemptIds(run_id, step, number, uuid.uuid4().hex, f"{REF}:{job}")
+    runtime.claims.issue(run_id, [ids.attempt])
+    return ids
 
 
 def events(runtime: AttemptRuntime, run_id: str) -> list[Event]:
@@ -104,10 +109,10 @@ def test_outputs_flow_and_the_end_is_published_after_the_process_exits(
 ) -> None:
     run_id = new_run(runtime, "sum_job")
     first = supervise(
-        runtime, ids_of(run_id, "sum_job", "numbers"), owner="t", choose=lambda r, p: local
+        runtime, ids_of(runtime, run_id, "sum_job", "numbers"), owner="t", choose=lambda r, p: local
     )
     second = supervise(
-        runtime, ids_of(run_id, "sum_job", "total"), owner="t", choose=lambda r, p: local
+        runtime, ids_of(runtime, run_id, "sum_job", "total"), owner="t", choose=lambda r, p: local
     )
 
     assert (first.status, second.status) == ("success", "success")
@@ -130,7 +135,7 @@ def test_a_killed_process_is_an_infrastructure_failure(
     runtime: AttemptRuntime, local: LocalProcessLauncher
 ) -> None:
     run_id = new_run(runtime, "held_job")
-    ids = ids_of(run_id, "held_job", "held")
+    ids = ids_of(runtime, run_id, "held_job", "held")
     running = Supervising(runtime, ids, local)
     wait_until(lambda: len(marks(run_id, "held")) == 1, "the step to start")
     os.kill(int(marks(run_id, "held")[0]), signal.SIGKILL)
@@ -147,7 +152,7 @@ def test_sigterm_ends_the_step_as_cancelled_by_the_entrypoint(
     runtime: AttemptRuntime, local: LocalProcessLauncher
 ) -> None:
     run_id = new_run(runtime, "held_job")
-    ids = ids_of(run_id, "held_job", "held")
+    ids = ids_of(runtime, run_id, "held_job", "held")
     running = Supervising(runtime, ids, local)
     wait_until(lambda: len(marks(run_id, "held")) == 1, "the step to start")
     started = time.monotonic()
@@ -158,7 +163,8 @@ def test_sigterm_ends_the_step_as_cancelled_by_the_entrypoint(
     assert time.monotonic() - started < local.grace_s, "the step ended by the kill, not SIGTERM"
     failure = step_events(runtime, run_id, EventKind.STEP_FAILURE)[-1]
     assert failure.data["failure_class"] == "cancelled"
-    assert failure.data["error"]["type"] == "SystemExit"
+    assert failure.data["error"]["type"] == "Cancelled"
+    assert "SIGTERM" in failure.data["error"]["message"]
 
 
 def request_for(runtime: AttemptRuntime, ids: AttemptIds) -> LaunchRequest:
@@ -173,7 +179,7 @@ def test_a_redelivered_message_adopts_the_running_process(
     runtime: AttemptRuntime, local: LocalProcessLauncher
 ) -> None:
     run_id = new_run(runtime, "held_job")
-    ids = ids_of(run_id, "held_job", "held")
+    ids = ids_of(runtime, run_id, "held_job", "held")
     first = Supervising(runtime, ids, local)
     wait_until(lambda: len(marks(run_id, "held")) == 1, "the step to start")
     second = Supervising(runtime, ids, local)  # the same attempt delivered again
@@ -194,7 +200,9 @@ def test_an_unknown_launcher_fails_the_step_naming_it_and_the_valid_names(
     runtime: AttemptRuntime,
 ) -> None:
     run_id = new_run(runtime, "unknown_launcher_job")
-    result = supervise(runtime, ids_of(run_id, "unknown_launcher_job", "misplaced"), owner="t")
+    result = supervise(
+        runtime, ids_of(runtime, run_id, "unknown_launcher_job", "misplaced"), owner="t"
+    )
 
     assert result.status == "failure"
     failure = step_events(runtime, run_id, EventKind.STEP_FAILURE)[-1]
@@ -218,7 +226,7 @@ def test_the_entrypoint_refuses_a_fenced_attempt_and_missing_identifiers(
     runtime: AttemptRuntime, redis_url: str
 ) -> None:
     run_id = new_run(runtime, "sum_job")
-    ids = ids_of(run_id, "sum_job", "numbers")
+    ids = ids_of(runtime, run_id, "sum_job", "numbers")
     AttemptClaims(redis.Redis.from_url(redis_url)).fence(run_id, [ids.attempt_id], "test")
     args = ["--run-id", run_id, "--step-key", "numbers", "--attempt", "1"]
     args += ["--attempt-id", ids.attempt_id, "--job", ids.job_reference]
@@ -237,7 +245,7 @@ def test_the_entrypoint_standalone_runs_from_environment_identifiers(
     runtime: AttemptRuntime, redis_url: str, coreexec_home: Path
 ) -> None:
     run_id = new_run(runtime, "sum_job")
-    ids = ids_of(run_id, "sum_job", "numbers")
+    ids = ids_of(runtime, run_id, "sum_job", "numbers")
     done = entrypoint(
         "--standalone",
         env={

@@ -62,7 +62,10 @@ class Run:
         self.launchers: list[Any] = []
 
     def ids(self, step: str, number: int = 1) -> AttemptIds:
-        return AttemptIds(self.run_id, step, number, uuid.uuid4().hex, f"{REF}:{self.job}")
+        """A new attempt, recorded as issued the way a coordinator records what it sends."""
+        ids = AttemptIds(self.run_id, step, number, uuid.uuid4().hex, f"{REF}:{self.job}")
+        self.runtime.claims.issue(self.run_id, [ids.attempt])
+        return ids
 
     def choose(self, runtime: AttemptRuntime, prepared: Any) -> Any:
         launcher = launcher_for(runtime, prepared)
