@@ -141,7 +141,8 @@ def test_flower_shows_failed_steps_as_failure_and_cancelled_ones_as_revoked(
     assert "SystemExit" not in cancelled.message
 
     # Late copies of the failed and the succeeded attempts' messages (a broker
-    # redelivery) are dropped without changing what Flower shows or counting a failure.
+    # redelivery) are refused (their run has ended) without changing what Flower shows
+    # or counting a failure.
     for key in ("broken", "fine"):
         start = next(
             e for e in result.events if e.kind is EventKind.STEP_START and e.step_key == key
@@ -149,10 +150,10 @@ def test_flower_shows_failed_steps_as_failure_and_cancelled_ones_as_revoked(
         _publish_again(celery_env, start)
         worker.wait_until(
             lambda start=start: (
-                f"dropping delivery of attempt {start.attempt_id}" in worker.read_log()
+                f"refusing attempt {start.attempt_id}" in worker.read_log()
             ),
             15.0,
-            f"the copy of {key} to be dropped",
+            f"the copy of {key} to be refused",
         )
     again = tasks_named(flower, names, timeout_s=15.0)
     assert {name: task["state"] for name, task in again.items()} == states
