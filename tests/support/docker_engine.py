@@ -270,7 +270,8 @@ def _wait_gone(pid: int, timeout_s: float) -> bool:
 
 
 @contextlib.contextmanager
-def _locked(path: Path) -> Iterator[None]:
+def locked(path: Path) -> Iterator[None]:
+    """Hold an exclusive lock on ``path`` (created if missing) across processes."""
     path.parent.mkdir(parents=True, exist_ok=True)
     with path.open("a") as handle:
         fcntl.flock(handle, fcntl.LOCK_EX)
@@ -308,7 +309,7 @@ def start_shared(paths: EnginePaths = SHARED_PATHS) -> int:
 
     From then on test sessions leave it running, even one a test session had started.
     """
-    with _locked(_lock_file(paths)):
+    with locked(_lock_file(paths)):
         pid = _ensure_running(paths, _STARTED_BY_SCRIPT)
         _starter_file(paths).write_text(_STARTED_BY_SCRIPT)
         return pid
@@ -355,7 +356,7 @@ def stop_shared(paths: EnginePaths = SHARED_PATHS) -> str:
 
     Then it is handed to them: the last one to leave stops it. Returns what happened.
     """
-    with _locked(_lock_file(paths)):
+    with locked(_lock_file(paths)):
         running = DockerdProcess.attach(paths)
         if running is None:
             return f"no dockerd was running for {paths.socket}"
@@ -382,14 +383,14 @@ def shared_engine(paths: EnginePaths = SHARED_PATHS) -> Iterator[str]:
         raise EngineUnavailableError(reason)
     # One entry per use, named by pid: a crashed user's entry is dropped when seen dead.
     me = _users_dir(paths) / f"{os.getpid()}-{uuid.uuid4().hex[:8]}"
-    with _locked(_lock_file(paths)):
+    with locked(_lock_file(paths)):
         _ensure_running(paths, _STARTED_BY_TESTS)
         me.parent.mkdir(parents=True, exist_ok=True)
         me.touch()
     try:
         yield paths.base_url
     finally:
-        with _locked(_lock_file(paths)):
+        with locked(_lock_file(paths)):
             me.unlink(missing_ok=True)
             starter = _starter_file(paths)
             started_by = starter.read_text().strip() if starter.exists() else ""
