@@ -204,9 +204,11 @@ class DockerdProcess:
             for child in left:
                 _signal(child, signum)
             if all(_wait_gone(child, 10.0) for child in left):
-                return
-        raise RuntimeError(f"processes {[c for c in family if pid_alive(c)]} of dockerd {pid} "
-                           "survived SIGKILL")  # fmt: skip
+                break
+        else:
+            raise RuntimeError(f"processes {[c for c in family if pid_alive(c)]} of dockerd "
+                               f"{pid} survived SIGKILL")  # fmt: skip
+        _unmount_under(self.paths.exec_root)
 
     def __enter__(self) -> Self:
         if self.pid is None:
@@ -232,6 +234,25 @@ def _tail(path: Path, lines: int = 30) -> str:
 def _signal(pid: int, signum: signal.Signals) -> None:
     with contextlib.suppress(ProcessLookupError):
         os.kill(pid, signum)
+
+
+def mounts_under(directory: Path) -> list[Path]:
+    """Mount points at or below ``directory``, deepest first (from /proc/mounts)."""
+    root = directory.resolve()
+    found = []
+    for line in Path("/proc/mounts").read_text().splitlines():
+        # Octal escapes (\040 for a space) as the kernel writes them.
+        target = Path(line.split()[1].encode().decode("unicode_escape"))
+        if target == root or root in target.parents:
+            found.append(target)
+    return sorted(found, key=lambda path: len(path.parts), reverse=True)
+
+
+def _unmount_under(directory: Path) -> None:
+    """Unmount what dockerd left mounted in its exec root (the host network namespace
+    it bind-mounts at netns/default once a host-network container ran)."""
+    for target in mounts_under(directory):
+        subprocess.run(["umount", str(target)], capture_output=True, check=False)
 
 
 def descendants(pid: int) -> list[int]:

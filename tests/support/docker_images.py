@@ -161,7 +161,7 @@ def ensure_base_image(client: docker.DockerClient, spec: BaseSpec, cache_dir: Pa
     repository, _, tag = spec.tag.partition(":")
     image = _image(client, spec.tag)
     if image is None:
-        tarball = cache_dir / "base" / (spec.tag.replace(":", "_") + ".tar")
+        tarball = base_tarball(spec.tag, cache_dir)
         if not tarball.exists():
             _debootstrap_tarball(spec, tarball)
         client.api.import_image_from_file(
@@ -174,6 +174,11 @@ def ensure_base_image(client: docker.DockerClient, spec: BaseSpec, cache_dir: Pa
     if alias not in image.tags:
         image.tag(repository, spec.suite)
     return spec.tag
+
+
+def base_tarball(base_tag: str, cache_dir: Path = CACHE_DIR) -> Path:
+    """Where the root filesystem of the base image ``base_tag`` is cached."""
+    return cache_dir / "base" / (base_tag.replace(":", "_") + ".tar")
 
 
 def _debootstrap_tarball(spec: BaseSpec, tarball: Path) -> None:
