@@ -21,6 +21,7 @@ from tests.support.docker_engine import (
     shared_engine,
     start_dockerd,
     unavailable_reason,
+    unmount_under,
 )
 from tests.support.docker_images import StepImage, base_tarball
 from tests.support.processes import pid_alive
@@ -34,7 +35,10 @@ def private_paths() -> Iterator[EnginePaths]:
     # Short: containerd's socket lives under the exec root, and unix socket paths are
     # limited to 107 bytes.
     root = Path(tempfile.mkdtemp(prefix="ce-dockerd-", dir="/tmp"))
-    yield EnginePaths.under(root / "state", root / "data")
+    paths = EnginePaths.under(root / "state", root / "data")
+    yield paths
+    # Even after a failed test: dockerd must be gone (the test stops it) to unmount.
+    unmount_under(paths.exec_root)
     shutil.rmtree(root, ignore_errors=True)
 
 

@@ -208,7 +208,7 @@ class DockerdProcess:
         else:
             raise RuntimeError(f"processes {[c for c in family if pid_alive(c)]} of dockerd "
                                f"{pid} survived SIGKILL")  # fmt: skip
-        _unmount_under(self.paths.exec_root)
+        unmount_under(self.paths.exec_root)
 
     def __enter__(self) -> Self:
         if self.pid is None:
@@ -248,7 +248,7 @@ def mounts_under(directory: Path) -> list[Path]:
     return sorted(found, key=lambda path: len(path.parts), reverse=True)
 
 
-def _unmount_under(directory: Path) -> None:
+def unmount_under(directory: Path) -> None:
     """Unmount what dockerd left mounted in its exec root (the host network namespace
     it bind-mounts at netns/default once a host-network container ran)."""
     for target in mounts_under(directory):
