@@ -37,12 +37,20 @@ def services() -> dict[str, dict[str, Any]]:
     return dict(loaded["services"])
 
 
-def _environment(service: dict[str, Any], redis_url: str, home: Path) -> dict[str, str]:
-    """The service's environment with the compose network's Redis replaced by ours."""
+def _environment(
+    service: dict[str, Any], redis_url: str, home: Path, others: set[str]
+) -> dict[str, str]:
+    """The service's environment with the compose network's Redis replaced by ours.
+
+    A variable naming another service of the compose network (a database, say) is
+    left out, so the process falls back to its default under ``home``.
+    """
     environment = {}
     for name, value in (service.get("environment") or {}).items():
         value = _interpolate(str(value))
         value = re.sub(r"^redis://redis:6379/(\d+)$", lambda m: redis_url[:-1] + m.group(1), value)
+        if any(re.search(rf"[@/]{re.escape(host)}:\d+", value) for host in others):
+            continue
         environment[name] = value
     environment["COREEXEC_HOME"] = str(home)
     return environment
@@ -70,7 +78,7 @@ def start_service(
             detach=True,
             network_mode="host",
             user=f"{tmp_path.stat().st_uid}:{tmp_path.stat().st_gid}",
-            environment=_environment(service, redis_server.url, tmp_path),
+            environment=_environment(service, redis_server.url, tmp_path, set(services)),
             volumes={str(tmp_path): {"bind": str(tmp_path), "mode": "rw"}},
             init=bool(service.get("init")),
             labels=step_container.labels,
