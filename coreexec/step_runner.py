@@ -221,13 +221,14 @@ def run_step(run: StepRun, emit: EventSink, *, announce_start: bool = True) -> S
         return failed(exc, FailureClass.USER_ERROR, exc.allow_retries, user=True)
     except (KeyboardInterrupt, SystemExit) as exc:
         reason = _stopped_by(exc)
-        traceback_text = _error_data(exc, user_frames_only=True)["traceback"]
         report(
             EventKind.STEP_FAILURE,
             f"cancelled: {reason}",
             failure_class=FailureClass.CANCELLED.value,
             retryable=False,
-            error={"type": "Cancelled", "message": reason, "traceback": traceback_text},
+            # No traceback: it would show where the signal landed (the pool's exit
+            # handler), which reads as a crash; the step was cancelled, not broken.
+            error={"type": "Cancelled", "message": reason, "traceback": ""},
             duration_s=time.perf_counter() - started,
         )
         raise

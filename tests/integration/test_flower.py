@@ -139,6 +139,7 @@ def test_flower_shows_failed_steps_as_failure_and_cancelled_ones_as_revoked(
     )
     assert cancelled.message.startswith("cancelled: ")
     assert "SystemExit" not in cancelled.message
+    assert "billiard" not in json.dumps(cancelled.data)
 
     # Late copies of the failed and the succeeded attempts' messages (a broker
     # redelivery) are dropped without changing what Flower shows or counting a failure.
