@@ -201,11 +201,9 @@ class _Attempt:
             reason = "the step's task was cancelled (asyncio.CancelledError)"
         else:
             reason = _stopped_by(exc)
-        error = {
-            "type": "Cancelled",
-            "message": reason,
-            "traceback": _error_data(exc, user_frames_only=True)["traceback"],
-        }
+        # No traceback: it would show where the signal landed (the pool's exit handler),
+        # which reads as a crash; the step was cancelled, not broken.
+        error = {"type": "Cancelled", "message": reason, "traceback": ""}
         return self.failed(
             exc,
             FailureClass.CANCELLED,

@@ -139,6 +139,7 @@ def test_flower_shows_failed_steps_as_failure_and_cancelled_ones_as_revoked(
     )
     assert cancelled.message.startswith("cancelled: ")
     assert "SystemExit" not in cancelled.message
+    assert "billiard" not in json.dumps(cancelled.data)
 
     # Late copies of the failed and the succeeded attempts' messages (a broker
     # redelivery) are refused (their run has ended) without changing what Flower shows
@@ -159,3 +160,22 @@ def test_flower_shows_failed_steps_as_failure_and_cancelled_ones_as_revoked(
     assert {name: task["state"] for name, task in again.items()} == states
     failed = flower.get_json("/api/tasks?state=FAILURE")
     assert [task["name"] for task in failed.values()] == ["flower_states_job.broken"]
+
+
+def test_a_step_whose_run_was_canceled_before_a_worker_took_it_shows_revoked(
+    celery_env: str,
+    celery_worker_factory: Callable[..., CeleryWorkerProcess],
+    flower_factory: Callable[..., FlowerProcess],
+) -> None:
+    flower = flower_factory(celery_env, basic_auth="coreexec:s3cret")
+    # No worker yet: the step waits in its queue, and the revoke broadcast of the cancel
+    # reaches nobody, so the worker that starts later finds the attempt fenced.
+    watcher = RunWatcher(f"{REF}:gated_job").start()
+    watcher.event(EventKind.STEP_QUEUED, "gated")
+    request_cancel(Instance.from_env(), watcher.run_id, celery_env)
+    assert watcher.join().status is RunStatus.CANCELED
+
+    celery_worker_factory(queues=STEP_QUEUES, concurrency=1)
+    shown = tasks_named(flower, {"gated_job.gated"}, timeout_s=30.0)
+    assert shown["gated_job.gated"]["state"] == "REVOKED"
+    assert celery_jobs.marks(watcher.run_id, "gated") == []

@@ -113,4 +113,8 @@ def test_the_step_runner_reports_a_stopped_step_as_cancelled() -> None:
     assert failure.kind is EventKind.STEP_FAILURE
     assert failure.message == "cancelled: the step was stopped by SIGTERM"
     assert failure.data["failure_class"] == "cancelled"
-    assert failure.data["error"]["type"] == "Cancelled"
+    assert failure.data["error"] == {
+        "type": "Cancelled",
+        "message": "the step was stopped by SIGTERM",
+        "traceback": "",
+    }
