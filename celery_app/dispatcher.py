@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -43,6 +44,7 @@ from coreexec.transport.attempts import (
     add_issue_commands,
     add_reopen_commands,
 )
+from coreexec.transport.coordinator_heartbeat import CoordinatorHeartbeat, is_beating
 from coreexec.transport.outage import Outage
 from coreexec.transport.redis_events import RedisEventStream, StreamEntry
 
@@ -104,6 +106,7 @@ class CeleryDispatcher(StepDispatcher):
         self._unsent: list[_Unsent] = []
         self._redis_url = redis_url
         self._issue_in_publish = False
+        self._heartbeat: CoordinatorHeartbeat | None = None
         self.outage = Outage(timings.outage_tolerance_s, f"coordinator of run {run.run_id}")
 
     # -- lifecycle --------------------------------------------------------------------
@@ -129,6 +132,16 @@ class CeleryDispatcher(StepDispatcher):
             ) from exc
         # Only what happens from now on: a resumed run's stream holds its past too.
         self._last_id = self.stream.last_id()
+        if not is_beating(self.run.run_id):
+            # A run coordinated here (``coreexec run``, ``execute_job``) beats too, so a
+            # coordinator that dies is seen as lost and reaped (see coreexec.orphans).
+            heartbeat = CoordinatorHeartbeat(
+                self._client, self.run.run_id, owner=f"coordinator pid {os.getpid()}"
+            )
+            try:
+                self._heartbeat = heartbeat.start()
+            except redis.RedisError as exc:
+                log.warning("run %s has no coordinator heartbeat: %s", self.run.run_id, exc)
         self._publisher = StepPublisher(self.app)
         # Issued attempts ride in the publish pipeline when the broker is this Redis.
         self._issue_in_publish = self._publisher.lists is not None and same_redis(
@@ -136,6 +149,9 @@ class CeleryDispatcher(StepDispatcher):
         )
 
     def close(self) -> None:
+        if self._heartbeat is not None:
+            self._heartbeat.stop()
+            self._heartbeat = None
         if self._publisher is not None:
             self._publisher.close()
             self._publisher = None

@@ -8,6 +8,8 @@
 ``COREEXEC_HOME``           run storage and outputs (read by :class:`coreexec.Instance`)
 ``COREEXEC_CELERY_CONFIG``  extra Celery settings: a Python module (``pkg.celeryconfig``,
                             its lowercase attributes) or a ``.yaml``/``.yml`` file
+``COREEXEC_ORPHAN_GRACE_S`` seconds a run whose coordinator stopped beating waits before
+                            a worker's reaper resumes or fails it (default 300; 0: never)
 =========================== ==============================================================
 """
 
@@ -24,6 +26,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from coreexec.errors import ConfigError
+from coreexec.orphans import DEFAULT_GRACE_S
 from coreexec.run_config import validation_error
 
 BROKER_URL_ENV = "COREEXEC_BROKER_URL"
@@ -31,6 +34,7 @@ RESULT_BACKEND_ENV = "COREEXEC_RESULT_BACKEND"
 REDIS_URL_ENV = "COREEXEC_REDIS_URL"
 HOME_ENV = "COREEXEC_HOME"
 CELERY_CONFIG_ENV = "COREEXEC_CELERY_CONFIG"
+ORPHAN_GRACE_ENV = "COREEXEC_ORPHAN_GRACE_S"
 
 DEFAULT_BROKER_URL = "redis://127.0.0.1:6379/0"
 REDIS_SCHEMES = ("redis://", "rediss://", "unix://")
@@ -56,6 +60,8 @@ class CelerySettings(BaseModel):
     """Modules every worker imports at start (jobs whose import is slow, signal handlers)."""
     celery_config: Mapping[str, Any] = Field(default_factory=dict)
     """Extra Celery settings (lowercase names), applied over coreexec's defaults."""
+    orphan_grace_s: float = Field(default=DEFAULT_GRACE_S, ge=0)
+    """A lost run waits this long before a worker's reaper acts on it; 0 turns it off."""
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> CelerySettings:
@@ -69,6 +75,8 @@ class CelerySettings(BaseModel):
             "home": env.get(HOME_ENV) or None,
             "celery_config": load_celery_config(source, path=CELERY_CONFIG_ENV) if source else {},
         }
+        if env.get(ORPHAN_GRACE_ENV):
+            raw["orphan_grace_s"] = env[ORPHAN_GRACE_ENV]
         try:
             return cls.model_validate(raw)
         except ValidationError as exc:
