@@ -165,7 +165,6 @@ class OrphanReaper:
             log.warning("could not let the keys of run %s expire: %s", record.run_id, exc)
         return Reaped(record.run_id, "failed", message)
 
-
     def _save_unsaved(self, run_id: str, stream: RedisEventStream) -> None:
         """Store the step events the dead coordinator heard but had not written yet, so
         the run's steps show where they got to."""
