@@ -39,6 +39,7 @@ from coreexec.redis_urls import safe_url, same_redis
 from coreexec.retry import FailureClass
 from coreexec.transport import keys
 from coreexec.transport.attempts import (
+    DEFAULT_CLAIM_TTL_S,
     AttemptClaims,
     add_finish_commands,
     add_issue_commands,
@@ -106,6 +107,8 @@ class CeleryDispatcher(StepDispatcher):
         self._unsent: list[_Unsent] = []
         self._redis_url = redis_url
         self._issue_in_publish = False
+        self._issued_ttl: int | None = DEFAULT_CLAIM_TTL_S
+        """The TTL the issued hash still needs (set with the first batch only)."""
         self._heartbeat: CoordinatorHeartbeat | None = None
         self.outage = Outage(timings.outage_tolerance_s, f"coordinator of run {run.run_id}")
 
@@ -214,8 +217,10 @@ class CeleryDispatcher(StepDispatcher):
         assert self._publisher is not None, "start() first"
         run_id, attempts = self.run.run_id, [item.attempt for item in batch]
         if self._issue_in_publish:
-            hook = partial(add_issue_commands, run_id=run_id, attempts=attempts)
+            ttl_s = self._issued_ttl
+            hook = partial(add_issue_commands, run_id=run_id, attempts=attempts, ttl_s=ttl_s)
             self._publisher.publish([item.outgoing for item in batch], hook)
+            self._issued_ttl = None
             return
         self.claims.issue(run_id, attempts)
         self._publisher.publish([item.outgoing for item in batch])
