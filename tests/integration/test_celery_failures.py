@@ -234,13 +234,14 @@ def test_cancel_terminates_the_running_step_and_the_queued_one_never_starts(
     assert not [e for e in result.events if e.kind is EventKind.STEP_SUCCESS]
     wait_until(lambda: not pid_alive(pid), 5.0, f"exit of step process {pid}")
 
-    # The queued message still reaches the freed worker, which discards it (revoked) or
-    # drops it (fenced claim): it never runs.
+    # The queued message still reaches the freed worker, which discards it (revoked),
+    # drops it (fenced claim) or refuses it (the run has ended): it never runs.
     queued_attempt = failures[queued_key].attempt_id or ""
     discarded = f"Discarding revoked task: cancel_job.{queued_key}[{queued_attempt}]"
     wait_until(
         lambda: (
             discarded in worker.read_log()
+            or f"refusing attempt {queued_attempt}" in worker.read_log()
             or bool(dropped_deliveries(stream_events(celery_env, result.run_id), queued_attempt))
         ),
         10.0,
