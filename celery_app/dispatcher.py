@@ -158,15 +158,14 @@ class CeleryDispatcher(StepDispatcher):
         if self._publisher is not None:
             self._publisher.close()
             self._publisher = None
+        # One round trip: no attempt of the run is claimed any more, its keys lapse.
         try:
             with self._client.pipeline(transaction=False) as pipe:
                 add_finish_commands(pipe, self.run.run_id)
+                pipe.expire(self.stream.key, keys.FINISHED_RUN_TTL_S)
+                pipe.expire(keys.run_settings(self.run.run_id), keys.FINISHED_RUN_TTL_S)
                 pipe.execute()
         except redis.RedisError as exc:
-            log.warning("could not mark run %s finished in Redis: %s", self.run.run_id, exc)
-        try:
-            self.stream.expire()
-        except CoreExecError as exc:
             log.warning("could not set the expiry of %s: %s", self.stream.key, exc)
 
     # -- dispatch ---------------------------------------------------------------------
