@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
@@ -37,11 +38,13 @@ from coreexec.redis_urls import safe_url, same_redis
 from coreexec.retry import FailureClass
 from coreexec.transport import keys
 from coreexec.transport.attempts import (
+    DEFAULT_CLAIM_TTL_S,
     AttemptClaims,
     add_finish_commands,
     add_issue_commands,
     add_reopen_commands,
 )
+from coreexec.transport.coordinator_heartbeat import CoordinatorHeartbeat, is_beating
 from coreexec.transport.outage import Outage
 from coreexec.transport.redis_events import RedisEventStream, StreamEntry
 from coreexec.transport.run_settings import RunSettings
@@ -106,6 +109,9 @@ class CeleryDispatcher(StepDispatcher):
         self._unsent: list[_Unsent] = []
         self._redis_url = redis_url
         self._issue_in_publish = False
+        self._issued_ttl: int | None = DEFAULT_CLAIM_TTL_S
+        """The TTL the issued hash still needs (set with the first batch only)."""
+        self._heartbeat: CoordinatorHeartbeat | None = None
         self.outage = Outage(timings.outage_tolerance_s, f"coordinator of run {run.run_id}")
 
     # -- lifecycle --------------------------------------------------------------------
@@ -134,6 +140,16 @@ class CeleryDispatcher(StepDispatcher):
             ) from exc
         # Only what happens from now on: a resumed run's stream holds its past too.
         self._last_id = self.stream.last_id()
+        if not is_beating(self.run.run_id):
+            # A run coordinated here (``coreexec run``, ``execute_job``) beats too, so a
+            # coordinator that dies is seen as lost and reaped (see coreexec.orphans).
+            heartbeat = CoordinatorHeartbeat(
+                self._client, self.run.run_id, owner=f"coordinator pid {os.getpid()}"
+            )
+            try:
+                self._heartbeat = heartbeat.start()
+            except redis.RedisError as exc:
+                log.warning("run %s has no coordinator heartbeat: %s", self.run.run_id, exc)
         self._publisher = StepPublisher(self.app)
         # Issued attempts ride in the publish pipeline when the broker is this Redis.
         self._issue_in_publish = self._publisher.lists is not None and same_redis(
@@ -141,18 +157,20 @@ class CeleryDispatcher(StepDispatcher):
         )
 
     def close(self) -> None:
+        if self._heartbeat is not None:
+            self._heartbeat.stop()
+            self._heartbeat = None
         if self._publisher is not None:
             self._publisher.close()
             self._publisher = None
+        # One round trip: no attempt of the run is claimed any more, its keys lapse.
         try:
             with self._client.pipeline(transaction=False) as pipe:
                 add_finish_commands(pipe, self.run.run_id)
+                pipe.expire(self.stream.key, keys.FINISHED_RUN_TTL_S)
+                pipe.expire(keys.run_settings(self.run.run_id), keys.FINISHED_RUN_TTL_S)
                 pipe.execute()
         except redis.RedisError as exc:
-            log.warning("could not mark run %s finished in Redis: %s", self.run.run_id, exc)
-        try:
-            self.stream.expire()
-        except CoreExecError as exc:
             log.warning("could not set the expiry of %s: %s", self.stream.key, exc)
 
     # -- dispatch ---------------------------------------------------------------------
@@ -203,8 +221,10 @@ class CeleryDispatcher(StepDispatcher):
         assert self._publisher is not None, "start() first"
         run_id, attempts = self.run.run_id, [item.attempt for item in batch]
         if self._issue_in_publish:
-            hook = partial(add_issue_commands, run_id=run_id, attempts=attempts)
+            ttl_s = self._issued_ttl
+            hook = partial(add_issue_commands, run_id=run_id, attempts=attempts, ttl_s=ttl_s)
             self._publisher.publish([item.outgoing for item in batch], hook)
+            self._issued_ttl = None
             return
         self.claims.issue(run_id, attempts)
         self._publisher.publish([item.outgoing for item in batch])

@@ -10,6 +10,8 @@
 ``COREEXEC_IO_URL``         step outputs URL (``s3://bucket/prefix`` for a fleet)
 ``COREEXEC_CELERY_CONFIG``  extra Celery settings: a Python module (``pkg.celeryconfig``,
                             its lowercase attributes) or a ``.yaml``/``.yml`` file
+``COREEXEC_ORPHAN_GRACE_S`` seconds a run whose coordinator stopped beating waits before
+                            a worker's reaper resumes or fails it (default 300; 0: never)
 =========================== ==============================================================
 
 The URLs are resolved by :class:`coreexec.settings.Settings`, the one place every
@@ -29,6 +31,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from coreexec.errors import ConfigError
+from coreexec.orphans import DEFAULT_GRACE_S
 from coreexec.run_config import validation_error
 from coreexec.settings import (
     BROKER_URL_ENV,
@@ -60,6 +63,7 @@ __all__ = [
 ]
 
 CELERY_CONFIG_ENV = "COREEXEC_CELERY_CONFIG"
+ORPHAN_GRACE_ENV = "COREEXEC_ORPHAN_GRACE_S"
 
 
 class CelerySettings(BaseModel):
@@ -81,6 +85,8 @@ class CelerySettings(BaseModel):
     """Modules every worker imports at start (jobs whose import is slow, signal handlers)."""
     celery_config: Mapping[str, Any] = Field(default_factory=dict)
     """Extra Celery settings (lowercase names), applied over coreexec's defaults."""
+    orphan_grace_s: float = Field(default=DEFAULT_GRACE_S, ge=0)
+    """A lost run waits this long before a worker's reaper acts on it; 0 turns it off."""
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> CelerySettings:
@@ -97,6 +103,8 @@ class CelerySettings(BaseModel):
             "io_url": core.io_url,
             "celery_config": load_celery_config(source, path=CELERY_CONFIG_ENV) if source else {},
         }
+        if env.get(ORPHAN_GRACE_ENV):
+            raw["orphan_grace_s"] = env[ORPHAN_GRACE_ENV]
         try:
             return cls.model_validate(raw)
         except ValidationError as exc:

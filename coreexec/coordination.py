@@ -138,6 +138,7 @@ def _coordinate(
     owner: str,
     listeners: Sequence[EventListener],
     in_flight_timeout_s: float,
+    launched: bool = False,
 ) -> CoordinationOutcome:
     """Coordinate a run this process has just claimed (status STARTING).
 
@@ -147,7 +148,11 @@ def _coordinate(
     storage = instance.storage
     watch = _RunWatch(storage, run_id, claimed_after_id)
     stream = RedisEventStream(client, run_id) if client is not None else None
-    heartbeat = CoordinatorHeartbeat(client, run_id, owner=owner) if client is not None else None
+    heartbeat = (
+        CoordinatorHeartbeat(client, run_id, owner=owner, launched=launched)
+        if client is not None
+        else None
+    )
     preparation: ResumePreparation | None = None
     error: str | None = None
     try:
@@ -249,6 +254,7 @@ def coordinate_launched_run(
             owner=owner,
             listeners=listeners,
             in_flight_timeout_s=in_flight_timeout_s,
+            launched=True,
         )
     finally:
         if client is not None:

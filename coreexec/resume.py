@@ -124,7 +124,8 @@ def check_resumable(
             )
         raise ResumeError(
             f"run {run_id} is {status} but no coordinator heartbeat was ever recorded for it "
-            "(a run started by `coreexec run` in a terminal has none); if its coordinator "
+            "(a run coordinated without Redis, e.g. on the multiprocess executor, has none); "
+            "if its coordinator "
             "is gone, resume with --force",
             run_id=run_id,
         )

@@ -52,12 +52,35 @@ def _status_of(event: Event) -> str:
     return "cancelled" if is_cancelled(event) else _STATUS_BY_KIND[event.kind]
 
 
+_RUN_ENDS = (EventKind.RUN_SUCCESS, EventKind.RUN_FAILURE, EventKind.RUN_CANCELED)
+_UNSTARTED = ("pending", "queued", "waiting for slot", "waiting to retry", "retry requested")
+
+
+def _end_with_run(steps: Iterable[StepSummary], run_end: Event) -> None:
+    """Steps still open when the run ended (its coordinator failed or was lost) end
+    with it: a running one failed as infrastructure, the others were not run."""
+    for summary in steps:
+        if summary.status == "running":
+            summary.status = "failed"
+            summary.ended_at = summary.ended_at or run_end.timestamp
+            summary.error = f"infrastructure: the run ended first ({run_end.message})"
+        elif summary.status in _UNSTARTED:
+            summary.status = "not run"
+            summary.waiting_for = None
+
+
 def summarize(events: Iterable[Event], step_keys: Iterable[str] = ()) -> list[StepSummary]:
-    """One summary per step, in order of first appearance (``step_keys`` first)."""
+    """One summary per step, in order of first appearance (``step_keys`` first). Steps
+    still open when the run ended (and was not resumed since) end with it."""
     steps: dict[str, StepSummary] = {key: StepSummary(key) for key in step_keys}
+    run_end: Event | None = None
     for event in events:
         key = event.step_key
         if key is None:
+            if event.kind in _RUN_ENDS:
+                run_end = event
+            elif event.kind is EventKind.RUN_START:
+                run_end = None
             continue
         summary = steps.setdefault(key, StepSummary(key))
         kind = event.kind
@@ -87,4 +110,6 @@ def summarize(events: Iterable[Event], step_keys: Iterable[str] = ()) -> list[St
             summary.waiting_for = None
             if summary.status == "waiting for slot":
                 summary.status = "pending"
+    if run_end is not None and run_end.kind is not EventKind.RUN_SUCCESS:
+        _end_with_run(steps.values(), run_end)
     return list(steps.values())

@@ -141,10 +141,15 @@ class RunHandle:
         """
         if cursor is not None:
             return cursor, False
-        stream = self._events_stream()
-        if stream is None:
+        try:
+            stream = self._events_stream()
+            if stream is None:
+                return None, False
+            return stream.last_id(), True
+        except BrokerConnectionError as exc:
+            # Redis is away: the run storage tells when the run ends (see _block).
+            log.warning("waiting for run %s without its event stream: %s", self.run_id, exc)
             return None, False
-        return stream.last_id(), True
 
     def _remaining_s(
         self, deadline: float | None, timeout: float | None, status: RunStatus

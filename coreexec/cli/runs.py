@@ -3,16 +3,45 @@
 from __future__ import annotations
 
 import datetime as dt
+from collections.abc import Sequence
 
 import click
+import redis
 
 from coreexec.cli.exit_codes import fail
 from coreexec.cli.options import instance_from_env
 from coreexec.cli.progress import format_summary
 from coreexec.errors import CoreExecError
 from coreexec.events import EventKind
+from coreexec.instance import Instance
+from coreexec.orphans import RUNNING, lost_note
 from coreexec.run_summary import summarize
-from coreexec.storage.base import RunStatus
+from coreexec.storage.base import RunRecord, RunStatus
+from coreexec.submission import event_redis_url
+from coreexec.transport.redis_events import redis_client
+
+
+def _notes_client(instance: Instance, records: Sequence[RunRecord]) -> redis.Redis | None:
+    """A client of the event Redis when a listed run may have lost its coordinator."""
+    if not any(record.status in RUNNING for record in records):
+        return None
+    url = event_redis_url(instance)
+    if url is None:
+        return None
+    try:
+        return redis_client(url)
+    except CoreExecError:
+        return None
+
+
+def _lost_notes(instance: Instance, records: Sequence[RunRecord]) -> dict[str, str]:
+    client = _notes_client(instance, records)
+    if client is None:
+        return {}
+    with client:
+        notes = {record.run_id: lost_note(client, record) for record in records}
+    return {run_id: note for run_id, note in notes.items() if note}
+
 
 _RUN_ENDINGS = (EventKind.RUN_FAILURE, EventKind.RUN_CANCELED, EventKind.RUN_SUCCESS)
 
@@ -42,7 +71,9 @@ def list_runs(limit: int, statuses: tuple[str, ...]) -> None:
     """List runs: id, job, status, start time and duration."""
     try:
         chosen = {RunStatus(value.upper()) for value in statuses} or None
-        runs = instance_from_env().storage.list_runs(limit=limit, statuses=chosen)
+        instance = instance_from_env()
+        runs = instance.storage.list_runs(limit=limit, statuses=chosen)
+        notes = _lost_notes(instance, runs)
     except CoreExecError as exc:
         raise fail(exc) from exc
     if not runs:
@@ -59,6 +90,8 @@ def list_runs(limit: int, statuses: tuple[str, ...]) -> None:
             f"{record.run_id:<32}  {record.job_name:<24} {record.status.value:<10} "
             f"{_when(record.created_at):<19} {duration:>9}"
         )
+        if record.run_id in notes:
+            click.echo(f"{'':<34}{notes[record.run_id]}")
 
 
 @runs_group.command("show")
@@ -68,14 +101,16 @@ def show_run(run_id: str, show_events: bool) -> None:
     """Show a run: its steps with status, attempts, durations and errors, and why a
     waiting step waits."""
     try:
-        storage = instance_from_env().storage
+        instance = instance_from_env()
+        storage = instance.storage
         record = storage.get_run(run_id)
         events = [event for _, event in storage.events(run_id)]
+        note = _lost_notes(instance, [record]).get(run_id)
     except CoreExecError as exc:
         raise fail(exc) from exc
     click.echo(f"run      {record.run_id}")
     click.echo(f"job      {record.job_name}  ({record.job_reference or 'no reference'})")
-    click.echo(f"status   {record.status.value}")
+    click.echo(f"status   {record.status.value}" + (f"  ({note})" if note else ""))
     click.echo(f"created  {_when(record.created_at)}   ended {_when(record.ended_at)}")
     if record.tags:
         click.echo("tags     " + ", ".join(f"{k}={v}" for k, v in record.tags.items()))

@@ -236,8 +236,15 @@ class Coordinator:
         if self.context.clock.now() < self._next_refresh_at:
             return
         for lease in list(self._leases.values()):
-            if not self.limiter.refresh(lease):
-                logger.warning("lease of step %s lapsed before refresh", lease.step_key)
+            try:
+                if not self.limiter.refresh(lease):
+                    logger.warning("lease of step %s lapsed before refresh", lease.step_key)
+            except LimiterError as exc:
+                # Redis went away between the dispatcher's read and this refresh: the
+                # refresh catches up in the pass after the dispatcher has ridden it out.
+                logger.warning("refreshing the lease of step %s failed: %s", lease.step_key, exc)
+                self._next_refresh_at = self.context.clock.now()
+                return
         self._next_refresh_at = None
         if self._leases or self._waiting:
             self._schedule_refresh()

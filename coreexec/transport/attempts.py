@@ -90,12 +90,17 @@ def issued_value(step_key: str, number: int) -> str:
 
 
 def add_issue_commands(
-    pipe: Any, run_id: str, attempts: Sequence[AttemptIds], ttl_s: int = DEFAULT_CLAIM_TTL_S
+    pipe: Any,
+    run_id: str,
+    attempts: Sequence[AttemptIds],
+    ttl_s: int | None = DEFAULT_CLAIM_TTL_S,
 ) -> None:
-    """Queue on ``pipe`` the commands that record ``attempts`` as issued (two commands)."""
+    """Queue on ``pipe`` the command that records ``attempts`` as issued, and the hash's
+    TTL unless ``ttl_s`` is None (a coordinator sets it with its first batch)."""
     key = keys.run_issued(run_id)
     pipe.hset(key, mapping={a.attempt_id: issued_value(a.step_key, a.number) for a in attempts})
-    pipe.expire(key, ttl_s)
+    if ttl_s is not None:
+        pipe.expire(key, ttl_s)
 
 
 def add_finish_commands(pipe: Any, run_id: str, ttl_s: int = keys.FINISHED_RUN_TTL_S) -> None:

@@ -66,6 +66,8 @@ class CoordinatorInfo:
     pid: int
     started_at: float
     owner: str
+    launched: bool = False
+    """Started by a run launcher (a Celery coordinator task): the launcher can resume it."""
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), separators=(",", ":"))
@@ -79,6 +81,7 @@ class CoordinatorInfo:
                 pid=int(body["pid"]),
                 started_at=float(body["started_at"]),
                 owner=str(body.get("owner", "")),
+                launched=bool(body.get("launched", False)),
             )
         except (ValueError, TypeError, KeyError):
             return None
@@ -129,6 +132,25 @@ def coordinator_status(client: redis.Redis, run_id: str) -> CoordinatorStatus:
     return CoordinatorStatus(CoordinatorState.UNKNOWN)
 
 
+def silence_s(client: redis.Redis, run_id: str) -> float | None:
+    """Seconds since the run's coordinator last beat (from the TTL its seen key has
+    left), or None when no heartbeating coordinator ran it (raises redis errors)."""
+    ttl_ms = int(client.pttl(coordinator_seen_key(run_id)))
+    if ttl_ms < 0:
+        return None
+    return max(0.0, SEEN_TTL_S - ttl_ms / 1000)
+
+
+_beating: set[str] = set()
+_beating_lock = threading.Lock()
+
+
+def is_beating(run_id: str) -> bool:
+    """True while a :class:`CoordinatorHeartbeat` of this process beats for ``run_id``."""
+    with _beating_lock:
+        return run_id in _beating
+
+
 class CoordinatorHeartbeat:
     """Beats for one run from a daemon thread until :meth:`stop` (or the ``with`` exits).
 
@@ -143,12 +165,13 @@ class CoordinatorHeartbeat:
         *,
         owner: str,
         ttl_ms: int = COORDINATOR_TTL_MS,
+        launched: bool = False,
     ) -> None:
         self.client = client
         self.run_id = run_id
         self.ttl_ms = ttl_ms
         self.info = CoordinatorInfo(
-            host=_HOST, pid=os.getpid(), started_at=time.time(), owner=owner
+            host=_HOST, pid=os.getpid(), started_at=time.time(), owner=owner, launched=launched
         )
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -172,6 +195,8 @@ class CoordinatorHeartbeat:
     def start(self) -> CoordinatorHeartbeat:
         """Beat now (errors propagate, so a dead Redis is noticed up front), then keep on."""
         self.beat()
+        with _beating_lock:
+            _beating.add(self.run_id)
         self._thread = threading.Thread(
             target=self._loop, name=f"coordinator-heartbeat-{self.run_id[:8]}", daemon=True
         )
@@ -184,6 +209,8 @@ class CoordinatorHeartbeat:
         if self._thread is not None:
             self._thread.join()
             self._thread = None
+        with _beating_lock:
+            _beating.discard(self.run_id)
         try:
             self.client.delete(coordinator_key(self.run_id))
         except redis.RedisError as exc:

@@ -86,8 +86,7 @@ def publish_again(app_url: str, start: Event, reference: str) -> None:
 def test_kill_9_of_the_step_process_retries_on_another_process_within_heartbeat_timeout(
     celery_env: str, celery_worker_factory: WorkerFactory
 ) -> None:
-    celery_worker_factory(queues=STEP_QUEUES, concurrency=1)
-    celery_worker_factory(queues=STEP_QUEUES, concurrency=1)
+    workers = [celery_worker_factory(queues=STEP_QUEUES, concurrency=1) for _ in range(2)]
     watcher = RunWatcher(f"{REF}:kill_job", run_config()).start()
     first = watcher.event(EventKind.STEP_START, "victim", attempt=1)
     killed_pid = int(first.data["pid"])
@@ -110,11 +109,15 @@ def test_kill_9_of_the_step_process_retries_on_another_process_within_heartbeat_
     assert lost and lost[0].data["failure_class"] == "infrastructure"
     assert "heartbeat" in lost[0].message
     # The killed attempt's message comes back (acks_late + reject_on_worker_lost) and is
-    # dropped by its claim: it never runs again and never reports success.
+    # dropped by its claim (reported on the stream), or refused once the run has ended
+    # (logged, nothing written): it never runs again and never reports success.
     killed_id = first.attempt_id
     assert killed_id is not None
     wait_until(
-        lambda: bool(dropped_deliveries(stream_events(celery_env, result.run_id), killed_id)),
+        lambda: (
+            bool(dropped_deliveries(stream_events(celery_env, result.run_id), killed_id))
+            or any(f"refusing attempt {killed_id}" in w.read_log() for w in workers)
+        ),
         10.0,
         "dropped redelivery of the killed attempt",
     )
@@ -231,13 +234,14 @@ def test_cancel_terminates_the_running_step_and_the_queued_one_never_starts(
     assert not [e for e in result.events if e.kind is EventKind.STEP_SUCCESS]
     wait_until(lambda: not pid_alive(pid), 5.0, f"exit of step process {pid}")
 
-    # The queued message still reaches the freed worker, which discards it (revoked) or
-    # drops it (fenced claim): it never runs.
+    # The queued message still reaches the freed worker, which discards it (revoked),
+    # drops it (fenced claim) or refuses it (the run has ended): it never runs.
     queued_attempt = failures[queued_key].attempt_id or ""
     discarded = f"Discarding revoked task: cancel_job.{queued_key}[{queued_attempt}]"
     wait_until(
         lambda: (
             discarded in worker.read_log()
+            or f"refusing attempt {queued_attempt}" in worker.read_log()
             or bool(dropped_deliveries(stream_events(celery_env, result.run_id), queued_attempt))
         ),
         10.0,

@@ -150,9 +150,7 @@ def test_flower_shows_failed_steps_as_failure_and_cancelled_ones_as_revoked(
         )
         _publish_again(celery_env, start)
         worker.wait_until(
-            lambda start=start: (
-                f"refusing attempt {start.attempt_id}" in worker.read_log()
-            ),
+            lambda start=start: f"refusing attempt {start.attempt_id}" in worker.read_log(),
             15.0,
             f"the copy of {key} to be refused",
         )
