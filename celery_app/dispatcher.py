@@ -100,11 +100,7 @@ class CeleryDispatcher(StepDispatcher):
 
     def start(self, sink: EventSink) -> None:
         self._sink = sink
-        settings = RunSettings(
-            heartbeat_interval_s=self.timings.heartbeat_interval_s,
-            # Workers store where this coordinator loads from (an object store's URL).
-            io_url=str(getattr(self.run.io_manager, "url", "")),
-        )
+        settings = RunSettings(heartbeat_interval_s=self.timings.heartbeat_interval_s)
         key = keys.run_settings(self.run.run_id)
         try:
             with self._client.pipeline(transaction=False) as pipe:

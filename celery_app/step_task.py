@@ -169,7 +169,7 @@ def run_attempt(
                 step=planned,
                 attempt=attempt,
                 run_config=info.record.run_config,
-                io_manager=runtime.io_manager_for(info.settings),
+                io_manager=runtime.instance.io_manager_for(info.record),
                 run_tags=info.record.tags,
             ),
             sink,

@@ -20,10 +20,10 @@ import redis
 
 from celery_app.heartbeats import Heartbeats
 from celery_app.settings import CelerySettings
+from coreexec.errors import ConfigError
 from coreexec.instance import Instance
 from coreexec.io_managers import IOManager
 from coreexec.job import JobDefinition
-from coreexec.object_store_io import io_manager_from_url
 from coreexec.plan import ExecutionPlan
 from coreexec.reference import load_job
 from coreexec.storage.base import RunRecord
@@ -43,8 +43,6 @@ class RunSettings:
     """What the dispatcher wrote for the run's workers (``coreexec:run:{id}:settings``)."""
 
     heartbeat_interval_s: float = DEFAULT_HEARTBEAT_INTERVAL_S
-    io_url: str = ""
-    """The run's outputs (the executor's ``io_url``); empty: the worker's own settings."""
 
     @classmethod
     def from_hash(cls, raw: Mapping[Any, Any]) -> RunSettings:
@@ -55,14 +53,13 @@ class RunSettings:
             for k, v in raw.items()
         }
         interval = values.get("heartbeat_interval_s")
-        io_url = values.get("io_url", "")
         try:
-            return cls(float(interval), io_url) if interval else cls(io_url=io_url)
+            return cls(heartbeat_interval_s=float(interval)) if interval else cls()
         except ValueError:
-            return cls(io_url=io_url)
+            return cls()
 
     def to_hash(self) -> dict[str, str]:
-        return {"heartbeat_interval_s": repr(self.heartbeat_interval_s), "io_url": self.io_url}
+        return {"heartbeat_interval_s": repr(self.heartbeat_interval_s)}
 
 
 @dataclass(frozen=True)
@@ -84,7 +81,6 @@ class WorkerRuntime:
         self._client: redis.Redis | None = None
         self._instance: Instance | None = None
         self._io_manager: IOManager | None = None
-        self._io_managers: dict[str, IOManager] = {}
         self._claims: AttemptClaims | None = None
         self.heartbeats = Heartbeats()
         self._plans: dict[str, ExecutionPlan] = {}
@@ -106,7 +102,12 @@ class WorkerRuntime:
     @property
     def instance(self) -> Instance:
         if self._instance is None:
-            self._instance = Instance.from_settings(self.settings.core())
+            if self.settings.home:
+                os.environ.setdefault("COREEXEC_HOME", self.settings.home)
+            instance = Instance.from_env()
+            if instance.ephemeral:
+                raise ConfigError("workers need a durable instance; set COREEXEC_HOME")
+            self._instance = instance
         return self._instance
 
     @property
@@ -114,18 +115,6 @@ class WorkerRuntime:
         if self._io_manager is None:
             self._io_manager = self.instance.io_manager()
         return self._io_manager
-
-    def io_manager_for(self, settings: RunSettings) -> IOManager:
-        """The run's IO manager: the one its executor named, else this worker's."""
-        if not settings.io_url:
-            return self.io_manager
-        with self._lock:
-            found = self._io_managers.get(settings.io_url)
-        if found is None:
-            found = io_manager_from_url(settings.io_url)
-            with self._lock:
-                found = self._io_managers.setdefault(settings.io_url, found)
-        return found
 
     def job(self, reference: str) -> JobDefinition:
         return load_job(reference)

@@ -21,7 +21,7 @@ from coreexec.reference import infer_reference, load_job
 from coreexec.result import ExecutionResult
 from coreexec.run_config import check_run_config, execution_config
 from coreexec.storage.base import RunRecord, RunStatus
-from coreexec.tags import TagValue, normalize_tags
+from coreexec.tags import IO_URL_TAG, TagValue, normalize_tags
 
 
 def resolve_executor_def(job: JobDefinition) -> ExecutorDefinition:
@@ -64,14 +64,11 @@ def check_requirements(
         )
 
 
-def run_io_manager(instance: Instance, exec_config: BaseModel | None) -> IOManager:
-    """The executor config's ``io_url`` when it has one, else the instance's outputs."""
+def run_io_url(instance: Instance, exec_config: BaseModel | None) -> str | None:
+    """Where a new run's outputs go: the executor config's ``io_url``, else the
+    instance's (None: files under the instance's home)."""
     io_url = getattr(exec_config, "io_url", None)
-    if isinstance(io_url, str) and io_url:
-        from coreexec.object_store_io import io_manager_from_url
-
-        return io_manager_from_url(io_url)
-    return instance.io_manager()
+    return io_url if isinstance(io_url, str) and io_url else instance.io_url
 
 
 def _resolve_job(job: JobDefinition | str) -> JobDefinition:
@@ -97,12 +94,16 @@ def create_run(
     reference = definition.reference or infer_reference(definition)
     check_requirements(chosen, definition, reference, instance, exec_config)
     now = time.time()
+    run_tags = {**definition.tags, **normalize_tags(tags, owner="run tags")}
+    io_url = run_io_url(instance, exec_config)
+    if io_url:
+        run_tags[IO_URL_TAG] = io_url
     record = RunRecord(
         run_id=uuid.uuid4().hex,
         job_name=definition.name,
         status=RunStatus.QUEUED,
         job_reference=reference,
-        tags={**definition.tags, **normalize_tags(tags, owner="run tags")},
+        tags=run_tags,
         run_config=config,
         created_at=now,
         updated_at=now,
@@ -161,7 +162,7 @@ def execute_run(
         run_config=record.run_config,
         run_tags=record.tags,
         instance=instance,
-        io_manager=io_manager or run_io_manager(instance, exec_config),
+        io_manager=io_manager or instance.io_manager_for(record),
         listeners=list(listeners or []),
         already_succeeded=succeeded,
         attempts_made=attempts,
