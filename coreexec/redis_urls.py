@@ -2,14 +2,19 @@
 
 from __future__ import annotations
 
-import redis
+from urllib.parse import urlsplit, urlunsplit
 
-from coreexec.urls import masked_url
+import redis
 
 
 def safe_url(url: str) -> str:
     """``url`` with any password replaced by ``***``, fit for messages and logs."""
-    return masked_url(url)
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    host = parts.hostname or ""
+    netloc = f"{parts.username or ''}:***@{host}" + (f":{parts.port}" if parts.port else "")
+    return urlunsplit(parts._replace(netloc=netloc))
 
 
 def client_url(client: redis.Redis) -> str:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 from typing import TypeVar
 
@@ -12,7 +13,6 @@ from coreexec.instance import REDIS_URL_ENV
 from coreexec.limits.global_rules import GlobalRules, rule_from_target
 from coreexec.limits.keys import DEFAULT_NAMESPACE
 from coreexec.limits.redis_limiter import RedisTagLimiter
-from coreexec.settings import Settings
 
 DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"
 
@@ -20,12 +20,7 @@ T = TypeVar("T")
 
 
 def _redis_url(url: str | None) -> str:
-    if url:
-        return url
-    try:
-        return Settings.from_env().resolved_redis_url
-    except CoreExecError:
-        return DEFAULT_REDIS_URL
+    return url or os.environ.get(REDIS_URL_ENV) or DEFAULT_REDIS_URL
 
 
 def _guard(work: Callable[[], T]) -> T:
@@ -39,10 +34,7 @@ redis_option = click.option(
     "--redis-url",
     default=None,
     metavar="URL",
-    help=(
-        f"Redis holding the limits (default: ${REDIS_URL_ENV}, else the broker when it is "
-        f"Redis, else {DEFAULT_REDIS_URL})."
-    ),
+    help=f"Redis holding the limits (default: ${REDIS_URL_ENV}, else {DEFAULT_REDIS_URL}).",
 )
 namespace_option = click.option(
     "--namespace",
