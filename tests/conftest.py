@@ -34,7 +34,7 @@ from tests.support.processes import (
 )
 
 # pytester runs inner pytest sessions; the fixture tests use it to watch teardown.
-pytest_plugins = ["pytester", "tests.support.fleet_fixtures"]
+pytest_plugins = ["pytester"]
 
 _TESTS_DIR = Path(__file__).resolve().parent
 _MARKER_BY_DIR = {
