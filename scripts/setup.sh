@@ -1,6 +1,5 @@
 #!/usr/bin/env bash
-# Install what coreexec needs to run, test and demo: Debian's redis-server and
-# postgresql, and this
+# Install what coreexec needs to run, test and demo: Debian's redis-server and this
 # repository as an editable package with its dev extras. Safe to run again: it only
 # installs what is missing or out of date.
 set -euo pipefail
@@ -30,21 +29,7 @@ if [ -f "$stdlib/EXTERNALLY-MANAGED" ] && [ -z "${VIRTUAL_ENV:-}" ]; then
     export PIP_BREAK_SYSTEM_PACKAGES=1
 fi
 
-# --- redis-server (the test fixtures start their own on free ports) ------------------
-if command -v redis-server >/dev/null 2>&1; then
-    log "redis-server present: $(redis-server --version | head -n1)"
-elif [ "$(id -u)" -eq 0 ]; then
-    log "redis-server missing: installing Debian's redis-server"
-    export DEBIAN_FRONTEND=noninteractive
-    apt-get update -qq
-    apt-get install -y -qq --no-install-recommends redis-server >/dev/null
-    command -v redis-server >/dev/null 2>&1 || die "apt-get installed redis-server but it is not on PATH"
-else
-    die "redis-server is missing and this user is not root, so it cannot be installed here.
-        Run this script as root, or install it yourself: sudo apt-get install redis-server"
-fi
-
-# --- PostgreSQL (the fleet tests start their own server with initdb on a free port) ---
+# --- PostgreSQL: Debian's postgresql (the fleet tests start their own server with initdb on a free port) ---
 # Debian keeps initdb and postgres under /usr/lib/postgresql/<major>/bin, off PATH.
 if ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || command -v initdb >/dev/null 2>&1; then
     log "PostgreSQL present: $(ls -d /usr/lib/postgresql/*/bin 2>/dev/null | tail -n1)"
@@ -62,6 +47,20 @@ elif [ "$(id -u)" -eq 0 ]; then
 else
     die "PostgreSQL is missing and this user is not root, so it cannot be installed here.
         Run this script as root, or install it yourself: sudo apt-get install postgresql"
+fi
+
+# --- redis-server (the test fixtures start their own on free ports) ------------------
+if command -v redis-server >/dev/null 2>&1; then
+    log "redis-server present: $(redis-server --version | head -n1)"
+elif [ "$(id -u)" -eq 0 ]; then
+    log "redis-server missing: installing Debian's redis-server"
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get update -qq
+    apt-get install -y -qq --no-install-recommends redis-server >/dev/null
+    command -v redis-server >/dev/null 2>&1 || die "apt-get installed redis-server but it is not on PATH"
+else
+    die "redis-server is missing and this user is not root, so it cannot be installed here.
+        Run this script as root, or install it yourself: sudo apt-get install redis-server"
 fi
 
 # --- the package, editable, with dev tools -------------------------------------------
