@@ -29,7 +29,8 @@ if [ -f "$stdlib/EXTERNALLY-MANAGED" ] && [ -z "${VIRTUAL_ENV:-}" ]; then
     export PIP_BREAK_SYSTEM_PACKAGES=1
 fi
 
-# --- PostgreSQL: Debian's postgresql (the fleet tests start their own server with initdb on a free port) ---
+# --- PostgreSQL: Debian's postgresql (the fleet tests start their own server, made with
+# initdb in a temporary directory, on a free port) ------------------------------------
 # Debian keeps initdb and postgres under /usr/lib/postgresql/<major>/bin, off PATH.
 if ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || command -v initdb >/dev/null 2>&1; then
     log "PostgreSQL present: $(ls -d /usr/lib/postgresql/*/bin 2>/dev/null | tail -n1)"
@@ -41,7 +42,9 @@ elif [ "$(id -u)" -eq 0 ]; then
     mkdir -p /etc/postgresql-common
     [ -f /etc/postgresql-common/createcluster.conf ] \
         || printf 'create_main_cluster = false\n' >/etc/postgresql-common/createcluster.conf
-    apt-get install -y -qq --no-install-recommends postgresql >/dev/null
+    # confold: keep the createcluster.conf written above (the package ships one too).
+    apt-get install -y -qq --no-install-recommends \
+        -o Dpkg::Options::=--force-confdef -o Dpkg::Options::=--force-confold postgresql >/dev/null
     ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 \
         || die "apt-get installed postgresql but no initdb is under /usr/lib/postgresql"
 else
