@@ -121,8 +121,6 @@ class CeleryDispatcher(StepDispatcher):
         settings = replace(
             self.launch,
             heartbeat_interval_s=self.timings.heartbeat_interval_s,
-            # Workers store where this coordinator loads from (an object store's URL).
-            io_url=str(getattr(self.run.io_manager, "url", "")),
             outage_tolerance_s=self.timings.outage_tolerance_s,
         )
         key = keys.run_settings(self.run.run_id)

@@ -87,7 +87,8 @@ class CeleryExecutorConfig(BaseModel):
     the broker when it is Redis). Workers must use the same one."""
     io_url: str | None = None
     """Step outputs of the run as an fsspec URL, e.g. ``s3://bucket/prefix`` (default:
-    ``COREEXEC_IO_URL``, else files under ``COREEXEC_HOME``); workers follow it."""
+    ``COREEXEC_IO_URL``, else files under ``COREEXEC_HOME``). Kept with the run (tag
+    ``coreexec/io_url``), so its workers and a resume use it whatever their settings."""
 
     @field_validator("heartbeat_timeout_s")
     @classmethod

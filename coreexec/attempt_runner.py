@@ -316,7 +316,7 @@ def run_prepared(
         step=prepared.step,
         attempt=ids.attempt,
         run_config=info.record.run_config,
-        io_manager=runtime.io_manager_for(info.settings),
+        io_manager=runtime.instance.io_manager_for(info.record),
         run_tags=info.record.tags,
     )
     emit: EventSink = (

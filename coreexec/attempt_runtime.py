@@ -22,7 +22,6 @@ from coreexec.heartbeats import Heartbeats
 from coreexec.instance import HOME_ENV, Instance
 from coreexec.io_managers import IOManager
 from coreexec.job import JobDefinition
-from coreexec.object_store_io import io_manager_from_url
 from coreexec.plan import ExecutionPlan
 from coreexec.reference import load_job
 from coreexec.settings import Settings
@@ -59,7 +58,6 @@ class AttemptRuntime:
         self.redis_url = redis_url
         self.home = home
         self.core_settings = settings
-        self._io_managers: dict[str, IOManager] = {}
         self._client: redis.Redis | None = None
         self._instance: Instance | None = None
         self._io_manager: IOManager | None = None
@@ -100,18 +98,6 @@ class AttemptRuntime:
         if self._io_manager is None:
             self._io_manager = self.instance.io_manager()
         return self._io_manager
-
-    def io_manager_for(self, settings: RunSettings) -> IOManager:
-        """The run's IO manager: the one its executor named, else this process's."""
-        if not settings.io_url:
-            return self.io_manager
-        with self._lock:
-            found = self._io_managers.get(settings.io_url)
-        if found is None:
-            found = io_manager_from_url(settings.io_url)
-            with self._lock:
-                found = self._io_managers.setdefault(settings.io_url, found)
-        return found
 
     def job(self, reference: str) -> JobDefinition:
         return load_job(reference)

@@ -8,10 +8,11 @@ from pathlib import Path
 
 from coreexec.io_managers import FilesystemIOManager, IOManager
 from coreexec.settings import HOME_ENV, REDIS_URL_ENV, STORAGE_URL_ENV, Settings
-from coreexec.storage.base import RunStorage
+from coreexec.storage.base import RunRecord, RunStorage
 from coreexec.storage.from_url import storage_from_url
 from coreexec.storage.memory import InMemoryRunStorage
 from coreexec.storage.sqlite import SqliteRunStorage
+from coreexec.tags import IO_URL_TAG
 
 __all__ = [
     "HOME_ENV",
@@ -46,6 +47,9 @@ class Instance:
     io_url: str | None = None
     """fsspec URL of the outputs (None: files under ``<home>/storage``)."""
     _io_manager: IOManager | None = field(default=None, init=False, repr=False, compare=False)
+    _io_by_url: dict[str, IOManager] = field(
+        default_factory=dict, init=False, repr=False, compare=False
+    )
 
     @classmethod
     def from_env(cls) -> Instance:
@@ -74,6 +78,19 @@ class Instance:
     @property
     def storage_dir(self) -> Path:
         return self.home / "storage"
+
+    def io_manager_for(self, record: RunRecord) -> IOManager:
+        """The outputs of one run: at the URL the run was created with (its
+        ``coreexec/io_url`` tag), else this instance's."""
+        url = record.tags.get(IO_URL_TAG)
+        if not url or url == self.io_url:
+            return self.io_manager()
+        found = self._io_by_url.get(url)
+        if found is None:
+            from coreexec.object_store_io import io_manager_from_url
+
+            found = self._io_by_url.setdefault(url, io_manager_from_url(url))
+        return found
 
     def io_manager(self) -> IOManager:
         """Outputs at ``io_url``, else files under ``<home>/storage``; readable by every

@@ -131,6 +131,8 @@ class ObjectStoreIOManager:
         probe = f"{root}/.coreexec-probe-{uuid.uuid4().hex}"
         key = OutputKey("-", "-", probe.rsplit("/", 1)[1])
         try:
+            if _protocol(fs) not in ATOMIC_PUT_PROTOCOLS:
+                fs.makedirs(root, exist_ok=True)
             fs.pipe_file(probe, b"ok")
             fs.cat_file(probe)
             fs.rm_file(probe)
@@ -155,8 +157,9 @@ def describe_store_error(exc: BaseException, url: str) -> str:
             "AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, or AWS_PROFILE with "
             "~/.aws/credentials, in the environment of every process"
         )
-    if isinstance(exc, FileNotFoundError):
-        bucket = url.split("://", 1)[-1].split("/", 1)[0]
+    scheme, _, rest = url.partition("://")
+    if isinstance(exc, FileNotFoundError) and scheme in ATOMIC_PUT_PROTOCOLS - {"memory"}:
+        bucket = rest.split("/", 1)[0]
         return f"{exc} (does the bucket {bucket!r} exist? create it, or fix {IO_URL_ENV})"
     if isinstance(exc, PermissionError):
         return f"access denied ({exc}); the credentials in use may not write to {url}"

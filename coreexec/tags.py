@@ -18,6 +18,11 @@ LAUNCHER_TAG = "coreexec/launcher"
 EXECUTOR_TAG = "coreexec/executor"
 """``in_process`` runs a step in the coordinating process under the multiprocess executor."""
 
+IO_URL_TAG = "coreexec/io_url"
+"""Set on a run when its outputs are at an fsspec URL (the executor's ``io_url``, else
+``COREEXEC_IO_URL`` of the process that made the run): every process that runs, resumes
+or reads the run stores and loads its outputs there, whatever its own settings say."""
+
 TagValue = str | int
 
 

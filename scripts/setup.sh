@@ -31,6 +31,29 @@ if [ -f "$stdlib/EXTERNALLY-MANAGED" ] && [ -z "${VIRTUAL_ENV:-}" ]; then
     export PIP_BREAK_SYSTEM_PACKAGES=1
 fi
 
+# --- PostgreSQL: Debian's postgresql (the fleet tests start their own server, made with
+# initdb in a temporary directory, on a free port) ------------------------------------
+# Debian keeps initdb and postgres under /usr/lib/postgresql/<major>/bin, off PATH.
+if ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || command -v initdb >/dev/null 2>&1; then
+    log "PostgreSQL present: $(ls -d /usr/lib/postgresql/*/bin 2>/dev/null | tail -n1)"
+elif [ "$(id -u)" -eq 0 ]; then
+    log "PostgreSQL missing: installing Debian's postgresql"
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get update -qq
+    # The package would start a cluster of its own; tests start theirs, so keep it off.
+    mkdir -p /etc/postgresql-common
+    [ -f /etc/postgresql-common/createcluster.conf ] \
+        || printf 'create_main_cluster = false\n' >/etc/postgresql-common/createcluster.conf
+    # confold: keep the createcluster.conf written above (the package ships one too).
+    apt-get install -y -qq --no-install-recommends \
+        -o Dpkg::Options::=--force-confdef -o Dpkg::Options::=--force-confold postgresql >/dev/null
+    ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 \
+        || die "apt-get installed postgresql but no initdb is under /usr/lib/postgresql"
+else
+    die "PostgreSQL is missing and this user is not root, so it cannot be installed here.
+        Run this script as root, or install it yourself: sudo apt-get install postgresql"
+fi
+
 # --- redis-server (the test fixtures start their own on free ports) ------------------
 if command -v redis-server >/dev/null 2>&1; then
     log "redis-server present: $(redis-server --version | head -n1)"
@@ -62,26 +85,6 @@ elif [ "$(id -u)" -eq 0 ]; then
 else
     log "WARNING: ${missing_debs[*]} missing and this user is not root: the Docker tests will skip" \
         "(install them: sudo apt-get install ${missing_debs[*]})"
-fi
-
-# --- PostgreSQL (the fleet tests start their own server with initdb on a free port) ---
-# Debian keeps initdb and postgres under /usr/lib/postgresql/<major>/bin, off PATH.
-if ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || command -v initdb >/dev/null 2>&1; then
-    log "PostgreSQL present: $(ls -d /usr/lib/postgresql/*/bin 2>/dev/null | tail -n1)"
-elif [ "$(id -u)" -eq 0 ]; then
-    log "PostgreSQL missing: installing Debian's postgresql"
-    export DEBIAN_FRONTEND=noninteractive
-    apt-get update -qq
-    # The package would start a cluster of its own; tests start theirs, so keep it off.
-    mkdir -p /etc/postgresql-common
-    [ -f /etc/postgresql-common/createcluster.conf ] \
-        || printf 'create_main_cluster = false\n' >/etc/postgresql-common/createcluster.conf
-    apt-get install -y -qq --no-install-recommends postgresql >/dev/null
-    ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 \
-        || die "apt-get installed postgresql but no initdb is under /usr/lib/postgresql"
-else
-    die "PostgreSQL is missing and this user is not root, so it cannot be installed here.
-        Run this script as root, or install it yourself: sudo apt-get install postgresql"
 fi
 
 # --- the package, editable, with dev tools -------------------------------------------

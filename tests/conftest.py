@@ -38,9 +38,8 @@ from tests.support.processes import (
 
 # pytester runs inner pytest sessions; the fixture tests use it to watch teardown.
 # docker_plugin: the docker_engine / step_image / step_container fixtures and the rule
-# that CI fails when a docker or postgres test was skipped; fleet_fixtures: PostgreSQL
-# and S3 servers.
-pytest_plugins = ["pytester", "tests.support.docker_plugin", "tests.support.fleet_fixtures"]
+# that CI fails when a docker or postgres test was skipped.
+pytest_plugins = ["pytester", "tests.support.docker_plugin"]
 
 _TESTS_DIR = Path(__file__).resolve().parent
 _MARKER_BY_DIR = {

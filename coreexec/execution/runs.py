@@ -33,7 +33,7 @@ from coreexec.result import ExecutionResult
 from coreexec.run_config import check_run_config, execution_config
 from coreexec.run_summary import is_cancelled
 from coreexec.storage.base import RunRecord, RunStatus
-from coreexec.tags import TagValue, normalize_tags
+from coreexec.tags import IO_URL_TAG, TagValue, normalize_tags
 
 
 def resolve_executor_def(job: JobDefinition) -> ExecutorDefinition:
@@ -76,14 +76,11 @@ def check_requirements(
         )
 
 
-def run_io_manager(instance: Instance, exec_config: BaseModel | None) -> IOManager:
-    """The executor config's ``io_url`` when it has one, else the instance's outputs."""
+def run_io_url(instance: Instance, exec_config: BaseModel | None) -> str | None:
+    """Where a new run's outputs go: the executor config's ``io_url``, else the
+    instance's (None: files under the instance's home)."""
     io_url = getattr(exec_config, "io_url", None)
-    if isinstance(io_url, str) and io_url:
-        from coreexec.object_store_io import io_manager_from_url
-
-        return io_manager_from_url(io_url)
-    return instance.io_manager()
+    return io_url if isinstance(io_url, str) and io_url else instance.io_url
 
 
 def _resolve_job(job: JobDefinition | str) -> JobDefinition:
@@ -109,12 +106,16 @@ def create_run(
     reference = definition.reference or infer_reference(definition)
     check_requirements(chosen, definition, reference, instance, exec_config)
     now = time.time()
+    run_tags = {**definition.tags, **normalize_tags(tags, owner="run tags")}
+    io_url = run_io_url(instance, exec_config)
+    if io_url:
+        run_tags[IO_URL_TAG] = io_url
     record = RunRecord(
         run_id=uuid.uuid4().hex,
         job_name=definition.name,
         status=RunStatus.QUEUED,
         job_reference=reference,
-        tags={**definition.tags, **normalize_tags(tags, owner="run tags")},
+        tags=run_tags,
         run_config=config,
         created_at=now,
         updated_at=now,
@@ -146,9 +147,8 @@ def _prepare(
     instance: Instance,
     job: JobDefinition | None,
     executor_def: ExecutorDefinition | None,
-) -> tuple[JobDefinition, ExecutorDefinition, Executor, ExecutionPlan, IOManager]:
-    """The job, its executor (created), plan and the IO manager its executor config names
-    (else the instance's) of a stored run."""
+) -> tuple[JobDefinition, ExecutorDefinition, Executor, ExecutionPlan]:
+    """The job, its executor (created) and plan of a stored run."""
     if job is None:
         if record.job_reference is None:
             raise ConfigError(
@@ -158,8 +158,7 @@ def _prepare(
     chosen = executor_def or resolve_executor_def(job)
     exec_config = chosen.resolve_config(execution_config(record.run_config))
     executor = chosen.create(InitExecutorContext(job=job, config=exec_config, instance=instance))
-    plan = ExecutionPlan.from_job(job, job_reference=record.job_reference)
-    return job, chosen, executor, plan, run_io_manager(instance, exec_config)
+    return job, chosen, executor, ExecutionPlan.from_job(job, job_reference=record.job_reference)
 
 
 def _fail_start(instance: Instance, run_id: str, exc: BaseException) -> None:
@@ -189,7 +188,7 @@ def execute_run(
     """
     record = instance.storage.get_run(run_id)
     try:
-        job, chosen, executor, plan, run_io = _prepare(record, instance, job, executor_def)
+        job, chosen, executor, plan = _prepare(record, instance, job, executor_def)
     except BaseException as exc:
         _fail_start(instance, run_id, exc)
         raise
@@ -201,7 +200,7 @@ def execute_run(
         run_config=record.run_config,
         run_tags=record.tags,
         instance=instance,
-        io_manager=io_manager or run_io,
+        io_manager=io_manager or instance.io_manager_for(record),
         listeners=list(listeners or []),
         already_succeeded=succeeded,
         attempts_made=attempts,

@@ -35,8 +35,6 @@ class RunSettings:
     default_launcher: str = DEFAULT_LAUNCHER
     launcher_config: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
     """Config per launcher name (JSON), e.g. ``{"docker": {"image": ...}}``."""
-    io_url: str = ""
-    """The run's outputs (the executor's ``io_url``); empty: the worker's own settings."""
     outage_tolerance_s: float = DEFAULT_OUTAGE_TOLERANCE_S
     """How long a worker keeps retrying a step's events while Redis is unreachable."""
 
@@ -61,7 +59,6 @@ class RunSettings:
             heartbeat_interval_s=interval,
             default_launcher=values.get("default_launcher") or DEFAULT_LAUNCHER,
             launcher_config=config,
-            io_url=values.get("io_url", ""),
             outage_tolerance_s=tolerance,
         )
 
@@ -70,6 +67,5 @@ class RunSettings:
             "heartbeat_interval_s": repr(self.heartbeat_interval_s),
             "default_launcher": self.default_launcher,
             "launcher_config": json.dumps(dict(self.launcher_config), sort_keys=True),
-            "io_url": self.io_url,
             "outage_tolerance_s": repr(self.outage_tolerance_s),
         }

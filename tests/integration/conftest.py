@@ -10,6 +10,12 @@ import pytest
 from celery_app.app import make_app
 from celery_app.run_launcher import CeleryRunLauncher
 from celery_app.settings import CelerySettings
+from tests.support.fleet_fixtures import (  # noqa: F401  (fixtures of the fleet tests)
+    postgres_server,
+    postgres_url,
+    s3_env,
+    s3_server,
+)
 
 
 @pytest.fixture

@@ -8,6 +8,7 @@ same variables a container or pod gets.
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -32,6 +33,7 @@ from coreexec.transport.coordinator_heartbeat import CoordinatorInfo, coordinato
 from coreexec.transport.redis_events import RedisEventStream, redis_client
 from tests.jobs.fleet_jobs import WIDE_STEPS, key
 from tests.jobs.submission_jobs import wait_until
+from tests.support.postgres import PASSWORD
 from tests.support.processes import REPO_ROOT, CeleryWorkerProcess, child_env, pid_alive
 
 pytestmark = pytest.mark.postgres
@@ -106,7 +108,7 @@ def test_a_run_across_workers_shares_only_postgres_and_the_object_store(
     fleet: dict[str, Path], launcher: CeleryRunLauncher, celery_worker_factory: WorkerFactory
 ) -> None:
     # The step workers are not told the outputs URL: they learn it from the run.
-    _start_fleet(celery_worker_factory, fleet, steps_env={"COREEXEC_IO_URL": ""})
+    processes = _start_fleet(celery_worker_factory, fleet, steps_env={"COREEXEC_IO_URL": ""})
     handle = submit_job("tests.jobs.fleet_jobs:fanout", launcher=launcher)
     assert handle.wait(timeout=120) is RunStatus.SUCCESS
     instance = Instance.from_env()
@@ -118,6 +120,10 @@ def test_a_run_across_workers_shares_only_postgres_and_the_object_store(
     assert _marks(handle.run_id, "home", steps) == [str(fleet["steps"])] * 5
     assert _marks(handle.run_id, "runs", steps) == ["1"] * 5
     _assert_homes_unused(fleet)
+    # The storage password shows in no event and no worker log.
+    shown = json.dumps([event.to_dict() for event in handle.events()], default=str)
+    assert PASSWORD not in shown and "@127.0.0.1" not in shown
+    assert all(PASSWORD not in process.read_log() for process in processes)
 
 
 def _cli(*args: str) -> subprocess.CompletedProcess[str]:

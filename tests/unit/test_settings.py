@@ -81,18 +81,28 @@ def test_the_instance_follows_the_settings(tmp_path: Path) -> None:
     ) == [1]
 
 
-def test_an_executor_io_url_chooses_the_runs_outputs(tmp_path: Path) -> None:
-    from pydantic import BaseModel
+def test_a_run_keeps_the_outputs_url_it_was_made_with(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from celery_app import celery_executor
+    from coreexec.execution.runs import create_run
+    from coreexec.tags import IO_URL_TAG
 
-    from celery_app.executor import CeleryExecutorConfig
-    from coreexec.execution.runs import run_io_manager
-
+    monkeypatch.delenv("COREEXEC_IO_URL", raising=False)
     instance = Instance.at(tmp_path)
-    chosen = run_io_manager(instance, CeleryExecutorConfig(io_url="memory://coreexec-unit/run"))
+    ref = "tests.jobs.core_jobs:scale_job"
+    plain = create_run(ref, instance=instance)
+    assert IO_URL_TAG not in plain.tags
+    assert isinstance(instance.io_manager_for(plain), FilesystemIOManager)
+
+    executor = celery_executor.configured({"io_url": "memory://coreexec-unit/run"})
+    tagged = create_run(ref, instance=instance, executor_def=executor)
+    assert tagged.tags[IO_URL_TAG] == "memory://coreexec-unit/run"
+    # Any process reading the run, whatever its own settings, finds the same outputs.
+    other = Instance.at(tmp_path / "elsewhere", io_url="memory://coreexec-unit/other")
+    chosen = other.io_manager_for(instance.storage.get_run(tagged.run_id))
     assert isinstance(chosen, ObjectStoreIOManager) and chosen.url == "memory://coreexec-unit/run"
-    assert run_io_manager(instance, CeleryExecutorConfig()) is instance.io_manager()
+    assert other.io_manager_for(tagged) is chosen
 
-    class NoIoUrl(BaseModel):
-        retries: int = 0
-
-    assert run_io_manager(instance, NoIoUrl()) is instance.io_manager()
+    from_env = Instance.at(tmp_path, io_url="memory://coreexec-unit/env")
+    assert create_run(ref, instance=from_env).tags[IO_URL_TAG] == "memory://coreexec-unit/env"
