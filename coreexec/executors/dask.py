@@ -313,6 +313,7 @@ class DaskExecutor(DispatchingExecutor):
 
         redis_url = self.config.redis_url or run.instance.redis_url
         limiter, rules = self._limiter()
+        client = None
         try:
             if redis_url is not None:
                 client = redis_client(redis_url)
@@ -333,6 +334,8 @@ class DaskExecutor(DispatchingExecutor):
         finally:
             self._client = None
             self._redis = None
+            if client is not None:
+                client.close()
             close = getattr(limiter, "close", None)
             if close is not None:
                 close()
