@@ -7,6 +7,8 @@ from __future__ import annotations
 import json
 import os
 import signal
+import subprocess
+import sys
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -283,6 +285,18 @@ def test_keep_containers_keeps_ended_containers(
     kept = containers_of(client, result.run_id)
     assert sorted(c.labels[STEP_LABEL] for c in kept) == ["numbers", "total"]
     assert {c.status for c in kept} == {"exited"}
+
+    # The sweep removes them: their run has finished.
+    swept = subprocess.run(
+        [sys.executable, "-m", "workers.docker.sweep", "sweep"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert swept.returncode == 0, swept.stderr
+    assert "removed 2 container(s)" in swept.stdout
+    assert containers_of(client, result.run_id) == []
 
 
 def test_a_missing_image_fails_the_step_naming_the_image(
