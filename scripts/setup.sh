@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Install what coreexec needs to run, test and demo: Debian's redis-server and this
-# repository as an editable package with its dev extras. Safe to run again: it only
+# Install what coreexec needs to run, test and demo: Debian's redis-server, docker.io
+# (dockerd; the tests start their own) and debootstrap (the base image is made without
+# any registry), and this repository as an editable package with its dev extras. Safe to run again: it only
 # installs what is missing or out of date.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
@@ -41,6 +42,25 @@ elif [ "$(id -u)" -eq 0 ]; then
 else
     die "redis-server is missing and this user is not root, so it cannot be installed here.
         Run this script as root, or install it yourself: sudo apt-get install redis-server"
+fi
+
+# --- dockerd and debootstrap (the Docker tests start their own engine) -----------------
+# A `docker` client alone is not enough: dockerd comes from Debian's docker.io. Never
+# started as a service here; tests/support/docker_engine.py starts and stops it.
+missing_debs=()
+command -v dockerd >/dev/null 2>&1 || missing_debs+=(docker.io)
+command -v debootstrap >/dev/null 2>&1 || missing_debs+=(debootstrap)
+if [ "${#missing_debs[@]}" -eq 0 ]; then
+    log "dockerd present: $(dockerd --version); debootstrap present"
+elif [ "$(id -u)" -eq 0 ]; then
+    log "missing: ${missing_debs[*]}: installing them from Debian"
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get update -qq
+    apt-get install -y -qq --no-install-recommends "${missing_debs[@]}" >/dev/null
+    command -v dockerd >/dev/null 2>&1 || die "apt-get installed docker.io but dockerd is not on PATH"
+else
+    log "WARNING: ${missing_debs[*]} missing and this user is not root: the Docker tests will skip" \
+        "(install them: sudo apt-get install ${missing_debs[*]})"
 fi
 
 # --- the package, editable, with dev tools -------------------------------------------

@@ -12,6 +12,9 @@ Fixtures
 ``flower_factory``          function: ``start(broker_url, port=None,
                             basic_auth="user:pass", **kw)`` returns a ready
                             FlowerProcess; every one is stopped at teardown.
+``docker_engine``,          the Docker fixtures of tests/support/docker_plugin.py (a
+``step_image``,             shared dockerd, the step image, options for its containers).
+``step_container``
 
 Tests under tests/unit, tests/integration, tests/docker and tests/k8s get the marker
 of their directory automatically. When a test fails, the log tails of the processes the
@@ -34,7 +37,9 @@ from tests.support.processes import (
 )
 
 # pytester runs inner pytest sessions; the fixture tests use it to watch teardown.
-pytest_plugins = ["pytester"]
+# docker_plugin: the docker_engine / step_image / step_container fixtures and the rule
+# that CI fails when a docker or postgres test was skipped.
+pytest_plugins = ["pytester", "tests.support.docker_plugin"]
 
 _TESTS_DIR = Path(__file__).resolve().parent
 _MARKER_BY_DIR = {
