@@ -226,9 +226,10 @@ def _run_reporting_on_redis(spec: DaskAttempt, redis_url: str) -> None:
         runtime = _runtimes[(redis_url, spec.home)] = _DaskRuntime(redis_url, home=spec.home)
     ids = AttemptIds(spec.run_id, spec.step_key, spec.attempt, spec.attempt_id, spec.job_reference)
     owner = f"dask:{distributed.get_worker().address}:{os.getpid()}"
+    result = None
     with contextlib.suppress(KeyboardInterrupt), interruptible(spec.attempt_id):
         result = run_attempt(runtime, ids, owner=owner)
-    if result.status == "dropped":
+    if result is not None and result.status == "dropped":
         raise AttemptDroppedError(
             f"attempt {spec.attempt} of step {spec.step_key!r} was claimed before "
             f"({result.holder}); this run of it did nothing"
