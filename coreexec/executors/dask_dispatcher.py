@@ -144,6 +144,7 @@ class DaskDispatcher(StepDispatcher):
         self._lost: list[LostAttempt] = []
         self._give_up_at: dict[str, float] = {}
         self._last_id = "0-0"
+        self._unsent: list[tuple[PlannedStep, DaskAttempt]] = []
 
     # -- StepDispatcher ---------------------------------------------------------------
 
@@ -165,21 +166,56 @@ class DaskDispatcher(StepDispatcher):
             home=self._home,
         )
         key = f"{self.run.job.name}.{step.key}.{attempt.number}-{self.run.run_id}"
-        future = self.client.submit(
-            self._task,
-            spec,
-            self._topic if self._redis is None else None,
-            self._redis.url if self._redis is not None else None,
-            key=key,
-            priority=step.priority,
-            resources=step_resources(step),
-            retries=0,
-            pure=False,
-        )
-        self._attempts[attempt.attempt_id] = _Submitted(attempt, future, key)
+        self._attempts[attempt.attempt_id] = _Submitted(attempt, None, key)
         self._by_key[key] = attempt.attempt_id
-        attempt_id = attempt.attempt_id
-        future.add_done_callback(lambda done: self._on_future(attempt_id, done))
+        self._unsent.append((step, spec))
+
+    def flush(self) -> Sequence[LostAttempt]:
+        """Submit the pass's attempts: one ``Client.map`` (one message to the scheduler)
+        per run of consecutive steps with the same priority and resources."""
+        unsent, self._unsent = self._unsent, []
+        lost: list[LostAttempt] = []
+        start = 0
+        while start < len(unsent):
+            step = unsent[start][0]
+            end = start + 1
+            while end < len(unsent) and _same_kind(unsent[end][0], step):
+                end += 1
+            lost.extend(self._submit([spec for _, spec in unsent[start:end]], step))
+            start = end
+        return lost
+
+    def _submit(self, specs: list[DaskAttempt], like: PlannedStep) -> list[LostAttempt]:
+        submitted = [self._attempts[spec.attempt_id] for spec in specs]
+        channel = (None, self._redis.url) if self._redis is not None else (self._topic, None)
+        try:
+            futures = self.client.map(
+                self._task,
+                specs,
+                [channel[0]] * len(specs),
+                [channel[1]] * len(specs),
+                key=[item.key for item in submitted],
+                priority=like.priority,
+                resources=step_resources(like),
+                retries=0,
+                pure=False,
+            )
+        except Exception as exc:  # the scheduler is gone or refused the graph
+            for item in submitted:
+                self._forget(item)
+            return [
+                LostAttempt(
+                    spec.attempt_id,
+                    FailureClass.INFRASTRUCTURE,
+                    f"cannot submit step {spec.step_key!r} to the Dask scheduler: {exc!r}",
+                )
+                for spec in specs
+            ]
+        for item, future in zip(submitted, futures, strict=True):
+            item.future = future
+            attempt_id = item.attempt.attempt_id
+            future.add_done_callback(lambda done, a=attempt_id: self._on_future(a, done))
+        return []
 
     def wait(self, timeout_s: float | None) -> None:
         assert self._sink is not None, "start() first"
@@ -211,8 +247,9 @@ class DaskDispatcher(StepDispatcher):
         never_started = set(self._fence(ids, "run canceled"))
         with contextlib.suppress(Exception):
             self.client.run(interrupt_attempts, ids, on_error="return")
+        futures = [self._attempts[i].future for i in ids if self._attempts[i].future is not None]
         with contextlib.suppress(Exception):
-            self.client.cancel([self._attempts[i].future for i in ids], force=True)
+            self.client.cancel(futures, force=True)
         for attempt_id in ids:
             if attempt_id in never_started:
                 self._lose(attempt_id, FailureClass.CANCELLED, "canceled before the step started")
@@ -230,7 +267,7 @@ class DaskDispatcher(StepDispatcher):
 
     def close(self) -> None:
         try:
-            pending = [s.future for s in self._attempts.values()]
+            pending = [s.future for s in self._attempts.values() if s.future is not None]
             if pending:
                 with contextlib.suppress(Exception):
                     self.client.cancel(pending, force=True)
@@ -382,6 +419,13 @@ _NO_REPORT = (
     "the Dask task ended without the step's report (Dask ran it again after its worker "
     "was lost, and the attempt had been claimed)"
 )
+
+
+def _same_kind(step: PlannedStep, other: PlannedStep) -> bool:
+    """Whether two steps go to Dask with the same priority and resources."""
+    return step.priority == other.priority and step.tags.get(RESOURCES_TAG) == other.tags.get(
+        RESOURCES_TAG
+    )
 
 
 def _describe(exc: BaseException | None) -> str:
