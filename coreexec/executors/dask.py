@@ -93,7 +93,7 @@ class LocalClusterConfig(BaseModel):
 
     model_config = ConfigDict(extra="allow", frozen=True)
 
-    n_workers: int | None = Field(default=None, ge=1)
+    n_workers: int | None = Field(default=None, ge=0)
     threads_per_worker: int | None = Field(default=None, ge=1)
     processes: bool = True
 

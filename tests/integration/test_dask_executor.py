@@ -201,6 +201,30 @@ def test_priority_order_and_a_cluster_it_starts_is_closed(instance: Instance) ->
     wait_for(lambda: children() <= before, "the started cluster's processes to end", 10.0)
 
 
+def test_any_cluster_class_by_import_path(instance: Instance) -> None:
+    threads = {
+        "cluster_class": "distributed.LocalCluster",
+        "kwargs": {"n_workers": 1, "processes": False, "dashboard_address": ":0"},
+    }
+    result = execute_job(f"{JOBS}:fanout", dask_config(threads), instance=instance)
+
+    assert result.output_for("join") == sum(i * i for i in range(1, FANOUT_WIDTH + 1))
+    # processes: false runs the steps in threads of this process.
+    assert {e.data["pid"] for e in result.events if e.kind is EventKind.STEP_START} == {os.getpid()}
+
+
+def test_adaptive_scaling_of_a_started_cluster(instance: Instance) -> None:
+    no_workers = {"local": {"n_workers": 0, "threads_per_worker": 1}}
+    result = execute_job(
+        f"{JOBS}:fanout",
+        dask_config(no_workers, adapt={"minimum": 1, "maximum": 2}),
+        instance=instance,
+    )
+
+    # The cluster started with no worker: only adapt gave the steps somewhere to run.
+    assert result.output_for("join") == sum(i * i for i in range(1, FANOUT_WIDTH + 1))
+
+
 def test_cancel_leaves_no_running_step(
     local_cluster: distributed.LocalCluster,
     instance: Instance,
