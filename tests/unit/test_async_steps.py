@@ -173,7 +173,7 @@ def test_cancel_reaches_running_async_steps_as_cancelled_error(tmp_path: Path) -
 
 
 def test_run_step_runs_an_async_step_on_a_loop_of_its_own() -> None:
-    """What a celery worker, a pool worker or a Dask worker does with an async step."""
+    """What a celery worker, a Dask worker or a step container does with an async step."""
     job_def = async_jobs.async_fanout
     plan = ExecutionPlan.from_job(job_def)
     io = InMemoryIOManager()
