@@ -397,6 +397,22 @@ SYSTEMS: dict[str, SystemSpec] = {
             default=False,
         ),
         _spec(
+            "coreexec-dask",
+            "bench.systems_dask:run",
+            "W1,W2,W3,W4",
+            4,
+            "coreexec dask executor, LocalCluster of 4 processes x 1 thread, Dask topic",
+            baseline="coreexec-multiprocess",
+        ),
+        _spec(
+            "coreexec-dask-redis",
+            "bench.systems_dask:run_redis",
+            "W1,W2,W3,W4",
+            4,
+            "the same with redis_url: the attempt runner, events on the run's Redis stream",
+            baseline="coreexec-multiprocess",
+        ),
+        _spec(
             "coreexec-limiter",
             "bench.workloads:run_limiter",
             "L1",

@@ -7,7 +7,7 @@ as an event. Every executor runs steps through here, wherever the process is.
 An ``async def`` step is awaited: :func:`run_step_async` runs it on the caller's event
 loop (the in-process and multiprocess executors run a run's async steps side by side on
 one loop), and :func:`run_step` runs it to its end on an event loop of its own, so a
-celery worker, a pool worker or a Dask worker runs async steps with no change of its own.
+celery worker, a Dask worker or a step container runs async steps with no change of its own.
 """
 
 from __future__ import annotations

@@ -7,15 +7,14 @@ as for every executor; Dask runs what it is given:
 - one future per attempt, keyed ``<job>.<step_key>.<attempt>-<run id>`` (the dashboard
   names tasks by the part before the run id), submitted with the step's priority, the
   Dask resources of its ``coreexec-dask/resources`` tag and no Dask retries;
-- inside the Dask worker, :func:`coreexec.executors.dask_attempt.run_attempt_here` runs
-  the attempt from identifiers (run record from the run storage, values through the IO
-  manager); events come back live on a Dask event topic of the run, and again as the
-  future's result, so none is lost;
-- a Dask worker lost mid-step (the scheduler's ``remove-worker`` event, or
-  ``KilledWorker``) fails the attempt as ``infrastructure``; its future is cancelled and
-  the attempt fenced (:func:`~coreexec.executors.dask_attempt.claim`), so a rerun by Dask
-  runs nothing: the retry policy decides;
-- cancel cancels the futures and interrupts the running steps on the workers;
+- inside the Dask worker, :func:`run_attempt_task` runs the attempt from identifiers:
+  with a Redis URL (``redis_url``, else ``COREEXEC_REDIS_URL``) through the attempt runner
+  (:mod:`coreexec.attempt_runner`, claims and events on the run's Redis stream, as on a
+  Celery worker), else reporting on a Dask event topic of the run
+  (:mod:`coreexec.executors.dask_dispatcher` has both sides);
+- a Dask worker lost mid-step fails the attempt as ``infrastructure`` and Dask's rerun of
+  it runs nothing: the retry policy decides;
+- cancel fences, cancels the futures and interrupts the running steps;
 - a cluster the executor started (``local`` or ``cluster_class``) is closed when the run
   ends; an ``existing`` one never is.
 """
@@ -24,22 +23,18 @@ from __future__ import annotations
 
 import contextlib
 import importlib
-import json
 import logging
-import threading
-import time
-from collections import deque
-from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+import os
+from collections.abc import Iterator
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from coreexec.active_execution import StepAttempt
-from coreexec.context import EventSink
-from coreexec.errors import ConfigError, RequirementError
-from coreexec.events import STEP_ATTEMPT_ENDINGS, Event, EventKind
-from coreexec.execution.dispatcher import LostAttempt, StepDispatcher
+from coreexec.attempt_runner import AttemptIds, run_attempt
+from coreexec.attempt_runtime import AttemptRuntime
+from coreexec.errors import ConfigError, CoreExecError, RequirementError
+from coreexec.events import Event
+from coreexec.execution.dispatcher import StepDispatcher
 from coreexec.execution.run_context import RunContext
 from coreexec.executors.base import (
     DispatchingExecutor,
@@ -50,19 +45,18 @@ from coreexec.executors.base import (
 )
 from coreexec.executors.dask_attempt import (
     DaskAttempt,
-    claim,
-    drop_claims,
-    interrupt_attempts,
+    instance_for,
+    interruptible,
     run_attempt_here,
 )
+from coreexec.executors.dask_dispatcher import RESOURCES_TAG, DaskDispatcher, RedisChannel
 from coreexec.executors.multiprocess import MULTIPROCESS_REQUIREMENTS
+from coreexec.instance import Instance
 from coreexec.limits.base import DEFAULT_LEASE_TTL_MS, TagLimiter
 from coreexec.limits.rules import TagConcurrencyLimit
 from coreexec.limits.setup import build_limiter
-from coreexec.limits.wake_listener import RedisWakeListener
-from coreexec.plan import PlannedStep
-from coreexec.retry import FailureClass
-from coreexec.storage.sqlite import SqliteRunStorage
+from coreexec.transport.attempts import AttemptClaims
+from coreexec.transport.redis_events import RedisEventStream, redis_client
 
 try:
     import distributed
@@ -73,11 +67,7 @@ except ImportError as exc:  # pragma: no cover - depends on the installation
 
 logger = logging.getLogger(__name__)
 
-RESOURCES_TAG = "coreexec-dask/resources"
-"""JSON object of Dask resources a step needs, e.g. ``{"GPU": 1}``."""
-
-CANCEL_GRACE_S = 5.0
-"""How long an interrupted step may take to report its end before it is given up."""
+__all__ = ["RESOURCES_TAG", "DaskConfig", "DaskExecutor", "dask_executor", "run_attempt_task"]
 
 
 # -- config ---------------------------------------------------------------------------
@@ -103,7 +93,7 @@ class LocalClusterConfig(BaseModel):
 
     model_config = ConfigDict(extra="allow", frozen=True)
 
-    n_workers: int | None = Field(default=None, ge=1)
+    n_workers: int | None = Field(default=None, ge=0)
     threads_per_worker: int | None = Field(default=None, ge=1)
     processes: bool = True
 
@@ -164,7 +154,9 @@ class DaskConfig(BaseModel):
     by priority)."""
     tag_concurrency_limits: list[TagConcurrencyLimit] | None = None
     redis_url: str | None = None
-    """Makes the tag limits global: shared with every run using this Redis."""
+    """Redis of the run's events and attempt claims (the attempt runner, as on Celery
+    workers) and of global tag limits; default ``COREEXEC_REDIS_URL``. Without one,
+    attempts report on a Dask event topic and the tag limits hold per run."""
     limiter_namespace: str = Field(default="default", min_length=1)
     slot_lease_ttl_s: float = Field(default=DEFAULT_LEASE_TTL_MS / 1000, gt=0)
 
@@ -178,38 +170,43 @@ class DaskConfig(BaseModel):
         return self
 
 
-def step_resources(step: PlannedStep) -> dict[str, float] | None:
-    """The Dask resources of a step's ``coreexec-dask/resources`` tag."""
-    raw = step.tags.get(RESOURCES_TAG)
-    if raw is None:
-        return None
-    path = f"{step.key}.tags.{RESOURCES_TAG}"
-    try:
-        parsed = json.loads(raw)
-    except json.JSONDecodeError as exc:
-        raise ConfigError(
-            f"step {step.key!r}: tag {RESOURCES_TAG} must be a JSON object such as "
-            f'{{"GPU": 1}}, got {raw!r} ({exc.msg})',
-            path=path,
-        ) from None
-    if not isinstance(parsed, dict) or not all(
-        isinstance(k, str) and isinstance(v, int | float) and not isinstance(v, bool)
-        for k, v in parsed.items()
-    ):
-        raise ConfigError(
-            f"step {step.key!r}: tag {RESOURCES_TAG} must map resource names to numbers, "
-            f'such as {{"GPU": 1}}; got {raw!r}',
-            path=path,
-        )
-    return {key: float(value) for key, value in parsed.items()}
-
-
 # -- inside the Dask worker -----------------------------------------------------------
 
 
-def run_attempt_task(spec: DaskAttempt, topic: str) -> list[dict[str, Any]]:
-    """The function of every coreexec Dask task: run the attempt, publish each event on
-    the run's topic as it happens, and return them all."""
+class AttemptDroppedError(CoreExecError):
+    """A Dask worker got an attempt that was claimed before (Dask ran it again after its
+    first worker was lost, or the coordinator fenced it): nothing ran."""
+
+
+class _DaskRuntime(AttemptRuntime):
+    """The attempt runner's per-process state, for runs of the instance at ``home`` (one
+    Dask worker may serve runs of several instances: tests, side-by-side installs)."""
+
+    def __init__(self, redis_url: str, *, home: str | None) -> None:
+        super().__init__(redis_url, home=home)
+        self._at_home = instance_for(home)
+
+    @property
+    def instance(self) -> Instance:
+        return self._at_home
+
+
+_runtimes: dict[tuple[str, str | None], AttemptRuntime] = {}
+
+
+def run_attempt_task(
+    spec: DaskAttempt, topic: str | None, redis_url: str | None
+) -> list[dict[str, Any]]:
+    """The function of every coreexec Dask task.
+
+    With ``redis_url``: the attempt runner claims, runs and reports the attempt on the
+    run's Redis stream, as a Celery worker does. Else each event is published on the
+    run's Dask ``topic`` as it happens, and all of them are returned.
+    """
+    if redis_url is not None:
+        _run_reporting_on_redis(spec, redis_url)
+        return []
+    assert topic is not None, "a topic or a Redis URL"
     worker = distributed.get_worker()
     events: list[dict[str, Any]] = []
 
@@ -223,253 +220,20 @@ def run_attempt_task(spec: DaskAttempt, topic: str) -> list[dict[str, Any]]:
     return events
 
 
-# -- the coordinator's side -------------------------------------------------------------
-
-
-@dataclass
-class _Submitted:
-    step: PlannedStep
-    attempt: StepAttempt
-    future: Any
-    next_seq: int = 0
-    started: bool = False
-    ended: bool = False
-
-
-class DaskDispatcher(StepDispatcher):
-    """Submits attempts to a Dask client and relays what they report."""
-
-    def __init__(
-        self,
-        run: RunContext,
-        client: distributed.Client,
-        *,
-        max_concurrent: int | None,
-        wake_listener: RedisWakeListener | None = None,
-    ) -> None:
-        for step in run.plan.steps:
-            step_resources(step)  # a bad tag fails before anything is submitted
-        reference = run.plan.job_reference or run.job.reference
-        if reference is None:
-            raise RequirementError(
-                f"job {run.job.name!r} has no 'package.module:attribute' reference, so Dask "
-                "workers cannot load it; define it at module level and run it by reference"
-            )
-        self.run = run
-        self.client = client
-        self.max_in_flight = max_concurrent
-        self._reference = reference
-        self._wake_listener = wake_listener
-        self.wake_key = wake_listener.wake_key if wake_listener is not None else None
-        self._topic = f"coreexec-{run.run_id}"
-        self._home = _shared_home(run)
-        self._sink: EventSink | None = None
-        self._woken = threading.Event()
-        self._inbox: deque[tuple[str, Any]] = deque()
-        self._attempts: dict[str, _Submitted] = {}
-        self._by_key: dict[str, str] = {}
-        self._lost: list[LostAttempt] = []
-        self._give_up_at: dict[str, float] = {}
-
-    # -- StepDispatcher ---------------------------------------------------------------
-
-    def start(self, sink: EventSink) -> None:
-        self._sink = sink
-        self.client.subscribe_topic(self._topic, self._on_topic)
-        self.client.subscribe_topic("all", self._on_cluster_event)
-        if self._wake_listener is not None:
-            self._wake_listener.start(self.wake)
-
-    def dispatch(self, step: PlannedStep, attempt: StepAttempt) -> None:
-        spec = DaskAttempt(
-            run_id=self.run.run_id,
-            step_key=step.key,
-            attempt=attempt.number,
-            attempt_id=attempt.attempt_id,
-            job_reference=self._reference,
-            home=self._home,
+def _run_reporting_on_redis(spec: DaskAttempt, redis_url: str) -> None:
+    runtime = _runtimes.get((redis_url, spec.home))
+    if runtime is None:
+        runtime = _runtimes[(redis_url, spec.home)] = _DaskRuntime(redis_url, home=spec.home)
+    ids = AttemptIds(spec.run_id, spec.step_key, spec.attempt, spec.attempt_id, spec.job_reference)
+    owner = f"dask:{distributed.get_worker().address}:{os.getpid()}"
+    result = None
+    with contextlib.suppress(KeyboardInterrupt), interruptible(spec.attempt_id):
+        result = run_attempt(runtime, ids, owner=owner)
+    if result is not None and result.status == "dropped":
+        raise AttemptDroppedError(
+            f"attempt {spec.attempt} of step {spec.step_key!r} was claimed before "
+            f"({result.holder}); this run of it did nothing"
         )
-        key = f"{self.run.job.name}.{step.key}.{attempt.number}-{self.run.run_id}"
-        future = self.client.submit(
-            run_attempt_task,
-            spec,
-            self._topic,
-            key=key,
-            priority=step.priority,
-            resources=step_resources(step),
-            retries=0,
-            pure=False,
-        )
-        self._attempts[attempt.attempt_id] = _Submitted(step, attempt, future)
-        self._by_key[key] = attempt.attempt_id
-        future.add_done_callback(lambda done: self._put("done", attempt.attempt_id))
-
-    def wait(self, timeout_s: float | None) -> None:
-        assert self._sink is not None, "start() first"
-        self._woken.clear()
-        if not self._inbox:
-            self._woken.wait(timeout_s)
-        self._drain()
-
-    def lost_attempts(self) -> Sequence[LostAttempt]:
-        now = time.monotonic()
-        for attempt_id, at in list(self._give_up_at.items()):
-            if at <= now:
-                self._lose(
-                    attempt_id,
-                    FailureClass.CANCELLED,
-                    f"the step did not report its end within {CANCEL_GRACE_S:.0f}s of "
-                    "being interrupted (it may be blocked in a C call)",
-                )
-        lost, self._lost = self._lost, []
-        return lost
-
-    def terminate(self, attempts: Sequence[StepAttempt]) -> None:
-        ids = [a.attempt_id for a in attempts if a.attempt_id in self._attempts]
-        if not ids:
-            return
-        running = [i for i in ids if self._attempts[i].started]
-        if running:
-            with contextlib.suppress(Exception):
-                self.client.run(interrupt_attempts, running, on_error="return")
-        self.client.cancel([self._attempts[i].future for i in ids], force=True)
-        for attempt_id in ids:
-            if self._attempts[attempt_id].started:
-                self._give_up_at.setdefault(attempt_id, time.monotonic() + CANCEL_GRACE_S)
-            else:
-                self._lose(
-                    attempt_id, FailureClass.CANCELLED, "run canceled before the step started"
-                )
-
-    def wake(self) -> None:
-        self._woken.set()
-
-    def close(self) -> None:
-        try:
-            if self._wake_listener is not None:
-                self._wake_listener.stop()
-            drop_claims(self.run.instance.home, self.run.run_id)
-        finally:
-            with contextlib.suppress(Exception):
-                self.client.unsubscribe_topic(self._topic)
-            with contextlib.suppress(Exception):
-                self.client.unsubscribe_topic("all")
-            pending = [s.future for s in self._attempts.values() if not s.ended]
-            if pending:
-                with contextlib.suppress(Exception):
-                    self.client.cancel(pending, force=True)
-            self._attempts.clear()
-
-    # -- hearing back (client threads put, the coordinator's thread drains) ---------------
-
-    def _put(self, kind: str, body: Any) -> None:
-        self._inbox.append((kind, body))
-        self._woken.set()
-
-    def _on_topic(self, event: tuple[float, Any]) -> None:
-        self._put("event", event[1])
-
-    def _on_cluster_event(self, event: tuple[float, Any]) -> None:
-        message = event[1]
-        if isinstance(message, dict) and message.get("action") == "remove-worker":
-            self._put("worker-lost", message)
-
-    def _drain(self) -> None:
-        while self._inbox:
-            kind, body = self._inbox.popleft()
-            if kind == "event":
-                self._on_event(body)
-            elif kind == "done":
-                self._on_done(body)
-            else:
-                self._on_worker_lost(body)
-
-    def _on_event(self, body: dict[str, Any]) -> None:
-        assert self._sink is not None
-        event = Event.from_dict(body["event"])
-        submitted = self._attempts.get(event.attempt_id or "")
-        if submitted is None or submitted.ended or body["seq"] < submitted.next_seq:
-            return  # already heard (topic and result both carry it) or given up
-        submitted.next_seq = body["seq"] + 1
-        if event.kind is EventKind.STEP_START:
-            submitted.started = True
-        if event.kind in STEP_ATTEMPT_ENDINGS:
-            self._forget(submitted)
-        self._sink(event)
-
-    def _on_done(self, attempt_id: str) -> None:
-        submitted = self._attempts.get(attempt_id)
-        if submitted is None or submitted.ended:
-            return
-        future = submitted.future
-        if future.status == "finished":
-            for body in future.result():  # only what the topic did not bring
-                self._on_event(body)
-            if not submitted.ended:
-                self._lose(
-                    attempt_id,
-                    FailureClass.INFRASTRUCTURE,
-                    "the Dask task ended without the step's report (Dask ran it again after "
-                    "its worker was lost, and the attempt had been claimed)",
-                )
-        elif future.status == "cancelled":
-            if not submitted.started:
-                self._lose(attempt_id, FailureClass.CANCELLED, "its Dask future was cancelled")
-            else:  # an interrupted step reports its own end, within the grace
-                self._give_up_at.setdefault(attempt_id, time.monotonic() + CANCEL_GRACE_S)
-        else:
-            self._lose(attempt_id, FailureClass.INFRASTRUCTURE, _describe(future.exception()))
-
-    def _on_worker_lost(self, message: dict[str, Any]) -> None:
-        worker = message.get("worker", "a worker")
-        for key in message.get("processing-tasks") or ():
-            attempt_id = self._by_key.get(str(key))
-            submitted = self._attempts.get(attempt_id or "")
-            if submitted is None or submitted.ended or not submitted.started:
-                # Not started: Dask gives it to another worker, and it runs there once.
-                continue
-            step = submitted.attempt
-            self._lose(
-                submitted.attempt.attempt_id,
-                FailureClass.INFRASTRUCTURE,
-                f"Dask worker {worker} running step {step.step_key!r} (attempt "
-                f"{step.number}) was lost",
-            )
-            with contextlib.suppress(Exception):
-                # Dask would run it again elsewhere; retries are the coordinator's.
-                self.client.cancel([submitted.future], force=True)
-
-    def _lose(self, attempt_id: str, failure_class: FailureClass, message: str) -> None:
-        submitted = self._attempts.get(attempt_id)
-        if submitted is not None:
-            self._forget(submitted)
-        # A later run of this attempt (Dask's, after a lost worker) must run nothing.
-        claim(self.run.instance.home, self.run.run_id, attempt_id)
-        self._give_up_at.pop(attempt_id, None)
-        self._lost.append(LostAttempt(attempt_id, failure_class, message))
-
-    def _forget(self, submitted: _Submitted) -> None:
-        submitted.ended = True
-        attempt_id = submitted.attempt.attempt_id
-        self._give_up_at.pop(attempt_id, None)
-        self._attempts.pop(attempt_id, None)
-        self._by_key.pop(str(submitted.future.key), None)
-
-
-def _describe(exc: BaseException | None) -> str:
-    if isinstance(exc, distributed.KilledWorker):
-        return f"the Dask worker running it died ({exc})"
-    return f"the Dask task failed outside the step: {exc!r}"
-
-
-def _shared_home(run: RunContext) -> str | None:
-    """The instance home to send to workers, when the run storage is the default one in
-    it (``Instance.at(home)`` on the worker finds the same storage and outputs)."""
-    instance = run.instance
-    storage = instance.storage
-    if isinstance(storage, SqliteRunStorage) and storage.path == instance.home / "runs.db":
-        return str(instance.home)
-    return None
 
 
 # -- clusters -------------------------------------------------------------------------
@@ -533,31 +297,34 @@ class DaskExecutor(DispatchingExecutor):
         self.config = config
         self.retries_enabled = config.retries.is_enabled
         self._client: distributed.Client | None = None
-        self._wake_listener: RedisWakeListener | None = None
+        self._redis: RedisChannel | None = None
 
     def create_dispatcher(self, run: RunContext) -> StepDispatcher:
         assert self._client is not None, "execute() connects first"
         return DaskDispatcher(
             run,
             self._client,
+            run_attempt_task,
             max_concurrent=self.config.max_concurrent,
-            wake_listener=self._wake_listener,
+            redis=self._redis,
         )
 
     def execute(self, run: RunContext) -> None:
         from coreexec.execution.coordinator import Coordinator
 
+        redis_url = self.config.redis_url or run.instance.redis_url
         limiter, rules = self._limiter()
-        if limiter is not None and self.config.redis_url is not None:
-            from coreexec.limits.redis_limiter import RedisTagLimiter
-
-            assert isinstance(limiter, RedisTagLimiter)
-            self._wake_listener = RedisWakeListener(
-                limiter, run.run_id, self.config.limiter_namespace
-            )
+        client = None
         try:
-            with connect(self.config) as client:
-                self._client = client
+            if redis_url is not None:
+                client = redis_client(redis_url)
+                self._redis = RedisChannel(
+                    redis_url,
+                    RedisEventStream(client, run.run_id, url=redis_url),
+                    AttemptClaims(client, url=redis_url),
+                )
+            with connect(self.config) as dask_client:
+                self._client = dask_client
                 Coordinator(
                     run,
                     self.create_dispatcher(run),
@@ -567,7 +334,9 @@ class DaskExecutor(DispatchingExecutor):
                 ).run()
         finally:
             self._client = None
-            self._wake_listener = None
+            self._redis = None
+            if client is not None:
+                client.close()
             close = getattr(limiter, "close", None)
             if close is not None:
                 close()

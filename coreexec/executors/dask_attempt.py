@@ -71,7 +71,8 @@ def _job(reference: str) -> tuple[JobDefinition, ExecutionPlan]:
     return found
 
 
-def _instance(home: str | None) -> Instance:
+def instance_for(home: str | None) -> Instance:
+    """The instance at ``home`` (else the one of the environment), one per process."""
     found = _instances.get(home)
     if found is None:
         found = _instances[home] = Instance.at(Path(home)) if home else Instance.from_env()
@@ -79,7 +80,7 @@ def _instance(home: str | None) -> Instance:
 
 
 def _step_run(spec: DaskAttempt) -> StepRun:
-    instance = _instance(spec.home)
+    instance = instance_for(spec.home)
     record = instance.storage.get_run(spec.run_id)
     job, plan = _job(spec.job_reference)
     return StepRun(
@@ -143,17 +144,18 @@ def run_attempt_here(spec: DaskAttempt, emit: EventSink) -> StepOutcome | None:
     worker may have what this one lacks).
     """
     try:
-        if not claim(_instance(spec.home).home, spec.run_id, spec.attempt_id):
+        if not claim(instance_for(spec.home).home, spec.run_id, spec.attempt_id):
             return None
         run = _step_run(spec)
     except CoreExecError as exc:
         return _cannot_start(spec, exc, emit)
-    with _interruptible(spec.attempt_id):
+    with interruptible(spec.attempt_id):
         return run_step(run, emit)
 
 
 @contextlib.contextmanager
-def _interruptible(attempt_id: str) -> Iterator[None]:
+def interruptible(attempt_id: str) -> Iterator[None]:
+    """While inside, :func:`interrupt_attempts` can stop this thread's attempt."""
     with _threads_lock:
         _threads[attempt_id] = threading.get_ident()
     try:

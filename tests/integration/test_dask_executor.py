@@ -20,7 +20,7 @@ from typing import Any
 import distributed
 import pytest
 
-from coreexec import EventKind, Instance, RunStatus, execute_job
+from coreexec import Event, EventKind, Instance, RunStatus, execute_job
 from coreexec.execution.run_context import RunContext
 from coreexec.result import ExecutionResult
 from tests.jobs.dask_jobs import FANOUT_WIDTH
@@ -73,6 +73,8 @@ class BackgroundRun:
         self.contexts: list[RunContext] = []
         self.results: list[ExecutionResult] = []
         self.errors: list[BaseException] = []
+        self.events: list[Event] = []
+        kwargs.setdefault("listeners", [self.events.append])
 
         def target() -> None:
             try:
@@ -93,6 +95,15 @@ class BackgroundRun:
         if self.errors:
             raise self.errors[0]
         return self.results[0]
+
+
+@pytest.fixture(params=["topic", "redis"])
+def channel(request: pytest.FixtureRequest) -> dict[str, Any]:
+    """How attempts report: on a Dask topic (no Redis), or through the attempt runner on
+    the run's Redis stream (``redis_url``)."""
+    if request.param == "topic":
+        return {}
+    return {"redis_url": request.getfixturevalue("redis_url")}
 
 
 @pytest.fixture
@@ -151,10 +162,10 @@ def cli_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[CliCluster
 
 
 def test_fanout_fanin_on_an_existing_local_cluster(
-    local_cluster: distributed.LocalCluster, instance: Instance
+    local_cluster: distributed.LocalCluster, instance: Instance, channel: dict[str, Any]
 ) -> None:
     result = execute_job(
-        f"{JOBS}:fanout", existing(local_cluster.scheduler_address), instance=instance
+        f"{JOBS}:fanout", existing(local_cluster.scheduler_address, **channel), instance=instance
     )
 
     assert result.success
@@ -166,6 +177,16 @@ def test_fanout_fanin_on_an_existing_local_cluster(
     assert "fanout.square_0.1" in local_cluster.scheduler.task_prefixes
     # An existing cluster is never closed by the executor.
     assert len(local_cluster.scheduler.workers) == 2
+
+
+def test_async_steps_run_on_dask_workers(
+    local_cluster: distributed.LocalCluster, instance: Instance
+) -> None:
+    result = execute_job(
+        f"{JOBS}:async_fanout", existing(local_cluster.scheduler_address), instance=instance
+    )
+
+    assert result.output_for("join") == sum(i * i for i in range(1, FANOUT_WIDTH + 1))
 
 
 def test_priority_order_and_a_cluster_it_starts_is_closed(instance: Instance) -> None:
@@ -180,12 +201,39 @@ def test_priority_order_and_a_cluster_it_starts_is_closed(instance: Instance) ->
     wait_for(lambda: children() <= before, "the started cluster's processes to end", 10.0)
 
 
+def test_any_cluster_class_by_import_path(instance: Instance) -> None:
+    threads = {
+        "cluster_class": "distributed.LocalCluster",
+        "kwargs": {"n_workers": 1, "processes": False, "dashboard_address": ":0"},
+    }
+    result = execute_job(f"{JOBS}:fanout", dask_config(threads), instance=instance)
+
+    assert result.output_for("join") == sum(i * i for i in range(1, FANOUT_WIDTH + 1))
+    # processes: false runs the steps in threads of this process.
+    assert {e.data["pid"] for e in result.events if e.kind is EventKind.STEP_START} == {os.getpid()}
+
+
+def test_adaptive_scaling_of_a_started_cluster(instance: Instance) -> None:
+    no_workers = {"local": {"n_workers": 0, "threads_per_worker": 1}}
+    result = execute_job(
+        f"{JOBS}:fanout",
+        dask_config(no_workers, adapt={"minimum": 1, "maximum": 2}),
+        instance=instance,
+    )
+
+    # The cluster started with no worker: only adapt gave the steps somewhere to run.
+    assert result.output_for("join") == sum(i * i for i in range(1, FANOUT_WIDTH + 1))
+
+
 def test_cancel_leaves_no_running_step(
-    local_cluster: distributed.LocalCluster, instance: Instance, mark_dir: Path
+    local_cluster: distributed.LocalCluster,
+    instance: Instance,
+    mark_dir: Path,
+    channel: dict[str, Any],
 ) -> None:
     run = BackgroundRun(
         f"{JOBS}:spinners",
-        existing(local_cluster.scheduler_address),
+        existing(local_cluster.scheduler_address, **channel),
         instance=instance,
         tags={"mark_dir": str(mark_dir)},
     )
@@ -264,17 +312,25 @@ def test_gpu_steps_run_only_on_the_worker_with_the_resource(
 
 
 def test_a_killed_dask_worker_fails_the_attempt_and_the_retry_succeeds(
-    cli_cluster: CliCluster, instance: Instance, mark_dir: Path
+    cli_cluster: CliCluster, instance: Instance, mark_dir: Path, channel: dict[str, Any]
 ) -> None:
     cli_cluster.wait_for_workers()
     run = BackgroundRun(
         f"{JOBS}:survives_a_lost_worker",
-        existing(cli_cluster.address),
+        existing(cli_cluster.address, **channel),
         instance=instance,
         tags={"mark_dir": str(mark_dir)},
     )
     pid_file = mark_dir / "dies_first_time.1.pid"
     wait_for(pid_file.exists, "the first attempt to start")
+    # Its start has reached the coordinator: the worker is lost mid-step, not before.
+    wait_for(
+        lambda: any(
+            e.kind is EventKind.STEP_START and e.step_key == "dies_first_time"
+            for e in list(run.events)
+        ),
+        "the coordinator to hear of the start",
+    )
     os.kill(int(pid_file.read_text()), signal.SIGKILL)
     result = run.finish()
 

@@ -6,6 +6,7 @@ Steps that tests steer read run tags: ``mark_dir`` (steps write
 
 from __future__ import annotations
 
+import asyncio
 import os
 import time
 from pathlib import Path
@@ -149,3 +150,18 @@ def warehouse_nap(context: StepContext) -> dict[str, Any]:
 def warehouse_naps() -> None:
     for i in range(3):
         warehouse_nap.alias(f"nap_{i}")()
+
+
+# -- async steps ------------------------------------------------------------------------------
+
+
+@step
+async def square_later(context: StepContext, values: list[int]) -> int:
+    await asyncio.sleep(0.01)
+    return values[int(context.step_key.rsplit("_", 1)[1])] ** 2
+
+
+@job(executor_def=dask_executor)
+def async_fanout() -> None:
+    values = source()
+    join([square_later.alias(f"square_{i}")(values) for i in range(FANOUT_WIDTH)])

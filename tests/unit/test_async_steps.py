@@ -92,6 +92,17 @@ def test_a_sync_step_runs_beside_the_async_ones_without_blocking_their_loop() ->
     assert nap_peak([*parts, sync]) == WIDTH + 1
 
 
+def test_a_full_async_lane_does_not_hold_back_a_sync_step_behind_it() -> None:
+    """The sync step comes last in the ready queue, after 50 async steps of which 5 may
+    run: the coordinator's pass skips the async ones that cannot start and starts it."""
+    result = async_jobs.async_beside_sync.execute_in_process(in_process(max_concurrent_async=5))
+
+    assert result.output_for("total") == expected_total() + 3
+    parts = naps(result)
+    assert nap_peak(parts) == 5
+    assert nap_peak([*parts, result.output_for("sync_nap")]) == 6
+
+
 def test_async_steps_get_config_context_and_retries() -> None:
     scaled = async_jobs.async_fanout.execute_in_process(
         {"steps": {f"nap_{i}": {"config": {"factor": 2}} for i in range(WIDTH)}},
@@ -162,7 +173,7 @@ def test_cancel_reaches_running_async_steps_as_cancelled_error(tmp_path: Path) -
 
 
 def test_run_step_runs_an_async_step_on_a_loop_of_its_own() -> None:
-    """What a celery worker, a pool worker or a Dask worker does with an async step."""
+    """What a celery worker, a Dask worker or a step container does with an async step."""
     job_def = async_jobs.async_fanout
     plan = ExecutionPlan.from_job(job_def)
     io = InMemoryIOManager()

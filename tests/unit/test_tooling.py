@@ -26,7 +26,11 @@ def test_pyproject_declares_one_distribution_with_three_packages() -> None:
     project = data["project"]
     assert (project["name"], project["version"]) == ("coreexec", "0.1.0")
     assert project["requires-python"] == ">=3.11"
-    assert project["scripts"] == {"coreexec": "coreexec.cli:main"}
+    assert project["scripts"] == {
+        "coreexec": "coreexec.cli:main",
+        "coreexec-step": "workers.entrypoint:main",
+        "coreexec-containers": "workers.docker.sweep:main",
+    }
     launchers = project["entry-points"]["coreexec.run_launchers"]
     assert launchers == {"celery": "celery_app.run_launcher:CeleryRunLauncher"}
     find = data["tool"]["setuptools"]["packages"]["find"]
@@ -65,6 +69,9 @@ def test_import_contract_catches_engine_importing_celery_side(tmp_path: Path) ->
     (package / "deep" / "bad.py").write_text("from celery_app import tasks\n")
     (package / "fine.py").write_text("import json\nimport redis\n")
     (package / "worse.py").write_text("import kombu.utils\n")
+    # The contract's other root package, here keeping its own rule.
+    (tmp_path / "workers").mkdir()
+    (tmp_path / "workers" / "__init__.py").write_text("import json\n")
 
     lint_imports = "from importlinter.cli import lint_imports_command as c; c()"
     done = subprocess.run(
