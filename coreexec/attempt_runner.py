@@ -177,7 +177,7 @@ def refuse_delivery(ids: AttemptIds, claim: ClaimResult) -> AttemptResult:
         ids.run_id,
         claim.refused,
     )
-    return AttemptResult("refused", ids, reason=claim.refused)
+    return AttemptResult("refused", ids, reason=claim.refused, fenced=claim.fenced)
 
 
 def claim_attempt(runtime: AttemptRuntime, ids: AttemptIds, owner: str) -> ClaimResult:

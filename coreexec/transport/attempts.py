@@ -168,13 +168,17 @@ class AttemptClaims:
         )
         run_keys = [keys.run_events(run_id), keys.run_issued(run_id), keys.run_settings(run_id)]
         try:
-            won, holder = self._claim_and_start(keys=[claim_key, *run_keys], args=args)
+            won, holder, *claimed_by = self._claim_and_start(
+                keys=[claim_key, *run_keys], args=args
+            )
         except redis.RedisError as exc:
             raise self._fail(exc, f"claim attempt {attempt_id}") from exc
         if int(won) == 1:
             return ClaimResult(claimed=True, holder=owner)
         if int(won) < 0:
-            return ClaimResult(claimed=False, refused=_text(holder))
+            # A refused attempt of a finished run may have been fenced by its cancel.
+            previous = _text(claimed_by[0]) if claimed_by and claimed_by[0] else None
+            return ClaimResult(claimed=False, holder=previous, refused=_text(holder))
         return ClaimResult(claimed=False, holder=_text(holder))
 
     def issue(self, run_id: str, attempts: Sequence[AttemptIds]) -> None:

@@ -16,13 +16,15 @@
 --
 -- Returns {1, stream entry id} when claimed (the event is on the stream);
 --         {0, holder} when the attempt was claimed or fenced already (nothing written);
---         {-1, reason} when the coordinator never issued it or the run has finished.
+--         {-1, reason} when the coordinator never issued it, or
+--         {-1, reason, holder or ''} when the run has finished (holder: who had claimed or
+--         fenced the attempt, so a cancelled attempt still reads as fenced).
 
 if redis.call('HGET', KEYS[3], ARGV[6]) ~= ARGV[7] then
   return {-1, 'not issued by the coordinator of the run'}
 end
 if redis.call('HEXISTS', KEYS[4], 'finished') == 1 then
-  return {-1, 'the run has finished'}
+  return {-1, 'the run has finished', redis.call('GET', KEYS[1]) or ''}
 end
 if redis.call('SET', KEYS[1], ARGV[1], 'NX', 'EX', ARGV[2]) then
   local entry_id = redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[3], '*', ARGV[4], ARGV[5])
