@@ -168,9 +168,7 @@ class AttemptClaims:
         )
         run_keys = [keys.run_events(run_id), keys.run_issued(run_id), keys.run_settings(run_id)]
         try:
-            won, holder, *claimed_by = self._claim_and_start(
-                keys=[claim_key, *run_keys], args=args
-            )
+            won, holder, *claimed_by = self._claim_and_start(keys=[claim_key, *run_keys], args=args)
         except redis.RedisError as exc:
             raise self._fail(exc, f"claim attempt {attempt_id}") from exc
         if int(won) == 1:
