@@ -31,8 +31,10 @@ from coreexec.transport.run_settings import RunSettings
 from tests.jobs.celery_jobs import marks, open_gate
 from tests.support.kube_api import TestCluster
 from tests.support.kube_api.store import JOBS, PODS
+from workers.k8s.api import PERMISSIONS
 from workers.k8s.launcher import K8sLauncher
 from workers.k8s.steps import k8s_config_of
+from workers.k8s.sweep import sweep
 from workers.launcher import Launch, launch_name
 from workers.registry import K8S, launcher_for
 from workers.supervisor import supervise
@@ -371,3 +373,36 @@ def test_a_terminate_that_races_pod_creation_leaves_no_pod(
     assert supervised.join().status == "failure"
     wait_until(lambda: jobs_and_pods(pod_cluster, run.run_id) == ([], []), "no Job, no pod")
     assert marks(run.run_id, "held") == []
+
+
+# -- what the launcher calls --------------------------------------------------------------
+
+
+def test_the_launcher_and_the_sweep_call_exactly_what_the_role_grants(
+    runtime: AttemptRuntime, pod_cluster: TestCluster, k8s_block: dict[str, Any]
+) -> None:
+    run = Run(runtime, "sum_job", {**k8s_block, "keep_jobs": True})
+    first = run.ids("numbers")
+    assert run.supervise(first).status == "success"
+    retry = run.ids("numbers", number=2)  # a later attempt deletes the earlier one's Job
+    assert run.supervise(retry).status == "success"
+    launcher = run.launchers[-1]
+    assert launcher.find(_request(runtime, retry)) is not None  # adoption looks it up
+    # Someone deletes the Job with the API's default propagation: its pod is orphaned.
+    pod_cluster.api.delete_job("default", launch_name(retry), None)
+    runtime.instance.storage.set_status(run.run_id, RunStatus.SUCCESS)
+    swept = sweep(launcher.api, runtime.instance.storage)
+
+    assert [(s.kind, s.why) for s in swept] == [("Pod", "run success, orphaned")]
+    assert jobs_and_pods(pod_cluster, run.run_id) == ([], [])
+    called = {tuple(key.split(" ", 1)) for key in pod_cluster.requests()}
+    assert called == {(verb, resource) for _group, resource, verb in PERMISSIONS}
+
+
+def _request(runtime: AttemptRuntime, ids: AttemptIds) -> Any:
+    from coreexec.attempt_runner import prepare_attempt
+    from workers.launcher import LaunchRequest
+
+    prepared = prepare_attempt(runtime, ids, "t", report_failure=False)
+    assert not isinstance(prepared, AttemptResult)
+    return LaunchRequest(prepared, "t")
