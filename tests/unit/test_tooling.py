@@ -26,7 +26,12 @@ def test_pyproject_declares_one_distribution_with_three_packages() -> None:
     project = data["project"]
     assert (project["name"], project["version"]) == ("coreexec", "0.1.0")
     assert project["requires-python"] == ">=3.11"
-    assert project["scripts"] == {"coreexec": "coreexec.cli:main"}
+    assert project["scripts"] == {
+        "coreexec": "coreexec.cli:main",
+        "coreexec-step": "workers.entrypoint:main",
+        "coreexec-containers": "workers.docker.sweep:main",
+        "coreexec-k8s": "workers.k8s.sweep:main",
+    }
     launchers = project["entry-points"]["coreexec.run_launchers"]
     assert launchers == {"celery": "celery_app.run_launcher:CeleryRunLauncher"}
     find = data["tool"]["setuptools"]["packages"]["find"]
