@@ -13,14 +13,7 @@ from __future__ import annotations
 
 from pydantic import Field
 
-from celery_app.executor import (
-    CeleryExecutor,
-    CeleryExecutorConfig,
-    _app_for,
-    _client_for,
-    _limits,
-    settings_for,
-)
+from celery_app.executor import CeleryExecutor, CeleryExecutorConfig, build_executor
 from coreexec.execution.run_context import RunContext
 from coreexec.executors.base import Executor, ExecutorRequirement, InitExecutorContext, executor
 from coreexec.transport.run_settings import RunSettings
@@ -37,17 +30,16 @@ class CeleryDockerExecutorConfig(CeleryExecutorConfig):
 class CeleryDockerExecutor(CeleryExecutor):
     """Celery dispatch; steps in containers unless tagged otherwise."""
 
-    docker: DockerConfig
-
     def launch_settings(self, run: RunContext) -> RunSettings:
+        assert isinstance(self.config, CeleryDockerExecutorConfig)
+        docker = self.config.docker
         check_launchers(run.plan.steps, DOCKER)
         docker_steps = {
             step.key for step in run.plan.steps if launcher_name(step, DOCKER) == DOCKER
         }
-        check_steps(list(run.plan.steps), self.docker, docker_steps)
+        check_steps(list(run.plan.steps), docker, docker_steps)
         return RunSettings(
-            default_launcher=DOCKER,
-            launcher_config={DOCKER: self.docker.model_dump(mode="json")},
+            default_launcher=DOCKER, launcher_config={DOCKER: docker.model_dump(mode="json")}
         )
 
 
@@ -64,15 +56,4 @@ def celery_docker_executor(context: InitExecutorContext) -> Executor:
     """Runs each step as a Celery task whose worker starts a container for it."""
     config = context.config
     assert isinstance(config, CeleryDockerExecutorConfig)
-    settings = settings_for(config)
-    redis_url = settings.events_redis_url
-    client = _client_for(redis_url)
-    built = CeleryDockerExecutor(
-        config,
-        app=_app_for(settings),
-        client=client,
-        redis_url=redis_url,
-        limits=_limits(config, client, redis_url),
-    )
-    built.docker = config.docker
-    return built
+    return build_executor(config, CeleryDockerExecutor)

@@ -226,10 +226,18 @@ def celery_executor(context: InitExecutorContext) -> Executor:
     """Runs each step as a Celery task on the workers consuming its queue."""
     config = context.config
     assert isinstance(config, CeleryExecutorConfig)
+    return build_executor(config, CeleryExecutor)
+
+
+def build_executor(
+    config: CeleryExecutorConfig, kind: type[CeleryExecutor] = CeleryExecutor
+) -> CeleryExecutor:
+    """A celery executor (or a subclass) for ``config``, with its app and Redis client
+    shared by every executor of the same settings in this process."""
     settings = settings_for(config)
     redis_url = settings.events_redis_url
     client = _client_for(redis_url)
-    return CeleryExecutor(
+    return kind(
         config,
         app=_app_for(settings),
         client=client,

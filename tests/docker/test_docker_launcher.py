@@ -7,6 +7,8 @@ from __future__ import annotations
 import json
 import os
 import signal
+import subprocess
+import sys
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -83,6 +85,17 @@ def containers_of(client: docker.DockerClient, run_id: str, **filters: str) -> l
     return list(client.containers.list(all=True, filters={"label": labels}))
 
 
+def no_containers_left(client: docker.DockerClient, run_id: str) -> bool:
+    """True once no container of the run exists. Supervisors remove a container right
+    after publishing its end, so the run may end a moment before the last removal."""
+    deadline = time.monotonic() + 30
+    while containers_of(client, run_id):
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.05)
+    return True
+
+
 def running_container(client: docker.DockerClient, run_id: str, step: str) -> Any:
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
@@ -124,7 +137,7 @@ def test_every_step_in_a_container_through_celery_workers(
 
     assert result.status is RunStatus.SUCCESS, result.events[-3:]
     assert result.output_for("total") == 6
-    assert containers_of(client, result.run_id) == []  # removed after their end
+    assert no_containers_left(client, result.run_id)  # removed after their end
 
 
 def test_a_mixed_job_runs_light_steps_on_the_worker_and_heavy_ones_in_containers(
@@ -148,7 +161,7 @@ def test_the_same_job_under_docker_executor(
     assert result.status is RunStatus.SUCCESS, result.events[-3:]
     light, heavy = result.output_for("heavy")
     assert (heavy, light) == (IN_CONTAINER, f"in process {os.getpid()}")
-    assert containers_of(client, result.run_id) == []
+    assert no_containers_left(client, result.run_id)
 
 
 # -- failures ---------------------------------------------------------------------------
@@ -204,7 +217,7 @@ def test_kill_9_of_the_supervising_worker_leaves_no_container_and_the_run_succee
     lost = failures(result.events)[0]
     assert lost.attempt == 1 and "heartbeat" in lost.message
     # The retry stopped the orphaned container of attempt 1 before starting its own.
-    assert [c.status for c in containers_of(client, run_id)] == []
+    assert no_containers_left(client, run_id)
     with pytest.raises(docker.errors.NotFound):
         first.reload()
 
@@ -258,7 +271,7 @@ def test_cancel_stops_running_containers_within_the_grace_period(
     assert time.monotonic() - started < STOP_TIMEOUT_S + 3.0
     failure = failures(result.events)[-1]
     assert failure.data["failure_class"] == "cancelled"
-    assert containers_of(client, run_id) == []
+    assert no_containers_left(client, run_id)
 
 
 def test_keep_containers_keeps_ended_containers(
@@ -272,6 +285,18 @@ def test_keep_containers_keeps_ended_containers(
     kept = containers_of(client, result.run_id)
     assert sorted(c.labels[STEP_LABEL] for c in kept) == ["numbers", "total"]
     assert {c.status for c in kept} == {"exited"}
+
+    # The sweep removes them: their run has finished.
+    swept = subprocess.run(
+        [sys.executable, "-m", "workers.docker.sweep", "sweep"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert swept.returncode == 0, swept.stderr
+    assert "removed 2 container(s)" in swept.stdout
+    assert containers_of(client, result.run_id) == []
 
 
 def test_a_missing_image_fails_the_step_naming_the_image(

@@ -70,6 +70,9 @@ def test_import_contract_catches_engine_importing_celery_side(tmp_path: Path) ->
     (package / "deep" / "bad.py").write_text("from celery_app import tasks\n")
     (package / "fine.py").write_text("import json\nimport redis\n")
     (package / "worse.py").write_text("import kombu.utils\n")
+    # The contract's other root package, here keeping its own rule.
+    (tmp_path / "workers").mkdir()
+    (tmp_path / "workers" / "__init__.py").write_text("import json\n")
 
     lint_imports = "from importlinter.cli import lint_imports_command as c; c()"
     done = subprocess.run(

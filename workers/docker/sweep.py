@@ -104,3 +104,7 @@ def sweep_command(docker_host: str | None, unknown_runs: bool, dry_run: bool) ->
             f"{item.status}): {item.why}"
         )
     click.echo(f"{verb} {len(removed)} container(s)")
+
+
+if __name__ == "__main__":
+    main()
