@@ -15,7 +15,7 @@ import os
 import random
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Generator, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -288,7 +288,7 @@ class KubeApi:
         timeout_s: int,
         label_selector: str | None = None,
         field_selector: str | None = None,
-    ) -> Iterator[tuple[str, Obj]]:
+    ) -> Generator[tuple[str, Obj], None, None]:
         """One watch request on ``pods`` or ``events``: (type, object) until it ends.
 
         An ``ERROR`` event (410 Gone for a compacted version) is yielded as is.
