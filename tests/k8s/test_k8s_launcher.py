@@ -291,15 +291,16 @@ def test_an_evicted_pod_is_an_infrastructure_failure_naming_the_eviction(
     assert failure.data["failure_class"] == "infrastructure"
 
 
-def test_the_jobs_deadline_is_a_timeout_failure(
+def test_the_jobs_deadline_is_a_timeout_failure_even_when_it_stops_a_running_step(
     runtime: AttemptRuntime, pod_cluster: TestCluster, k8s_block: dict[str, Any]
 ) -> None:
-    run = Run(runtime, "held_job", {**k8s_block, "job_wait_timeout_s": 1})
-    result = run.supervise(run.ids("held"))
+    run = Run(runtime, "held_job", {**k8s_block, "job_wait_timeout_s": 10})
+    supervised = Background(lambda: run.supervise(run.ids("held")))
+    wait_until(lambda: len(marks(run.run_id, "held")) == 1, "the step to start")
 
-    assert result.status == "failure"
+    assert supervised.join().status == "failure"
     failure = run.failure()
-    assert "timed out" in failure.message and "job_wait_timeout_s=1s" in failure.message
+    assert "timed out" in failure.message and "job_wait_timeout_s=10s" in failure.message
     assert failure.data["failure_class"] == "timeout"
     wait_until(lambda: jobs_and_pods(pod_cluster, run.run_id) == ([], []), "cleanup")
 
