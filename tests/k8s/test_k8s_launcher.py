@@ -391,11 +391,18 @@ def test_the_launcher_and_the_sweep_call_exactly_what_the_role_grants(
     assert launcher.find(_request(runtime, retry)) is not None  # adoption looks it up
     # Someone deletes the Job with the API's default propagation: its pod is orphaned.
     pod_cluster.api.delete_job("default", launch_name(retry), None)
+    kept = run.ids("total")
+    assert run.supervise(kept).status == "success"  # its Job is kept (keep_jobs)
+    assert sweep(launcher.api, runtime.instance.storage) == []  # the run is not finished
     runtime.instance.storage.set_status(run.run_id, RunStatus.SUCCESS)
     swept = sweep(launcher.api, runtime.instance.storage)
 
-    assert [(s.kind, s.why) for s in swept] == [("Pod", "run success, orphaned")]
-    assert jobs_and_pods(pod_cluster, run.run_id) == ([], [])
+    assert [(s.kind, s.name, s.why) for s in swept] == [
+        ("Job", launch_name(kept), "run success"),
+        ("Pod", swept[1].name, "run success, orphaned"),
+    ]
+    assert swept[1].step_key == "numbers"
+    wait_until(lambda: jobs_and_pods(pod_cluster, run.run_id) == ([], []), "the sweep")
     called = {tuple(key.split(" ", 1)) for key in pod_cluster.requests()}
     assert called == {(verb, resource) for _group, resource, verb in PERMISSIONS}
 
