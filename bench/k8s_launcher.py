@@ -31,6 +31,7 @@ from typing import Any
 
 from bench.workloads import join, leaf, root
 from coreexec import Instance, RunStatus, job
+from coreexec.events import EventKind
 from coreexec.execution.runs import execute_job
 from workers import docker_executor, k8s_job_executor
 
@@ -79,6 +80,7 @@ def docker_block(home: Path, image: str) -> dict[str, Any]:
         },
         "env_vars": [f"PYTHONPATH={REPO_ROOT}"],
         "container_kwargs": {"user": f"{os.getuid()}:{os.getgid()}", "working_dir": REPO_ROOT},
+        "command": ["python", "-m", "workers.entrypoint"],
     }
 
 
@@ -87,7 +89,8 @@ def one_run(reference: str, config: dict[str, Any]) -> float:
     result = execute_job(reference, {"execution": {"config": config}}, instance=Instance.from_env())
     wall = time.monotonic() - started
     if result.status is not RunStatus.SUCCESS:
-        raise RuntimeError(f"{reference} ended {result.status.value}")
+        failed = [e.message for e in result.events if e.kind is EventKind.STEP_FAILURE]
+        raise RuntimeError(f"{reference} ended {result.status.value}: {failed[-1:]}")
     return wall
 
 
