@@ -229,6 +229,20 @@ def test_an_image_that_cannot_be_pulled_fails_within_seconds_naming_the_image(
     wait_until(lambda: jobs_and_pods(pod_cluster, run.run_id) == ([], []), "cleanup")
 
 
+def test_a_missing_secret_fails_at_once_as_a_container_config_error(
+    runtime: AttemptRuntime, pod_cluster: TestCluster, k8s_block: dict[str, Any]
+) -> None:
+    secrets = [*k8s_block["env_secrets"], "absent-secret"]
+    run = Run(runtime, "sum_job", {**k8s_block, "env_secrets": secrets})
+    assert run.supervise(run.ids("numbers")).status == "failure"
+
+    message = run.failure().message
+    assert "could not start: the container cannot be created (CreateContainerConfigError)" in (
+        message
+    )
+    assert 'secret "absent-secret" not found' in message
+
+
 def test_a_pod_stuck_pending_fails_after_schedule_timeout_with_the_schedulers_reason(
     runtime: AttemptRuntime, pod_cluster: TestCluster, k8s_block: dict[str, Any]
 ) -> None:
