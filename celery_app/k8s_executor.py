@@ -13,14 +13,7 @@ from __future__ import annotations
 
 from pydantic import Field
 
-from celery_app.executor import (
-    CeleryExecutor,
-    CeleryExecutorConfig,
-    _app_for,
-    _client_for,
-    _limits,
-    settings_for,
-)
+from celery_app.executor import CeleryExecutor, CeleryExecutorConfig, build_executor
 from coreexec.execution.run_context import RunContext
 from coreexec.executors.base import Executor, ExecutorRequirement, InitExecutorContext, executor
 from coreexec.transport.run_settings import RunSettings
@@ -42,20 +35,19 @@ class CeleryK8sJobExecutorConfig(CeleryExecutorConfig):
 class CeleryK8sJobExecutor(CeleryExecutor):
     """Celery dispatch; steps as Kubernetes Jobs unless tagged otherwise."""
 
-    k8s: K8sConfig
-    docker: DockerConfig
-
     def launch_settings(self, run: RunContext) -> RunSettings:
+        assert isinstance(self.config, CeleryK8sJobExecutorConfig)
+        k8s, docker = self.config.k8s, self.config.docker
         steps = list(run.plan.steps)
         check_launchers(steps, K8S)
         chosen = {step.key: launcher_name(step, K8S) for step in steps}
         k8s_steps = {key for key, name in chosen.items() if name == K8S}
-        check_steps(run.job, steps, self.k8s, k8s_steps)
-        config = {K8S: self.k8s.model_dump(mode="json")}
+        check_steps(run.job, steps, k8s, k8s_steps)
+        config = {K8S: k8s.model_dump(mode="json")}
         docker_steps = {key for key, name in chosen.items() if name == DOCKER}
         if docker_steps:
-            check_docker_steps(steps, self.docker, docker_steps)
-            config[DOCKER] = self.docker.model_dump(mode="json")
+            check_docker_steps(steps, docker, docker_steps)
+            config[DOCKER] = docker.model_dump(mode="json")
         return RunSettings(default_launcher=K8S, launcher_config=config)
 
 
@@ -72,16 +64,4 @@ def celery_k8s_job_executor(context: InitExecutorContext) -> Executor:
     """Runs each step as a Celery task whose worker creates a Kubernetes Job for it."""
     config = context.config
     assert isinstance(config, CeleryK8sJobExecutorConfig)
-    settings = settings_for(config)
-    redis_url = settings.events_redis_url
-    client = _client_for(redis_url)
-    built = CeleryK8sJobExecutor(
-        config,
-        app=_app_for(settings),
-        client=client,
-        redis_url=redis_url,
-        limits=_limits(config, client, redis_url),
-    )
-    built.k8s = config.k8s
-    built.docker = config.docker
-    return built
+    return build_executor(config, CeleryK8sJobExecutor)

@@ -41,6 +41,7 @@ from coreexec.attempt_runtime import AttemptRuntime
 from coreexec.errors import CoreExecError
 from coreexec.events import Event, EventKind
 from coreexec.retry import FailureClass
+from coreexec.transport import keys
 from coreexec.transport.attempt_ends import AttemptEnds
 from workers.launcher import EndReason, Launch, LaunchEnd, LaunchError, LaunchRequest, StepLauncher
 from workers.registry import launcher_for
@@ -227,6 +228,10 @@ def publish_end(
         end_reason=end.reason.value,
     )
     ends = AttemptEnds(runtime.client, url=runtime.redis_url)
+    if end.reason is EndReason.TIMED_OUT:
+        # The deadline stopped it: what the entrypoint held when SIGTERM reached it
+        # ("cancelled") is not why it ended, so the supervisor's verdict is published.
+        runtime.client.delete(keys.attempt_end(ids.run_id, ids.attempt_id))
     published = ends.publish(ids.run_id, ids.attempt_id, leading=leading, fallback=[fallback])
     if not published.published:
         return AttemptResult("dropped", ids, holder="another supervisor")

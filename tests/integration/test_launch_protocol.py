@@ -218,7 +218,7 @@ def test_an_unknown_launcher_fails_the_step_naming_it_and_the_valid_names(
     assert result.status == "failure"
     failure = step_events(runtime, run_id, EventKind.STEP_FAILURE)[-1]
     assert "step 'misplaced'" in failure.message
-    assert "'nowhere'" in failure.message and "docker, in_process" in failure.message
+    assert "'nowhere'" in failure.message and "docker, in_process, k8s" in failure.message
     assert failure.data["retryable"] is False
 
 
@@ -287,4 +287,4 @@ def test_a_run_with_an_unknown_launcher_is_refused_before_any_step_starts(
     with pytest.raises(DefinitionError) as caught:
         execute_job(f"{REF}:unknown_launcher_job", instance=Instance.from_env())
     assert "step 'misplaced'" in str(caught.value)
-    assert "valid names: docker, in_process" in str(caught.value)
+    assert "valid names: docker, in_process, k8s" in str(caught.value)

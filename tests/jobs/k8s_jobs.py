@@ -108,3 +108,19 @@ def hog_job() -> None:
 @job(executor_def=k8s_job_executor)
 def noisy_job() -> None:
     noisy_failure()
+
+
+@step(tags={LAUNCHER_TAG: "docker"})
+def boxed(on: str) -> tuple[str, str]:
+    return on, "in a container" if os.getpid() == 1 else f"process {os.getpid()}"
+
+
+@step(tags=POD_TAGS)
+def podded(before: tuple[str, str]) -> tuple[str, str, str]:
+    return before[0], before[1], where()
+
+
+@job(executor_def=celery_k8s_job_executor)
+def three_launchers_job() -> None:
+    """One step on the worker, one in a container, one as a Kubernetes Job."""
+    podded(boxed(light()))

@@ -31,8 +31,10 @@ from coreexec.transport.run_settings import RunSettings
 from tests.jobs.celery_jobs import marks, open_gate
 from tests.support.kube_api import TestCluster
 from tests.support.kube_api.store import JOBS, PODS
+from workers.k8s.api import PERMISSIONS
 from workers.k8s.launcher import K8sLauncher
 from workers.k8s.steps import k8s_config_of
+from workers.k8s.sweep import sweep
 from workers.launcher import Launch, launch_name
 from workers.registry import K8S, launcher_for
 from workers.supervisor import supervise
@@ -230,6 +232,20 @@ def test_an_image_that_cannot_be_pulled_fails_within_seconds_naming_the_image(
     wait_until(lambda: jobs_and_pods(pod_cluster, run.run_id) == ([], []), "cleanup")
 
 
+def test_a_missing_secret_fails_at_once_as_a_container_config_error(
+    runtime: AttemptRuntime, pod_cluster: TestCluster, k8s_block: dict[str, Any]
+) -> None:
+    secrets = [*k8s_block["env_secrets"], "absent-secret"]
+    run = Run(runtime, "sum_job", {**k8s_block, "env_secrets": secrets})
+    assert run.supervise(run.ids("numbers")).status == "failure"
+
+    message = run.failure().message
+    assert "could not start: the container cannot be created (CreateContainerConfigError)" in (
+        message
+    )
+    assert 'secret "absent-secret" not found' in message
+
+
 def test_a_pod_stuck_pending_fails_after_schedule_timeout_with_the_schedulers_reason(
     runtime: AttemptRuntime, pod_cluster: TestCluster, k8s_block: dict[str, Any]
 ) -> None:
@@ -292,15 +308,16 @@ def test_an_evicted_pod_is_an_infrastructure_failure_naming_the_eviction(
     assert failure.data["failure_class"] == "infrastructure"
 
 
-def test_the_jobs_deadline_is_a_timeout_failure(
+def test_the_jobs_deadline_is_a_timeout_failure_even_when_it_stops_a_running_step(
     runtime: AttemptRuntime, pod_cluster: TestCluster, k8s_block: dict[str, Any]
 ) -> None:
-    run = Run(runtime, "held_job", {**k8s_block, "job_wait_timeout_s": 1})
-    result = run.supervise(run.ids("held"))
+    run = Run(runtime, "held_job", {**k8s_block, "job_wait_timeout_s": 10})
+    supervised = Background(lambda: run.supervise(run.ids("held")))
+    wait_until(lambda: len(marks(run.run_id, "held")) == 1, "the step to start")
 
-    assert result.status == "failure"
+    assert supervised.join().status == "failure"
     failure = run.failure()
-    assert "timed out" in failure.message and "job_wait_timeout_s=1s" in failure.message
+    assert "timed out" in failure.message and "job_wait_timeout_s=10s" in failure.message
     assert failure.data["failure_class"] == "timeout"
     wait_until(lambda: jobs_and_pods(pod_cluster, run.run_id) == ([], []), "cleanup")
 
@@ -374,3 +391,43 @@ def test_a_terminate_that_races_pod_creation_leaves_no_pod(
     assert supervised.join().status == "failure"
     wait_until(lambda: jobs_and_pods(pod_cluster, run.run_id) == ([], []), "no Job, no pod")
     assert marks(run.run_id, "held") == []
+
+
+# -- what the launcher calls --------------------------------------------------------------
+
+
+def test_the_launcher_and_the_sweep_call_exactly_what_the_role_grants(
+    runtime: AttemptRuntime, pod_cluster: TestCluster, k8s_block: dict[str, Any]
+) -> None:
+    run = Run(runtime, "sum_job", {**k8s_block, "keep_jobs": True})
+    first = run.ids("numbers")
+    assert run.supervise(first).status == "success"
+    retry = run.ids("numbers", number=2)  # a later attempt deletes the earlier one's Job
+    assert run.supervise(retry).status == "success"
+    launcher = run.launchers[-1]
+    assert launcher.find(_request(runtime, retry)) is not None  # adoption looks it up
+    # Someone deletes the Job with the API's default propagation: its pod is orphaned.
+    pod_cluster.api.delete_job("default", launch_name(retry), None)
+    kept = run.ids("total")
+    assert run.supervise(kept).status == "success"  # its Job is kept (keep_jobs)
+    assert sweep(launcher.api, runtime.instance.storage) == []  # the run is not finished
+    runtime.instance.storage.set_status(run.run_id, RunStatus.SUCCESS)
+    swept = sweep(launcher.api, runtime.instance.storage)
+
+    assert [(s.kind, s.name, s.why) for s in swept] == [
+        ("Job", launch_name(kept), "run success"),
+        ("Pod", swept[1].name, "run success, orphaned"),
+    ]
+    assert swept[1].step_key == "numbers"
+    wait_until(lambda: jobs_and_pods(pod_cluster, run.run_id) == ([], []), "the sweep")
+    called = {tuple(key.split(" ", 1)) for key in pod_cluster.requests()}
+    assert called == {(verb, resource) for _group, resource, verb in PERMISSIONS}
+
+
+def _request(runtime: AttemptRuntime, ids: AttemptIds) -> Any:
+    from coreexec.attempt_runner import prepare_attempt
+    from workers.launcher import LaunchRequest
+
+    prepared = prepare_attempt(runtime, ids, "t", report_failure=False)
+    assert not isinstance(prepared, AttemptResult)
+    return LaunchRequest(prepared, "t")

@@ -7,6 +7,7 @@ Job controller's pod and events, the kubelet's phases, failures and logs.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import sys
 import textwrap
@@ -172,11 +173,13 @@ def test_a_watch_resumes_from_a_version_and_gets_410_once_it_is_compacted(
         resource_version=relisted.metadata.resource_version,
         timeout_seconds=5,
     )
-    for event in after:
-        if event["object"].status.phase == "Succeeded":
-            break
-    else:
-        pytest.fail("the watch from the re-listed version did not see the new pod succeed")
+    phases: list[str] = []
+    with contextlib.closing(after):
+        for event in after:
+            phases.append(event["object"].status.phase)
+            if phases[-1] == "Succeeded":
+                break
+    assert phases[-1:] == ["Succeeded"], "the watch from the re-listed version missed the pod"
 
 
 def test_a_watch_without_events_ends_after_timeout_seconds_with_a_bookmark(
@@ -221,6 +224,7 @@ def test_delete_without_a_policy_orphans_the_pod_with_the_servers_warning(
     batch.create_namespaced_job(NS, job_manifest("orph", "import time; time.sleep(120)"))
     pods_of(core, "orph", phase_is("Running"))
     response = batch.delete_namespaced_job("orph", NS, _preload_content=False)
+    assert json.loads(response.data)["status"] == "Success"  # reading it frees the connection
     assert "child pods are preserved by default" in response.headers["Warning"]
     pod = core.list_namespaced_pod(NS, label_selector="job-name=orph").items[0]
     assert pod.status.phase == "Running" and not pod.metadata.owner_references
@@ -282,14 +286,15 @@ def test_an_image_that_cannot_be_pulled_waits_with_the_kubelets_reasons(
     stream = watch.Watch().stream(
         core.list_namespaced_pod, NS, resource_version=before, timeout_seconds=30
     )
-    for event in stream:
-        pod = event["object"]
-        statuses = pod.status.container_statuses or []
-        waiting = statuses[0].state.waiting if statuses else None
-        if waiting is not None and waiting.reason not in seen:
-            seen.append(waiting.reason)
-        if seen and seen[-1] == reasons[-1]:
-            break
+    with contextlib.closing(stream):
+        for event in stream:
+            pod = event["object"]
+            statuses = pod.status.container_statuses or []
+            waiting = statuses[0].state.waiting if statuses else None
+            if waiting is not None and waiting.reason not in seen:
+                seen.append(waiting.reason)
+            if seen and seen[-1] == reasons[-1]:
+                break
     assert seen == ["ContainerCreating", *reasons]
     assert "registry.invalid/nope:1" in pod.status.container_statuses[0].state.waiting.message
     with pytest.raises(client.ApiException) as waiting:

@@ -40,7 +40,7 @@ def test_an_unknown_launcher_is_a_definition_error_naming_the_step_and_valid_nam
         launcher_name(planned("heavy", **{LAUNCHER_TAG: "dockr"}), "in_process")
     message = str(caught.value)
     assert "step 'heavy'" in message and "'dockr'" in message
-    assert "valid names: docker, in_process" in message
+    assert "valid names: docker, in_process, k8s" in message
 
 
 def test_launch_names_are_deterministic_per_attempt_and_fit_a_dns_label() -> None:

@@ -30,6 +30,7 @@ def test_pyproject_declares_one_distribution_with_three_packages() -> None:
         "coreexec": "coreexec.cli:main",
         "coreexec-step": "workers.entrypoint:main",
         "coreexec-containers": "workers.docker.sweep:main",
+        "coreexec-k8s": "workers.k8s.sweep:main",
     }
     launchers = project["entry-points"]["coreexec.run_launchers"]
     assert launchers == {"celery": "celery_app.run_launcher:CeleryRunLauncher"}

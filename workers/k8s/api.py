@@ -15,7 +15,7 @@ import os
 import random
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Generator, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -35,7 +35,6 @@ PERMISSIONS: frozenset[tuple[str, str, str]] = frozenset(
         ("batch", "jobs", "get"),
         ("batch", "jobs", "list"),
         ("batch", "jobs", "delete"),
-        ("", "pods", "get"),
         ("", "pods", "list"),
         ("", "pods", "watch"),
         ("", "pods", "delete"),
@@ -233,16 +232,6 @@ class KubeApi:
         return True
 
     # -- pods ---------------------------------------------------------------------------
-    def read_pod(self, namespace: str, name: str) -> Obj | None:
-        try:
-            return self._json(
-                f"get Pod {namespace}/{name}", self.core.read_namespaced_pod, name, namespace
-            )
-        except ApiCallError as exc:
-            if exc.status == 404:
-                return None
-            raise
-
     def list_pods(self, namespace: str, label_selector: str) -> tuple[list[Obj], str]:
         found = self._json(
             f"list Pods in {namespace}",
@@ -299,7 +288,7 @@ class KubeApi:
         timeout_s: int,
         label_selector: str | None = None,
         field_selector: str | None = None,
-    ) -> Iterator[tuple[str, Obj]]:
+    ) -> Generator[tuple[str, Obj], None, None]:
         """One watch request on ``pods`` or ``events``: (type, object) until it ends.
 
         An ``ERROR`` event (410 Gone for a compacted version) is yielded as is.

@@ -95,6 +95,17 @@ class Follower:
             return self._without_pod(gone, job_events, events)
         return self._before_end(view, events)
 
+    def _deadline_passed(self) -> bool:
+        """Whether the Job failed by its deadline (a pod deleted under a running step:
+        the Job controller's doing when activeDeadlineSeconds passed)."""
+        if self.terminated():
+            return False
+        job = self.api.read_job(self.config.namespace, self.launch.name)
+        conditions = ((job or {}).get("status") or {}).get("conditions") or []
+        return any(
+            c.get("type") == "Failed" and c.get("reason") == "DeadlineExceeded" for c in conditions
+        )
+
     def _deadline_text(self) -> str:
         return (
             f"the Job ran longer than job_wait_timeout_s={self.config.job_wait_timeout_s}s "

@@ -29,6 +29,7 @@ ATTEMPT_ID_LABEL = "coreexec.io/attempt-id"
 MANAGED_LABEL = "app.kubernetes.io/managed-by"
 MANAGED_VALUE = "coreexec"
 STEP_KEY_ANNOTATION = "coreexec.io/step-key"
+RUN_ANNOTATION = "coreexec.io/run-id"
 JOB_REFERENCE_ANNOTATION = "coreexec.io/job-reference"
 ATTEMPT_ANNOTATION = "coreexec.io/attempt"
 SUPERVISOR_ANNOTATION = "coreexec.io/supervisor"
@@ -62,6 +63,7 @@ def labels_of(ids: AttemptIds) -> dict[str, str]:
 
 def annotations_of(ids: AttemptIds, owner: str) -> dict[str, str]:
     return {
+        RUN_ANNOTATION: ids.run_id,
         STEP_KEY_ANNOTATION: ids.step_key,
         JOB_REFERENCE_ANNOTATION: ids.job_reference,
         ATTEMPT_ANNOTATION: str(ids.attempt_number),

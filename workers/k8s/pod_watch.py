@@ -13,6 +13,7 @@ no polling loop per step, and two watch connections however many steps run.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import random
@@ -144,24 +145,25 @@ class _Stream:
             timeout_s=WATCH_TIMEOUT_S,
             **selectors,
         )
-        for kind, obj in stream:
-            if kind == "ERROR":
-                log.info(
-                    "watch of %s in %s: %s; listing again",
-                    self.resource,
-                    self.owner.namespace,
-                    obj.get("message"),
-                )
-                return None
-            version = str(obj.get("metadata", {}).get("resourceVersion") or version)
-            if kind == "BOOKMARK":
-                continue
-            if self.resource == "pods":
-                self.owner.pod_changed(obj, deleted=kind == "DELETED")
-            elif kind != "DELETED":
-                self.owner.event_seen(obj)
-            if self.owner.stopped.is_set():
-                break
+        with contextlib.closing(stream):  # an early return still frees the connection
+            for kind, obj in stream:
+                if kind == "ERROR":
+                    log.info(
+                        "watch of %s in %s: %s; listing again",
+                        self.resource,
+                        self.owner.namespace,
+                        obj.get("message"),
+                    )
+                    return None
+                version = str(obj.get("metadata", {}).get("resourceVersion") or version)
+                if kind == "BOOKMARK":
+                    continue
+                if self.resource == "pods":
+                    self.owner.pod_changed(obj, deleted=kind == "DELETED")
+                elif kind != "DELETED":
+                    self.owner.event_seen(obj)
+                if self.owner.stopped.is_set():
+                    break
         return version
 
 

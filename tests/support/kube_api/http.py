@@ -131,6 +131,8 @@ class KubeApiServer:
         self.logs = logs
         self.token = token
         self._stopping = threading.Event()
+        self._failures: list[tuple[int, int | None]] = []
+        self._failures_lock = threading.Lock()
         handler = type("Handler", (_Handler,), {"server_state": self})
         self._httpd = _Server(("127.0.0.1", port), handler)
         self._thread = threading.Thread(target=self._httpd.serve_forever, daemon=True)
@@ -143,6 +145,16 @@ class KubeApiServer:
     @property
     def stopping(self) -> bool:
         return self._stopping.is_set()
+
+    def fail_next(self, count: int, code: int = 429, retry_after_s: int | None = 1) -> None:
+        """Answer the next ``count`` requests with ``code`` (429 Too Many Requests, or a
+        5xx) and, when given, a ``Retry-After`` header, as an overloaded server does."""
+        with self._failures_lock:
+            self._failures.extend([(code, retry_after_s)] * count)
+
+    def take_failure(self) -> tuple[int, int | None] | None:
+        with self._failures_lock:
+            return self._failures.pop(0) if self._failures else None
 
     def start(self) -> KubeApiServer:
         self._thread.start()
@@ -184,12 +196,27 @@ class _Handler(BaseHTTPRequestHandler):
         try:
             if self.headers.get("Authorization") != f"Bearer {self.server_state.token}":
                 raise unauthorized()
+            injected = self.server_state.take_failure()
+            if injected is not None:
+                self._send_injected(*injected)
+                return
             self._route(method, body)
         except ApiError as error:
             self._send_json(error.code, error.status())
         except (BrokenPipeError, ConnectionResetError):
             # The client went away mid-stream (a watch it stopped, a log it closed).
             self.close_connection = True
+
+    def _send_injected(self, code: int, retry_after_s: int | None) -> None:
+        reason = "TooManyRequests" if code == 429 else "ServiceUnavailable"
+        message = (
+            "the server has received too many requests and has asked us to try again later"
+            if code == 429
+            else "the server is currently unable to handle the request"
+        )
+        headers = {"Retry-After": str(retry_after_s)} if retry_after_s is not None else None
+        self.server_state.api.store.count_request("rejected", str(code))
+        self._send_json(code, ApiError(code, reason, message).status(), headers)
 
     def _read_body(self) -> Any:
         length = int(self.headers.get("Content-Length") or 0)

@@ -75,6 +75,8 @@ class Store:
         self._history_limit = history_limit
         self._epoch = 0
         self.requests: Counter[tuple[str, str]] = Counter()
+        self.request_times: dict[tuple[str, str], list[float]] = {}
+        """time.monotonic() of every request, by (verb, resource)."""
 
     # ------------------------------------------------------------------ reads
     @property
@@ -231,3 +233,4 @@ class Store:
     def count_request(self, verb: str, resource: str) -> None:
         with self._cond:
             self.requests[(verb, resource)] += 1
+            self.request_times.setdefault((verb, resource), []).append(time.monotonic())
