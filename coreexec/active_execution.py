@@ -79,6 +79,9 @@ class ActiveExecution:
         self._missing: dict[str, int] = {}
         self._heap: list[tuple[int, int, str]] = []
         self._retry_at: dict[str, float] = {}
+        self._never_started: dict[str, int] = {}
+        """Attempts per step that failed before the step started (an image that could not
+        be pulled, a pod never scheduled): they do not use up the user's retries."""
         self._attempts: dict[str, int] = dict(attempts_made or {})
         self._current: dict[str, StepAttempt] = {}
         self._in_flight: dict[str, StepAttempt] = {}
@@ -260,11 +263,23 @@ class ActiveExecution:
             and retryable
             and policy is not None
             and policy.retries(failure_class)
-            and attempt.number <= policy.max_retries
+            and self._retries_used(attempt, event) <= policy.max_retries
         ):
             delay_s = policy.delay_for(attempt.number, self._rng)
             return [self._schedule_retry(attempt, delay_s, f"{failure_class.value} failure")]
         return self._fail(attempt, failure_class, event.message, emit=False)
+
+    def _retries_used(self, attempt: StepAttempt, failure: Event) -> int:
+        """The attempts of the step that count against its retry policy, this one
+        included. An attempt that failed before the step started (its failure says
+        ``not_started``) counts only against a budget of its own, as large as the
+        policy's, so an unschedulable pod does not use up the step's retries and cannot
+        be retried forever either."""
+        key = attempt.step_key
+        if failure.data.get("not_started"):
+            self._never_started[key] = self._never_started.get(key, 0) + 1
+            return self._never_started[key]
+        return attempt.number - self._never_started.get(key, 0)
 
     def fail_attempt(
         self, attempt_id: str, failure_class: FailureClass, message: str

@@ -226,6 +226,8 @@ def publish_end(
         error_type=f"Launch{end.reason.value.title().replace('_', '')}",
         exit_code=end.exit_code,
         end_reason=end.reason.value,
+        # The step never ran: the coordinator does not count it against its retries.
+        not_started=end.reason is EndReason.NOT_STARTED,
     )
     ends = AttemptEnds(runtime.client, url=runtime.redis_url)
     if end.reason is EndReason.TIMED_OUT:

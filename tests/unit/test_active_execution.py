@@ -160,6 +160,39 @@ def test_retry_policy_can_choose_failure_classes() -> None:
     assert active.state_of("only_infra") is StepState.FAILED
 
 
+def test_attempts_that_never_started_do_not_use_up_the_retries() -> None:
+    @step(retry_policy=RetryPolicy(max_retries=1))
+    def pod() -> int:
+        return 1
+
+    @job
+    def one() -> None:
+        pod()
+
+    def fail(active: ActiveExecution, **data: object) -> list[Event]:
+        active._retry_at["pod"] = 0.0  # due now
+        _start_all(active)
+        return _end(active, "pod", EventKind.STEP_FAILURE, failure_class="infrastructure", **data)
+
+    active = ActiveExecution(ExecutionPlan.from_job(one), run_id="r", clock=FakeClock())
+    # Never started (the pod was not scheduled): retried, and the step keeps its retry.
+    (retry,) = fail(active, not_started=True)
+    assert retry.kind is EventKind.STEP_UP_FOR_RETRY
+    # Attempt 2 ran and failed: its one retry is still there.
+    (retry,) = fail(active)
+    assert retry.kind is EventKind.STEP_UP_FOR_RETRY
+    # Attempt 3 ran and failed: the retry is used up.
+    fail(active)
+    assert active.state_of("pod") is StepState.FAILED
+
+    # Attempts that never start have a budget of their own: they are not retried forever.
+    again = ActiveExecution(ExecutionPlan.from_job(one), run_id="r", clock=FakeClock())
+    (retry,) = fail(again, not_started=True)
+    assert retry.kind is EventKind.STEP_UP_FOR_RETRY
+    fail(again, not_started=True)
+    assert again.state_of("pod") is StepState.FAILED
+
+
 def test_stale_and_duplicate_events_change_nothing() -> None:
     active = ActiveExecution(ExecutionPlan.from_job(fan), run_id="r", clock=FakeClock())
     _start_all(active)
