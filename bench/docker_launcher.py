@@ -20,25 +20,29 @@ import argparse
 import os
 import statistics
 import sys
+import tempfile
 import time
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
-from bench.harness import parse_workload
+from bench.harness import INTERVALS_DIR_ENV, intervals_directory, parse_workload
 from bench.systems_celery import CONCURRENCY, CeleryCluster, CeleryRunner, cluster
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def docker_block(cluster: CeleryCluster, image: str) -> dict[str, Any]:
+    intervals = os.environ[INTERVALS_DIR_ENV]
     return {
         "image": image,
         "network": "host",
         "volumes": {
             str(cluster.home): {"bind": str(cluster.home), "mode": "rw"},
+            intervals: {"bind": intervals, "mode": "rw"},
             REPO_ROOT: {"bind": REPO_ROOT, "mode": "ro"},
         },
-        "env_vars": [f"PYTHONPATH={REPO_ROOT}"],
+        "env_vars": [f"PYTHONPATH={REPO_ROOT}", INTERVALS_DIR_ENV],
         "container_kwargs": {"user": f"{os.getuid()}:{os.getgid()}", "working_dir": REPO_ROOT},
         "stop_timeout_s": 5,
     }
@@ -75,7 +79,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     rows = []
     started = time.monotonic()
-    with cluster() as shared:
+    with (
+        tempfile.TemporaryDirectory(prefix="bench-docker-") as scratch,
+        intervals_directory(Path(scratch)),
+        cluster() as shared,
+    ):
         for name in args.workloads.split(","):
             spec = parse_workload(name)
             walls = {

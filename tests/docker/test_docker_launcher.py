@@ -80,9 +80,10 @@ def config(block: dict[str, Any], **docker: Any) -> dict[str, Any]:
     return {"execution": {"config": {**FAST, "docker": {**block, **docker}}}}
 
 
-def containers_of(client: docker.DockerClient, run_id: str, **filters: str) -> list[Any]:
-    labels = [f"{RUN_LABEL}={run_id}"] + [f"{k}={v}" for k, v in filters.items()]
-    return list(client.containers.list(all=True, filters={"label": labels}))
+def containers_of(client: docker.DockerClient, run_id: str) -> list[dict[str, Any]]:
+    """The run's containers as the engine lists them (``Id``, ``State``, ``Labels``);
+    the raw list, as the SDK's list() fails on a container removed while it inspects."""
+    return list(client.api.containers(all=True, filters={"label": f"{RUN_LABEL}={run_id}"}))
 
 
 def no_containers_left(client: docker.DockerClient, run_id: str) -> bool:
@@ -100,12 +101,12 @@ def running_container(client: docker.DockerClient, run_id: str, step: str) -> An
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
         found = [
-            c
+            c["Id"]
             for c in containers_of(client, run_id)
-            if c.labels.get(STEP_LABEL) == step and c.status == "running"
+            if c["Labels"].get(STEP_LABEL) == step and c["State"] == "running"
         ]
         if found:
-            return found[0]
+            return client.containers.get(found[0])
         time.sleep(0.05)
     raise AssertionError(f"no running container of step {step}")
 
@@ -283,8 +284,8 @@ def test_keep_containers_keeps_ended_containers(
 
     assert result.status is RunStatus.SUCCESS
     kept = containers_of(client, result.run_id)
-    assert sorted(c.labels[STEP_LABEL] for c in kept) == ["numbers", "total"]
-    assert {c.status for c in kept} == {"exited"}
+    assert sorted(c["Labels"][STEP_LABEL] for c in kept) == ["numbers", "total"]
+    assert {c["State"] for c in kept} == {"exited"}
 
     # The sweep removes them: their run has finished.
     swept = subprocess.run(
@@ -355,6 +356,6 @@ def test_docker_inspect_shows_no_run_config_value_and_no_registry_password(
     assert result.status is RunStatus.SUCCESS, result.events[-3:]
     assert result.output_for("use_secret") == len(secret)
     (container,) = containers_of(client, result.run_id)
-    shown = json.dumps(client.api.inspect_container(container.id))
+    shown = json.dumps(client.api.inspect_container(container["Id"]))
     assert secret not in shown and password not in shown
     assert result.run_id in shown  # identifiers are there

@@ -124,6 +124,17 @@ def test_outputs_flow_and_the_end_is_published_after_the_process_exits(
     assert total.count(EventKind.STEP_START) == 1
     assert local.launched[-1] == launch_name(second.ids)
     assert len(local.launched) == 2
+    # The end reached the stream (where the coordinator frees the step's slots) only
+    # after the process had ended: stream ids are the Redis server's milliseconds.
+    success = next(
+        entry
+        for entry in RedisEventStream(runtime.client, run_id).history()
+        if entry.event is not None
+        and entry.event.kind is EventKind.STEP_SUCCESS
+        and entry.event.step_key == "total"
+    )
+    published_ms = int(success.entry_id.split("-")[0])
+    assert published_ms >= int(local.exited_at[launch_name(second.ids)] * 1000)
 
 
 def test_a_killed_process_is_an_infrastructure_failure(

@@ -28,6 +28,8 @@ class LocalProcessLauncher:
         self.redis_url = redis_url
         self.grace_s = grace_s
         self.launched: list[str] = []
+        self.exited_at: dict[str, float] = {}
+        """When each launched process was seen to end (``time.time()``)."""
         self._children: dict[str, subprocess.Popen[bytes]] = {}
         self._terminated: set[str] = set()
         directory.mkdir(parents=True, exist_ok=True)
@@ -87,6 +89,7 @@ class LocalProcessLauncher:
         else:
             # Adopted from another supervisor in this test process: wait for its child.
             code = self._wait_foreign(pid, launch.name)
+        self.exited_at[launch.name] = time.time()
         logs = tuple(self.log_file(launch.name).read_text().splitlines()[-20:])
         if launch.name in self._terminated:
             return LaunchEnd(EndReason.TERMINATED, code, f"stopped, exit code {code}", logs=logs)

@@ -184,16 +184,20 @@ class DockerLauncher:
         filters = {"label": [f"{RUN_LABEL}={ids.run_id}", f"{STEP_LABEL}={ids.step_key}"]}
         stopped = []
         try:
-            for container in self.client.containers.list(all=True, filters=filters):
-                if container.labels.get(ATTEMPT_ID_LABEL) == ids.attempt_id:
+            # The raw list: the SDK's list() inspects each container and fails on one
+            # removed meanwhile.
+            for summary in self.client.api.containers(all=True, filters=filters):
+                if (summary.get("Labels") or {}).get(ATTEMPT_ID_LABEL) == ids.attempt_id:
                     continue
-                if container.status in ("running", "restarting", "paused", "created"):
-                    container.stop(timeout=round(self.config.stop_timeout_s))
-                if not self.config.keep_containers:
-                    container.remove(force=True)
+                try:
+                    container = self.client.containers.get(summary["Id"])
+                    if container.status in ("running", "restarting", "paused", "created"):
+                        container.stop(timeout=round(self.config.stop_timeout_s))
+                    if not self.config.keep_containers:
+                        container.remove(force=True)
+                except docker.errors.NotFound:
+                    continue  # it went away meanwhile
                 stopped.append(str(container.name))
-        except docker.errors.NotFound:
-            pass  # it went away meanwhile
         except docker.errors.DockerException as exc:
             raise LaunchError(
                 f"cannot stop the earlier containers of step {ids.step_key!r}: {exc}"

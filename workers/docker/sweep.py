@@ -42,11 +42,14 @@ def sweep(
 ) -> list[Swept]:
     """Remove the containers of finished runs (and of runs this storage does not know,
     with ``unknown_runs``); returns what was removed."""
-    found = client.containers.list(all=True, filters={"label": f"{MANAGED_LABEL}=1"})
+    # The raw list: the SDK's list() inspects each container and fails on one removed
+    # meanwhile (a supervisor cleaning up).
+    found = client.api.containers(all=True, filters={"label": f"{MANAGED_LABEL}=1"})
     status_of: dict[str, str | None] = {}
     swept = []
-    for container in found:
-        run_id = container.labels.get(RUN_LABEL, "")
+    for summary in found:
+        labels = summary.get("Labels") or {}
+        run_id = labels.get(RUN_LABEL, "")
         if run_id not in status_of:
             try:
                 run = storage.get_run(run_id)
@@ -58,15 +61,16 @@ def sweep(
             continue
         if not dry_run:
             try:
-                container.remove(force=True, v=True)
+                client.api.remove_container(summary["Id"], force=True, v=True)
             except docker.errors.NotFound:
                 continue
+        names = summary.get("Names") or [summary["Id"][:12]]
         swept.append(
             Swept(
-                str(container.name),
+                str(names[0]).lstrip("/"),
                 run_id,
-                container.labels.get(STEP_LABEL, ""),
-                str(container.status),
+                labels.get(STEP_LABEL, ""),
+                str(summary.get("State", "")),
                 f"run {why.lower()}",
             )
         )
