@@ -1,7 +1,7 @@
 # Developer entry points; CI runs `bash scripts/test.sh` (via .ci/run), same as `make test`.
 PYTHON ?= python3
 
-.PHONY: install format lint mypy imports test unit integration coverage demo bench
+.PHONY: install format lint mypy imports test unit integration coverage demo bench image
 
 install:  ## install redis-server (if missing) and coreexec editable with dev extras
 	bash scripts/setup.sh
@@ -32,6 +32,9 @@ integration:  ## tests with real redis-server and celery workers
 
 coverage:  ## tests with a coverage report of the three packages
 	$(PYTHON) -m pytest --cov=coreexec --cov=celery_app --cov=workers --cov-report=term-missing:skip-covered
+
+image:  ## the worker image from wheels (base image by debootstrap, no registry)
+	bash scripts/worker_image.sh
 
 demo:  ## run the example job
 	bash scripts/demo.sh

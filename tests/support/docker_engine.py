@@ -204,9 +204,11 @@ class DockerdProcess:
             for child in left:
                 _signal(child, signum)
             if all(_wait_gone(child, 10.0) for child in left):
-                return
-        raise RuntimeError(f"processes {[c for c in family if pid_alive(c)]} of dockerd {pid} "
-                           "survived SIGKILL")  # fmt: skip
+                break
+        else:
+            raise RuntimeError(f"processes {[c for c in family if pid_alive(c)]} of dockerd "
+                               f"{pid} survived SIGKILL")  # fmt: skip
+        unmount_under(self.paths.exec_root)
 
     def __enter__(self) -> Self:
         if self.pid is None:
@@ -232,6 +234,25 @@ def _tail(path: Path, lines: int = 30) -> str:
 def _signal(pid: int, signum: signal.Signals) -> None:
     with contextlib.suppress(ProcessLookupError):
         os.kill(pid, signum)
+
+
+def mounts_under(directory: Path) -> list[Path]:
+    """Mount points at or below ``directory``, deepest first (from /proc/mounts)."""
+    root = directory.resolve()
+    found = []
+    for line in Path("/proc/mounts").read_text().splitlines():
+        # Octal escapes (\040 for a space) as the kernel writes them.
+        target = Path(line.split()[1].encode().decode("unicode_escape"))
+        if target == root or root in target.parents:
+            found.append(target)
+    return sorted(found, key=lambda path: len(path.parts), reverse=True)
+
+
+def unmount_under(directory: Path) -> None:
+    """Unmount what dockerd left mounted in its exec root (the host network namespace
+    it bind-mounts at netns/default once a host-network container ran)."""
+    for target in mounts_under(directory):
+        subprocess.run(["umount", str(target)], capture_output=True, check=False)
 
 
 def descendants(pid: int) -> list[int]:
@@ -270,7 +291,8 @@ def _wait_gone(pid: int, timeout_s: float) -> bool:
 
 
 @contextlib.contextmanager
-def _locked(path: Path) -> Iterator[None]:
+def locked(path: Path) -> Iterator[None]:
+    """Hold an exclusive lock on ``path`` (created if missing) across processes."""
     path.parent.mkdir(parents=True, exist_ok=True)
     with path.open("a") as handle:
         fcntl.flock(handle, fcntl.LOCK_EX)
@@ -308,7 +330,7 @@ def start_shared(paths: EnginePaths = SHARED_PATHS) -> int:
 
     From then on test sessions leave it running, even one a test session had started.
     """
-    with _locked(_lock_file(paths)):
+    with locked(_lock_file(paths)):
         pid = _ensure_running(paths, _STARTED_BY_SCRIPT)
         _starter_file(paths).write_text(_STARTED_BY_SCRIPT)
         return pid
@@ -355,7 +377,7 @@ def stop_shared(paths: EnginePaths = SHARED_PATHS) -> str:
 
     Then it is handed to them: the last one to leave stops it. Returns what happened.
     """
-    with _locked(_lock_file(paths)):
+    with locked(_lock_file(paths)):
         running = DockerdProcess.attach(paths)
         if running is None:
             return f"no dockerd was running for {paths.socket}"
@@ -382,14 +404,14 @@ def shared_engine(paths: EnginePaths = SHARED_PATHS) -> Iterator[str]:
         raise EngineUnavailableError(reason)
     # One entry per use, named by pid: a crashed user's entry is dropped when seen dead.
     me = _users_dir(paths) / f"{os.getpid()}-{uuid.uuid4().hex[:8]}"
-    with _locked(_lock_file(paths)):
+    with locked(_lock_file(paths)):
         _ensure_running(paths, _STARTED_BY_TESTS)
         me.parent.mkdir(parents=True, exist_ok=True)
         me.touch()
     try:
         yield paths.base_url
     finally:
-        with _locked(_lock_file(paths)):
+        with locked(_lock_file(paths)):
             me.unlink(missing_ok=True)
             starter = _starter_file(paths)
             started_by = starter.read_text().strip() if starter.exists() else ""

@@ -19,9 +19,7 @@ A lock file keeps concurrent test runs from building the same thing twice.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import email.parser
-import fcntl
 import hashlib
 import json
 import os
@@ -31,7 +29,7 @@ import sys
 import tempfile
 import tomllib
 import zipfile
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -42,7 +40,7 @@ from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
 from packaging.version import Version
 
-from tests.support.docker_engine import CACHE_DIR, SHARED_PATHS
+from tests.support.docker_engine import CACHE_DIR, SHARED_PATHS, locked
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 BASE_REPOSITORY = "coreexec-base"
@@ -112,19 +110,8 @@ def _digest(*parts: str | bytes) -> str:
     return sha.hexdigest()
 
 
-@contextlib.contextmanager
-def _locked(path: Path) -> Iterator[None]:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with path.open("a") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
-
-
-def _run(argv: list[str], what: str, **kwargs: object) -> str:
-    done = subprocess.run(argv, capture_output=True, text=True, check=False, **kwargs)  # type: ignore[call-overload]
+def _run(argv: list[str], what: str) -> str:
+    done = subprocess.run(argv, capture_output=True, text=True, check=False)
     if done.returncode != 0:
         output = (done.stdout + done.stderr)[-4000:]
         raise ImageBuildError(f"{what} failed (exit {done.returncode}): {' '.join(argv)}\n{output}")
@@ -174,7 +161,7 @@ def ensure_base_image(client: docker.DockerClient, spec: BaseSpec, cache_dir: Pa
     repository, _, tag = spec.tag.partition(":")
     image = _image(client, spec.tag)
     if image is None:
-        tarball = cache_dir / "base" / (spec.tag.replace(":", "_") + ".tar")
+        tarball = base_tarball(spec.tag, cache_dir)
         if not tarball.exists():
             _debootstrap_tarball(spec, tarball)
         client.api.import_image_from_file(
@@ -187,6 +174,11 @@ def ensure_base_image(client: docker.DockerClient, spec: BaseSpec, cache_dir: Pa
     if alias not in image.tags:
         image.tag(repository, spec.suite)
     return spec.tag
+
+
+def base_tarball(base_tag: str, cache_dir: Path = CACHE_DIR) -> Path:
+    """Where the root filesystem of the base image ``base_tag`` is cached."""
+    return cache_dir / "base" / (base_tag.replace(":", "_") + ".tar")
 
 
 def _debootstrap_tarball(spec: BaseSpec, tarball: Path) -> None:
@@ -401,7 +393,7 @@ def ensure_step_image(
     ``wheels_out``, if given, receives a copy of the wheels (``deps/``, ``coreexec/``).
     """
     spec = spec or BaseSpec()
-    with _locked(cache_dir / "images.lock"):
+    with locked(cache_dir / "images.lock"):
         base_tag = ensure_base_image(client, spec, cache_dir)
         markers = marker_environment(client, base_tag, cache_dir)
         deps = ensure_dependency_wheels(

@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
-SCRIPTS = ["scripts/setup.sh", "scripts/test.sh", "scripts/demo.sh", ".ci/run"]
+SCRIPTS = [*sorted(f"scripts/{p.name}" for p in (REPO_ROOT / "scripts").glob("*.sh")), ".ci/run"]
 
 
 def _pyproject() -> dict[str, Any]:
