@@ -55,17 +55,13 @@ class K8sJobExecutorConfig(BaseModel):
     heartbeat_interval_s: float = Field(default=2.0, gt=0)
 
 
-def launch_settings(config: K8sConfig, heartbeat_interval_s: float | None = None) -> RunSettings:
-    settings = RunSettings(
-        default_launcher=K8S, launcher_config={K8S: config.model_dump(mode="json")}
+def launch_settings(config: K8sConfig, heartbeat_interval_s: float) -> RunSettings:
+    """The run's settings: the ``k8s`` launcher by default, with the block."""
+    return RunSettings(
+        heartbeat_interval_s=heartbeat_interval_s,
+        default_launcher=K8S,
+        launcher_config={K8S: config.model_dump(mode="json")},
     )
-    if heartbeat_interval_s is not None:
-        settings = RunSettings(
-            heartbeat_interval_s=heartbeat_interval_s,
-            default_launcher=K8S,
-            launcher_config=settings.launcher_config,
-        )
-    return settings
 
 
 class K8sDispatcher(DockerDispatcher):
