@@ -265,6 +265,7 @@ class CeleryDispatcher(StepDispatcher):
         state rather than one per event.
         """
         end = time.monotonic() + (MAX_BLOCK_S if timeout_s is None else min(timeout_s, MAX_BLOCK_S))
+        ridden = self.outages_ridden
         while True:
             until = end
             deadline = self.watch.next_deadline()
@@ -276,7 +277,7 @@ class CeleryDispatcher(StepDispatcher):
             while len(entries) >= READ_COUNT:
                 entries = self._read(None)
                 acted = self._take(entries) or acted
-            if acted or time.monotonic() >= until - 0.0005:
+            if acted or ridden != self.outages_ridden or time.monotonic() >= until - 0.0005:
                 return
 
     def _read(self, block_ms: int | None) -> list[StreamEntry]:
@@ -290,6 +291,7 @@ class CeleryDispatcher(StepDispatcher):
                 continue
             lasted_s = self.outage.recovered(time.monotonic())
             if lasted_s is not None:
+                self.outages_ridden += 1
                 self._reconcile(lasted_s)
             return entries
 
