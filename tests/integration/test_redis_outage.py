@@ -14,17 +14,19 @@ from __future__ import annotations
 
 import subprocess
 import sys
+import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
 import pytest
 
 from celery_app.app import make_app
+from celery_app.dispatcher import CeleryDispatcher
 from celery_app.queues import DEFAULT_QUEUE, HIGH_QUEUE, RUNS_QUEUE, STEP_QUEUES
 from celery_app.run_launcher import CeleryRunLauncher
 from celery_app.settings import CelerySettings
-from coreexec import RunStatus, submit_job
+from coreexec import RunStatus, execute_job, submit_job
 from coreexec.events import Event, EventKind
 from coreexec.instance import Instance
 from coreexec.limits import RedisTagLimiter, SlotRequest, SlotSpec
@@ -227,3 +229,38 @@ def test_a_slot_held_through_an_outage_is_taken_back_and_not_granted_again(
         assert limiter.slots() == ()
     finally:
         limiter.close()
+
+
+@pytest.mark.parametrize(
+    "flaky_redis", [False, True], ids=["no-persistence", "appendfsync-always"], indirect=True
+)
+def test_a_publish_that_meets_an_outage_is_sent_once_redis_is_back(
+    flaky_redis: FlakyRedis,
+    celery_worker_factory: WorkerFactory,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Redis dies right after the coordinator heard ``first`` end and before it publishes
+    # ``second``: the one window the stream read's retries do not cover.
+    celery_worker_factory(queues=STEP_QUEUES, concurrency=2, hostname="steps")
+    publish = CeleryDispatcher._publish
+    publishes: list[int] = []
+    restart = threading.Timer(OUTAGE_S, flaky_redis.restart)
+
+    def publish_after_a_kill(self: CeleryDispatcher, batch: Sequence[object]) -> None:
+        publishes.append(len(batch))
+        if len(publishes) == 2:
+            flaky_redis.kill()
+            restart.start()
+        publish(self, batch)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(CeleryDispatcher, "_publish", publish_after_a_kill)
+    try:
+        result = execute_job(CHAIN, instance=Instance.from_env())
+    finally:
+        restart.join()
+    assert result.success, [e.message for e in result.events if e.message]
+    assert {key: runs_of(key) for key in ("first", "second", "third")} == {
+        "first": 1,
+        "second": 1,
+        "third": 1,
+    }
