@@ -19,7 +19,7 @@ from dataclasses import dataclass, replace
 from functools import partial
 
 import redis
-from kombu.exceptions import KombuError
+from kombu.exceptions import KombuError, OperationalError
 
 from celery_app.app import CoreexecApp
 from celery_app.attempt_watch import AttemptWatch, DispatchTimings
@@ -56,6 +56,16 @@ READ_COUNT = 1000
 
 MAX_BLOCK_S = 30.0
 """Longest single blocking read (the coordinator's own timers are usually shorter)."""
+
+
+OUTAGE_ERRORS = (
+    redis.ConnectionError,
+    redis.TimeoutError,
+    OperationalError,
+    ConnectionError,
+    BrokerConnectionError,
+)
+"""What a publish raises while the broker is unreachable: retried through the outage."""
 
 
 @dataclass(frozen=True)
@@ -206,13 +216,31 @@ class CeleryDispatcher(StepDispatcher):
         unsent, self._unsent = self._unsent, []
         for start, batch in growing_batches(unsent):
             try:
-                self._publish(batch)
+                self._publish_through_outage(batch)
             except (*PUBLISH_ERRORS, CoreExecError) as exc:
                 return self._unpublished(unsent[start:], exc)
             now = time.monotonic()
             for item in batch:
                 self.watch.published(item.attempt, item.outgoing.queue, now)
         return ()
+
+    def _publish_through_outage(self, batch: Sequence[_Unsent]) -> None:
+        """Publish the batch, tried again with backoff while the broker is unreachable, up
+        to the outage tolerance (then the error is raised, naming it). Sending a batch
+        twice is safe: a second delivery of an attempt is dropped by its claim. The
+        outage stays open until the next stream read, which then reconciles: a Redis that
+        lost its data in it lost the messages of attempts still queued too."""
+        while True:
+            try:
+                self._publish(batch)
+                return
+            except OUTAGE_ERRORS as exc:
+                if isinstance(exc, BrokerConnectionError):
+                    error = exc
+                else:
+                    what = f"cannot publish {len(batch)} step messages to {self._broker}: {exc}"
+                    error = BrokerConnectionError(what, url=self._broker)
+                time.sleep(self.outage.failed(error, time.monotonic()))
 
     def _publish(self, batch: Sequence[_Unsent]) -> None:
         """Record the batch's attempts as issued (workers claim no other), then send it."""
@@ -265,6 +293,7 @@ class CeleryDispatcher(StepDispatcher):
         state rather than one per event.
         """
         end = time.monotonic() + (MAX_BLOCK_S if timeout_s is None else min(timeout_s, MAX_BLOCK_S))
+        ridden = self.outages_ridden
         while True:
             until = end
             deadline = self.watch.next_deadline()
@@ -276,7 +305,7 @@ class CeleryDispatcher(StepDispatcher):
             while len(entries) >= READ_COUNT:
                 entries = self._read(None)
                 acted = self._take(entries) or acted
-            if acted or time.monotonic() >= until - 0.0005:
+            if acted or ridden != self.outages_ridden or time.monotonic() >= until - 0.0005:
                 return
 
     def _read(self, block_ms: int | None) -> list[StreamEntry]:
@@ -290,6 +319,7 @@ class CeleryDispatcher(StepDispatcher):
                 continue
             lasted_s = self.outage.recovered(time.monotonic())
             if lasted_s is not None:
+                self.outages_ridden += 1
                 self._reconcile(lasted_s)
             return entries
 

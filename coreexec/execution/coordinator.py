@@ -13,7 +13,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from coreexec.active_execution import ActiveExecution, StepAttempt, StepState, new_attempt_id
-from coreexec.errors import CoreExecError, LimiterError
+from coreexec.errors import BrokerConnectionError, CoreExecError, LimiterError
 from coreexec.events import STEP_ATTEMPT_ENDINGS, TRANSIENT_KINDS, Event, EventKind
 from coreexec.execution.dispatcher import LostAttempt, StepDispatcher
 from coreexec.execution.lanes import DispatchLanes
@@ -68,6 +68,7 @@ class Coordinator:
         self._ask_again_by: dict[str, float] = {}
         self._wait_shown: dict[str, tuple[str, ...]] = {}
         self._next_refresh_at: float | None = None
+        self._outages_seen = 0
         self._next_slot_try_at: float | None = None
         self._next_cancel_check_at = run.clock.now() + CANCEL_CHECK_INTERVAL_S
         self._last_flush_at = run.clock.now()
@@ -233,13 +234,22 @@ class Coordinator:
     def _refresh_leases(self) -> None:
         if self.limiter is None or self._next_refresh_at is None:
             return
-        if self.context.clock.now() < self._next_refresh_at:
+        if self.dispatcher.outages_ridden != self._outages_seen:
+            # The leases may have lapsed in the outage, or gone with a Redis that lost
+            # its data: take them back before anyone else is granted their units.
+            self._outages_seen = self.dispatcher.outages_ridden
+        elif self.context.clock.now() < self._next_refresh_at:
             return
         for lease in list(self._leases.values()):
             try:
-                if not self.limiter.refresh(lease):
-                    logger.warning("lease of step %s lapsed before refresh", lease.step_key)
-            except LimiterError as exc:
+                if not self.limiter.refresh(lease, reclaim=True):
+                    logger.warning(
+                        "lease of step %s had lapsed; held again for it (its slots %s may "
+                        "be over their limits until holders release)",
+                        lease.step_key,
+                        ", ".join(spec.name for spec in lease.slots),
+                    )
+            except (LimiterError, BrokerConnectionError) as exc:
                 # Redis went away between the dispatcher's read and this refresh: the
                 # refresh catches up in the pass after the dispatcher has ridden it out.
                 logger.warning("refreshing the lease of step %s failed: %s", lease.step_key, exc)

@@ -47,6 +47,10 @@ class StepDispatcher(ABC):
     wake_key: str | None = None
     """Where a Redis tag limiter sends wake-ups for this run (a Redis stream key)."""
 
+    outages_ridden: int = 0
+    """How many Redis outages :meth:`wait` rode out so far. After one the coordinator
+    refreshes its slot leases at once: they may have lapsed, or gone with Redis's data."""
+
     storage_flush_interval_s: float = 0.0
     """How long the coordinator may hold events before writing them to the run storage.
     Nonzero only where every event has another durable home that a resumed run drains

@@ -123,8 +123,15 @@ class TagLimiter(Protocol):
         """
         ...
 
-    def refresh(self, lease: Lease) -> bool:
-        """Extend the lease; False when it had lapsed (its slots may be someone else's)."""
+    def refresh(self, lease: Lease, *, reclaim: bool = False) -> bool:
+        """Extend the lease; False when it had lapsed (its slots may be someone else's).
+
+        A lapsed lease is dropped, or with ``reclaim`` held again for its holder in every
+        slot, even past a slot's limit: for a holder whose step still runs although its
+        refreshes could not arrive (a Redis outage longer than the TTL, or a Redis that
+        restarted without its data). The slot then counts it again, so no new grant goes
+        past the limit; until enough holders release, the slot may stay over it.
+        """
         ...
 
     def release(self, lease: Lease, *, skip_wake_key: str | None = None) -> bool:

@@ -109,23 +109,18 @@ class InMemoryTagLimiter:
         self._notify(wakes, bool(changed))
         return result
 
-    def refresh(self, lease: Lease) -> bool:
-        """Extend the lease; False when it had lapsed (and what was left of it is dropped)."""
+    def refresh(self, lease: Lease, *, reclaim: bool = False) -> bool:
+        """Extend the lease; False when it had lapsed: what was left of it is dropped, or
+        with ``reclaim`` it is held again, even past a slot's limit (see TagLimiter)."""
         with self._lock:
             now = self._now_ms()
             changed = self._purge(now)
             names = [slot.name for slot in lease.slots]
-            if names and all(lease.lease_id in self._holders.get(n, {}) for n in names):
-                deadline = now + lease.ttl_ms
-                for name in names:
-                    self._holders[name][lease.lease_id] = deadline
-                held = self._leases.get(lease.lease_id)
-                if held is not None:
-                    self._leases[lease.lease_id] = replace(held, deadline_ms=deadline)
-                ok = True
+            ok = bool(names) and all(lease.lease_id in self._holders.get(n, {}) for n in names)
+            if ok or (names and reclaim):
+                self._hold(lease, now + lease.ttl_ms)
             else:
                 changed |= self._drop_lease(lease.lease_id, names)
-                ok = False
             wakes = self._wakes(changed, lease.slots, skip=lease.lease_id)
         self._notify(wakes, bool(changed))
         return ok
@@ -244,6 +239,14 @@ class InMemoryTagLimiter:
             for queue in self._queues.values():
                 queue.pop(request.lease_id, None)
         self._leases[request.lease_id] = _Held(request.run_id, request.step_key, names, deadline)
+
+    def _hold(self, lease: Lease, deadline: int) -> None:
+        """Hold ``lease`` in every one of its slots until ``deadline`` (limits unchecked)."""
+        names = tuple(slot.name for slot in lease.slots)
+        for slot in lease.slots:
+            self._holders.setdefault(slot.name, {})[lease.lease_id] = deadline
+            self._limits[slot.name] = slot.limit
+        self._leases[lease.lease_id] = _Held(lease.run_id, lease.step_key, names, deadline)
 
     def _enqueue(self, request: SlotRequest, waiter: _Waiter | None, now: int) -> None:
         deadline = now + self.waiter_ttl_ms

@@ -182,14 +182,16 @@ class RedisTagLimiter:
         self._send_wakes(wakes)
         return result
 
-    def refresh(self, lease: Lease) -> bool:
-        """Extend the lease by its TTL; False when it had lapsed (it is then gone for good)."""
+    def refresh(self, lease: Lease, *, reclaim: bool = False) -> bool:
+        """Extend the lease by its TTL; False when it had lapsed. A lapsed lease is then
+        gone for good, or with ``reclaim`` held again for its holder, even past a slot's
+        limit (see :meth:`TagLimiter.refresh`)."""
         if not lease.lease_id:
             raise LimiterError("cannot refresh a lease with an empty lease_id")
         if not lease.slots:
             return False
         check_ttl_ms("lease.ttl_ms", lease.ttl_ms)
-        ok, wakes = self._do_refresh(lease)
+        ok, wakes = self._do_refresh(lease, reclaim)
         self._send_wakes(wakes)
         return ok
 
@@ -348,12 +350,14 @@ class RedisTagLimiter:
         )
         return int(reply[0]) == 1, _pairs(reply[1:])
 
-    def _do_refresh(self, lease: Lease) -> tuple[bool, WakeList]:
+    def _do_refresh(self, lease: Lease, reclaim: bool) -> tuple[bool, WakeList]:
         names = tuple(slot.name for slot in lease.slots)
+        args: list[str | int] = [lease.lease_id, lease.ttl_ms, "1" if reclaim else "0"]
+        args.extend([lease.run_id, lease.step_key, *_slot_args(lease.slots)])
         reply = self._run(
             self._refresh,
             self.keys.script_keys(names),
-            [lease.lease_id, lease.ttl_ms, *_slot_args(lease.slots)],
+            args,
             f"refreshing lease {lease.lease_id}",
         )
         return int(reply[0]) == 1, _pairs(reply[1:])

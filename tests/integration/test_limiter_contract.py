@@ -12,6 +12,7 @@ import time
 import uuid
 from collections import defaultdict
 from collections.abc import Callable, Iterator
+from dataclasses import replace
 from typing import Protocol
 
 import pytest
@@ -571,6 +572,45 @@ def test_release_and_refresh_after_a_lapse_are_refused_and_free_nothing(
     assert holders_of(limiter, "a") == ["lease-new"]
     refused(other_limiter, ask("third", a))
     assert other_limiter.release(new)
+
+
+def test_a_reclaimed_lease_counts_again_even_past_the_limit(harness: Harness) -> None:
+    # Its holder still runs though its refreshes could not arrive (a Redis outage longer
+    # than the TTL): taken back, it holds the slot again, and nobody new gets past the
+    # limit until enough holders release.
+    limiter = harness.make(lease_ttl_ms=300)
+    a, b = spec("a"), spec("b", limit=2)
+    old = granted(limiter, ask("old", a, b))
+    harness.let_lapse(limiter, old.lease_id, old.ttl_ms)
+    other_limiter = harness.peer(limiter)
+    new = granted(other_limiter, ask("new", a))
+
+    assert limiter.refresh(replace(old, ttl_ms=30_000), reclaim=True) is False
+    assert sorted(holders_of(limiter, "a")) == ["lease-new", "lease-old"]
+    assert holders_of(limiter, "b") == ["lease-old"]
+    states = {state.name: state for state in limiter.slots()}
+    assert states["a"].limit == 1
+    assert {h.lease_id: h.step_key for h in states["a"].holders}["lease-old"] == "step_old"
+    refused(other_limiter, ask("third", a))
+    assert other_limiter.release(new)
+    refused(other_limiter, ask("third", a))  # old still holds the one unit of a
+    assert limiter.refresh(old)  # live again: a plain refresh extends it
+    assert limiter.release(old)
+    granted(other_limiter, ask("third", a))
+
+
+def test_a_lease_lost_with_every_slot_is_held_again_on_reclaim(harness: Harness) -> None:
+    # A Redis that restarted without its data knows nothing of the lease or its slots.
+    limiter = harness.make(lease_ttl_ms=300)
+    a = spec("a")
+    old = granted(limiter, ask("old", a))
+    harness.let_lapse(limiter, old.lease_id, old.ttl_ms)
+    assert limiter.slots() == ()
+    assert limiter.refresh(replace(old, ttl_ms=30_000), reclaim=True) is False
+    refused(harness.peer(limiter), ask("waiter", a))
+    cursor = harness.cursor(limiter, "wake:waiter")
+    assert limiter.release(old)
+    assert harness.wait_wake(limiter, "wake:waiter", cursor, WAIT_S) == ["a"]
 
 
 # -- waiters: TTL and withdraw ------------------------------------------------------------

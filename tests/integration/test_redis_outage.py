@@ -4,7 +4,9 @@ coordinator and step workers.
 
 An outage shorter than the tolerance fails nothing: the workers stay up, the step that
 ended while Redis was down reports once it is back, the attempts that were queued are
-published again, and every step runs exactly once. A longer one fails the run, naming
+published again, and every step runs exactly once; the tag-limit slot a running step
+holds is taken back by its coordinator (lost with the data, or lapsed in an outage longer
+than the lease TTL), so nobody new is granted it. A longer one fails the run, naming
 the tolerance, and a resume finishes it.
 """
 
@@ -12,20 +14,24 @@ from __future__ import annotations
 
 import subprocess
 import sys
+import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
 import pytest
 
 from celery_app.app import make_app
-from celery_app.queues import DEFAULT_QUEUE, HIGH_QUEUE, RUNS_QUEUE
+from celery_app.dispatcher import CeleryDispatcher
+from celery_app.queues import DEFAULT_QUEUE, HIGH_QUEUE, RUNS_QUEUE, STEP_QUEUES
 from celery_app.run_launcher import CeleryRunLauncher
 from celery_app.settings import CelerySettings
-from coreexec import RunStatus, submit_job
+from coreexec import RunStatus, execute_job, submit_job
 from coreexec.events import Event, EventKind
 from coreexec.instance import Instance
+from coreexec.limits import RedisTagLimiter, SlotRequest, SlotSpec
 from coreexec.submission import RunHandle
+from tests.jobs.celery_jobs import open_gate
 from tests.jobs.submission_jobs import gate_path, pid_path, runs_of, wait_until
 from tests.support.processes import REPO_ROOT, CeleryWorkerProcess, RedisServerProcess, child_env
 
@@ -35,6 +41,8 @@ CHAIN = "tests.jobs.submission_jobs:chain"
 OUTAGE_S = 3.0
 """How long Redis stays down in the short outage (the scenario, not a wait)."""
 STEPS = ("root", "hold", "part_0", "part_1", "part_2", "join")
+HOLDER = "tests.jobs.limit_jobs:orphaned_writer"
+WAREHOUSE = SlotSpec(name="database=warehouse", limit=1, rule="database=warehouse limit 1")
 WorkerFactory = Callable[..., CeleryWorkerProcess]
 
 
@@ -161,3 +169,98 @@ def test_an_outage_longer_than_the_tolerance_fails_the_run_and_resume_finishes_i
     assert handle.status() is RunStatus.SUCCESS
     assert {key: runs_of(key) for key in STEPS} == dict.fromkeys(STEPS, 1)
     assert coordinator.is_running(), coordinator.log_tail()
+
+
+def _holder_config(lease_ttl_s: float | None) -> dict[str, object]:
+    config: dict[str, object] = {
+        "heartbeat_interval_s": 0.5,
+        "heartbeat_timeout_s": 3.0,
+        "tag_concurrency_limits": [{"key": "database", "value": "warehouse", "limit": 1}],
+    }
+    if lease_ttl_s is not None:
+        config["slot_lease_ttl_s"] = lease_ttl_s
+    return {"execution": {"config": config}}
+
+
+def _held_by(limiter: RedisTagLimiter) -> list[str]:
+    return [h.run_id for state in limiter.slots() for h in state.holders]
+
+
+@pytest.mark.parametrize(
+    ("flaky_redis", "lease_ttl_s"),
+    [(False, None), (True, 1.0)],
+    ids=["lost-with-the-data", "lapsed-in-the-outage"],
+    indirect=["flaky_redis"],
+)
+def test_a_slot_held_through_an_outage_is_taken_back_and_not_granted_again(
+    flaky_redis: FlakyRedis, celery_worker_factory: WorkerFactory, lease_ttl_s: float | None
+) -> None:
+    # Without persistence the restarted Redis has no lease; with it, the 1 s lease lapsed
+    # during the 3 s outage. Either way the step still runs and holds the one unit.
+    celery_worker_factory(queues=[RUNS_QUEUE], concurrency=2, hostname="coord")
+    celery_worker_factory(queues=STEP_QUEUES, concurrency=2, hostname="steps")
+    instance = Instance.from_env()
+    handle = submit_job(
+        HOLDER, _holder_config(lease_ttl_s), instance=instance, launcher=_launcher()
+    )
+    wait_until(
+        lambda: any(e.kind is EventKind.STEP_START for e in _events(instance, handle.run_id)),
+        60,
+        "the slot holder to start",
+    )
+    flaky_redis.kill()
+    time.sleep(OUTAGE_S)
+    flaky_redis.restart()
+
+    limiter = RedisTagLimiter.from_url(flaky_redis.url)
+    newcomer = SlotRequest(
+        run_id="newcomer",
+        step_key="write",
+        lease_id="lease-newcomer",
+        priority=0,
+        slots=(WAREHOUSE,),
+    )
+    try:
+        wait_until(lambda: _held_by(limiter) == [handle.run_id], 30, "the slot to be taken back")
+        assert limiter.try_acquire(newcomer).lease is None
+        limiter.withdraw(newcomer)
+        open_gate(handle.run_id, "release")
+        assert handle.wait(timeout=90) is RunStatus.SUCCESS, _events(instance, handle.run_id)
+        assert limiter.slots() == ()
+    finally:
+        limiter.close()
+
+
+@pytest.mark.parametrize(
+    "flaky_redis", [False, True], ids=["no-persistence", "appendfsync-always"], indirect=True
+)
+def test_a_publish_that_meets_an_outage_is_sent_once_redis_is_back(
+    flaky_redis: FlakyRedis,
+    celery_worker_factory: WorkerFactory,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Redis dies right after the coordinator heard ``first`` end and before it publishes
+    # ``second``: the one window the stream read's retries do not cover.
+    celery_worker_factory(queues=STEP_QUEUES, concurrency=2, hostname="steps")
+    publish = CeleryDispatcher._publish
+    publishes: list[int] = []
+    restart = threading.Timer(OUTAGE_S, flaky_redis.restart)
+
+    def publish_after_a_kill(self: CeleryDispatcher, batch: Sequence[object]) -> None:
+        publishes.append(len(batch))
+        if len(publishes) == 2:
+            flaky_redis.kill()
+            restart.start()
+        publish(self, batch)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(CeleryDispatcher, "_publish", publish_after_a_kill)
+    try:
+        result = execute_job(CHAIN, instance=Instance.from_env())
+    finally:
+        restart.join()
+    assert result.success, [e.message for e in result.events if e.message]
+    assert {key: runs_of(key) for key in ("first", "second", "third")} == {
+        "first": 1,
+        "second": 1,
+        "third": 1,
+    }
