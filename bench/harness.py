@@ -346,6 +346,13 @@ SYSTEMS: dict[str, SystemSpec] = {
             default=False,
         ),
         _spec(
+            "dagster-dask",
+            "bench.baselines.dagster_runner:run_dask",
+            "W1,W2,W3",
+            4,
+            "Dagster dask_executor (dagster-dask), LocalCluster of 4 processes x 1 thread",
+        ),
+        _spec(
             "coreexec-in-process",
             "bench.workloads:run_in_process",
             "W1,W2,W3,W4,W5",
@@ -402,7 +409,7 @@ SYSTEMS: dict[str, SystemSpec] = {
             "W1,W2,W3,W4",
             4,
             "coreexec dask executor, LocalCluster of 4 processes x 1 thread, Dask topic",
-            baseline="coreexec-multiprocess",
+            baseline="dagster-dask",
         ),
         _spec(
             "coreexec-dask-redis",

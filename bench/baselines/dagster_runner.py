@@ -44,6 +44,14 @@ def run_spawn(workload: WorkloadSpec, ctx: RunContext) -> Measurement:
     return _run(workload, ctx, executor="spawn")
 
 
+def run_dask(workload: WorkloadSpec, ctx: RunContext) -> Measurement:
+    """dagster-dask's executor on a LocalCluster of 4 processes x 1 thread (W1-W3: no tag
+    limits in its config, so no W4)."""
+    if workload.base not in ("W1", "W2", "W3"):
+        raise SystemUnavailable(f"dagster-dask has no tag concurrency limits for {workload.name}")
+    return _run(workload, ctx, executor="dask")
+
+
 def _run(workload: WorkloadSpec, ctx: RunContext, *, executor: str) -> Measurement:
     if not VENV_PYTHON.exists():
         raise SystemUnavailable(

@@ -2,11 +2,13 @@
 
 Run by :mod:`bench.baselines.dagster_runner` as
 ``.venv-dagster/bin/python -m bench.baselines.dagster_workloads --workload W1 --width 100
---executor in_process|forkserver|spawn --runs 3 --warmups 1 --out result.json``;
+--executor in_process|forkserver|spawn|dask --runs 3 --warmups 1 --out result.json``;
 it times the runs itself and writes ``{"dagster_version", "samples": [...]}`` as JSON.
+``dask`` starts a ``distributed.LocalCluster`` of 4 worker processes x 1 thread before the
+warm-up and points dagster-dask's executor at it (``cluster: {existing: {address}}``).
 
-This module imports Dagster and the standard library only (plus the stdlib-only
-:mod:`bench.harness`), because the venv holds nothing else.
+This module imports Dagster, dagster-dask (only for ``dask``) and the standard library
+(plus the stdlib-only :mod:`bench.harness`), because the venv holds nothing else.
 """
 # mypy: ignore-errors
 # (Dagster is not installed in the project's interpreter, so mypy cannot see its types.)
@@ -14,10 +16,11 @@ This module imports Dagster and the standard library only (plus the stdlib-only
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import dagster
@@ -76,11 +79,11 @@ def warehouse_nap() -> None:
     record_interval(started, time.time())
 
 
-def make_job(workload: str, width: int = 0) -> JobDefinition:
+def make_job(workload: str, width: int = 0, executor_def: Any = None) -> JobDefinition:
     """The job of a workload; also the reconstructor multiprocess children call."""
     if workload in ("W1", "W5"):
 
-        @job(name=f"w1_fanout_{width}")
+        @job(name=f"w1_fanout_{width}", executor_def=executor_def)
         def fanout() -> None:
             r = root()
             join([leaf.alias(f"leaf_{i}")(r) for i in range(width)])
@@ -88,7 +91,7 @@ def make_job(workload: str, width: int = 0) -> JobDefinition:
         return fanout
     if workload == "W2":
 
-        @job(name="w2_chain")
+        @job(name="w2_chain", executor_def=executor_def)
         def chain() -> None:
             x = root()
             for i in range(W2_STEPS - 1):
@@ -97,7 +100,7 @@ def make_job(workload: str, width: int = 0) -> JobDefinition:
         return chain
     if workload == "W3":
 
-        @job(name="w3_sleepy")
+        @job(name="w3_sleepy", executor_def=executor_def)
         def sleepy() -> None:
             for i in range(W3_STEPS):
                 nap.alias(f"nap_{i}")()
@@ -105,7 +108,7 @@ def make_job(workload: str, width: int = 0) -> JobDefinition:
         return sleepy
     if workload == "W4":
 
-        @job(name="w4_tag_limited")
+        @job(name="w4_tag_limited", executor_def=executor_def)
         def tag_limited() -> None:
             for i in range(W4_STEPS):
                 warehouse_nap.alias(f"warehouse_nap_{i}")()
@@ -154,6 +157,51 @@ def multiprocess_once(
     return {"max_concurrency": capture.max_concurrency(expected=expected)} if expected else {}
 
 
+def make_dask_job(workload: str, width: int = 0) -> JobDefinition:
+    """The job on dagster-dask's executor; the reconstructor its Dask workers call."""
+    from dagster_dask import dask_executor
+
+    return make_job(workload, width, executor_def=dask_executor)
+
+
+@contextlib.contextmanager
+def local_cluster() -> Iterator[Any]:
+    """4 worker processes x 1 thread, as coreexec-dask's cluster (``bench/systems_dask.py``)."""
+    import distributed
+
+    cluster = distributed.LocalCluster(
+        n_workers=MAX_CONCURRENT, threads_per_worker=1, processes=True, dashboard_address=":0"
+    )
+    try:
+        yield cluster
+    finally:
+        cluster.close()
+
+
+def dask_once(
+    workload: str, width: int, address: str, instance: DagsterInstance
+) -> dict[str, float]:
+    if workload == "W4":
+        # dagster-dask's config has no tag_concurrency_limits: W4 cannot be expressed.
+        raise SystemExit("dagster-dask has no tag concurrency limits; W4 is not run")
+    recon = build_reconstructable_job(MODULE, "make_dask_job", (workload, width))
+    run_config = {"execution": {"config": {"cluster": {"existing": {"address": address}}}}}
+    with (
+        IntervalCapture() as capture,
+        execute_job(recon, instance=instance, run_config=run_config) as result,
+    ):
+        if workload == "W1":
+            # Every Dask task gets the plan's known state of the run's start, so the join's
+            # fan-in sees no leaf output as loadable and sums []: the run succeeds with 0
+            # (all leaves ran). The value is kept as a note, not a failure, to time the run.
+            if not result.success:
+                raise SystemExit("dagster run of W1 failed")
+            return {"join_value": float(result.output_for_node("join"))}
+        _check(result, workload, width)
+    expected = _expected_intervals(workload)
+    return {"max_concurrency": capture.max_concurrency(expected=expected)} if expected else {}
+
+
 def plan_sample() -> dict[str, Any]:
     """W5: build a 10,000-step job definition, then its execution plan; time both."""
     started = time.perf_counter()
@@ -183,7 +231,9 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--workload", required=True, choices=["W1", "W2", "W3", "W4", "W5"])
     parser.add_argument("--width", type=int, default=100)
-    parser.add_argument("--executor", required=True, choices=["in_process", "forkserver", "spawn"])
+    parser.add_argument(
+        "--executor", required=True, choices=["in_process", "forkserver", "spawn", "dask"]
+    )
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--warmups", type=int, default=1)
     parser.add_argument("--out", required=True)
@@ -197,6 +247,17 @@ def main() -> None:
         samples = _timed(
             lambda: in_process_once(args.workload, args.width), args.runs, args.warmups
         )
+    elif args.executor == "dask":
+        with (
+            tempfile.TemporaryDirectory(prefix="bench-dagster-home-") as home,
+            DagsterInstance.local_temp(tempdir=home) as instance,
+            local_cluster() as cluster,
+        ):
+            samples = _timed(
+                lambda: dask_once(args.workload, args.width, cluster.scheduler_address, instance),
+                args.runs,
+                args.warmups,
+            )
     else:
         with (
             tempfile.TemporaryDirectory(prefix="bench-dagster-home-") as home,
