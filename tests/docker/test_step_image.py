@@ -37,7 +37,7 @@ def test_the_image_alone_runs_coreexec_installed_from_wheels(
         docker_engine.client,
         """
         import json, platform, sys
-        import coreexec, celery_app, docker, flower, redis.asyncio
+        import coreexec, celery_app, docker, flower, kubernetes, redis.asyncio
         print(json.dumps({
             "python": platform.python_version(),
             "coreexec": coreexec.__file__,

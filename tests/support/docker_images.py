@@ -5,7 +5,8 @@ Three cached stages, each skipped when its inputs are unchanged:
 1. **Base image** ``coreexec-base:bookworm-<hash>``: ``debootstrap --variant=minbase
    --include=python3,python3-venv bookworm`` from the mirror apt uses here, trimmed,
    saved as a tarball under ``$COREEXEC_CACHE_DIR/base`` and ``docker import``-ed.
-2. **Wheels**: the dependencies of coreexec with its ``docker`` and ``flower`` extras,
+2. **Wheels**: the dependencies of coreexec with its ``docker``, ``flower`` and
+   ``kubernetes`` extras,
    resolved for the *image's* Python (bookworm's 3.11.2 is older than the host's, and
    e.g. redis needs async-timeout below 3.11.3, which a host-side resolution leaves
    out), and a wheel of this checkout, cached by their inputs under ``wheels/``.
@@ -45,7 +46,7 @@ from tests.support.docker_engine import CACHE_DIR, SHARED_PATHS, locked
 REPO_ROOT = Path(__file__).resolve().parents[2]
 BASE_REPOSITORY = "coreexec-base"
 STEP_REPOSITORY = "coreexec-step"
-IMAGE_EXTRAS = ("docker", "flower")
+IMAGE_EXTRAS = ("docker", "flower", "kubernetes")
 ROLE_LABEL = "org.coreexec.image"
 # What the wheel of this checkout is built from (and what its cache key hashes).
 _SOURCE_PATHS = ("pyproject.toml", "coreexec", "celery_app", "workers")
