@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
@@ -78,3 +79,10 @@ class RunStorage(Protocol):
         ...
 
     def close(self) -> None: ...
+
+
+def event_row(run_id: str, event: Event) -> tuple[str, str, str | None, float, str]:
+    """The columns every SQL run storage stores for an event: run id, kind, step key,
+    timestamp and the event as JSON (values JSON cannot hold are written with ``str``)."""
+    body = json.dumps(event.to_dict(), separators=(",", ":"), default=str)
+    return (run_id, event.kind.value, event.step_key, event.timestamp, body)

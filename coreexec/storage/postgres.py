@@ -24,7 +24,7 @@ from psycopg_pool import ConnectionPool, PoolTimeout
 
 from coreexec.errors import RunNotFoundError, StorageError
 from coreexec.events import Event
-from coreexec.storage.base import RunRecord, RunStatus
+from coreexec.storage.base import RunRecord, RunStatus, event_row
 from coreexec.storage.migrations import migrations
 from coreexec.urls import masked_url
 
@@ -254,16 +254,7 @@ class PostgresRunStorage:
     def append_events(self, run_id: str, events: Sequence[Event]) -> None:
         if not events:
             return
-        rows = [
-            (
-                run_id,
-                event.kind.value,
-                event.step_key,
-                event.timestamp,
-                json.dumps(event.to_dict(), separators=(",", ":"), default=str),
-            )
-            for event in events
-        ]
+        rows = [event_row(run_id, event) for event in events]
 
         def work(conn: psycopg.Connection[Any]) -> None:
             # One round trip: BEGIN, the lock, the inserts and COMMIT go out together.

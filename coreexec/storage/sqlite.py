@@ -18,7 +18,7 @@ from typing import Any, TypeVar
 
 from coreexec.errors import RunNotFoundError, StorageError
 from coreexec.events import Event
-from coreexec.storage.base import RunRecord, RunStatus
+from coreexec.storage.base import RunRecord, RunStatus, event_row
 
 T = TypeVar("T")
 
@@ -220,16 +220,7 @@ class SqliteRunStorage:
     def append_events(self, run_id: str, events: Sequence[Event]) -> None:
         if not events:
             return
-        rows = [
-            (
-                run_id,
-                event.kind.value,
-                event.step_key,
-                event.timestamp,
-                json.dumps(event.to_dict(), separators=(",", ":"), default=str),
-            )
-            for event in events
-        ]
+        rows = [event_row(run_id, event) for event in events]
 
         def work(conn: sqlite3.Connection) -> None:
             conn.execute("BEGIN IMMEDIATE")

@@ -237,11 +237,18 @@ def docker_executor(context: InitExecutorContext) -> Executor:
     """Runs each step in a container the coordinator starts, up to max_concurrent."""
     config = context.config
     assert isinstance(config, DockerExecutorConfig)
-    redis_url = config.redis_url or os.environ.get(REDIS_URL_ENV)
+    return DockerExecutor(config, required_redis_url(config.redis_url, "docker", "containers"))
+
+
+def required_redis_url(configured: str | None, executor_name: str, who: str) -> str:
+    """The Redis of an executor whose launched steps (``who``: containers, pods) report
+    on the run's stream: its ``redis_url``, else ``COREEXEC_REDIS_URL``, else an error
+    saying how to set one."""
+    redis_url = configured or os.environ.get(REDIS_URL_ENV)
     if not redis_url:
         raise ConfigError(
-            "docker_executor: the containers report on a Redis stream; set redis_url in the "
-            f"executor config or {REDIS_URL_ENV}",
-            path="docker_executor.redis_url",
+            f"{executor_name}_executor: the {who} report on a Redis stream; set redis_url "
+            f"in the executor config or {REDIS_URL_ENV}",
+            path=f"{executor_name}_executor.redis_url",
         )
-    return DockerExecutor(config, redis_url)
+    return redis_url

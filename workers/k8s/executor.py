@@ -18,7 +18,6 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from coreexec.attempt_runtime import AttemptRuntime
 from coreexec.context import EventSink
-from coreexec.errors import ConfigError
 from coreexec.execution.dispatcher import StepDispatcher
 from coreexec.execution.run_context import RunContext
 from coreexec.executors.base import (
@@ -29,11 +28,10 @@ from coreexec.executors.base import (
     RetriesConfig,
     executor,
 )
-from coreexec.instance import REDIS_URL_ENV
 from coreexec.limits.setup import build_limiter
 from coreexec.transport import keys
 from coreexec.transport.run_settings import RunSettings
-from workers.docker.executor import DockerDispatcher, DockerExecutorConfig
+from workers.docker.executor import DockerDispatcher, DockerExecutorConfig, required_redis_url
 from workers.k8s.config import K8sConfig
 from workers.k8s.steps import check_steps
 from workers.registry import K8S, check_launchers, launcher_name
@@ -116,11 +114,4 @@ def k8s_job_executor(context: InitExecutorContext) -> Executor:
     """Runs each step as a Kubernetes Job the coordinator creates, up to max_concurrent."""
     config = context.config
     assert isinstance(config, K8sJobExecutorConfig)
-    redis_url = config.redis_url or os.environ.get(REDIS_URL_ENV)
-    if not redis_url:
-        raise ConfigError(
-            "k8s_job_executor: the pods report on a Redis stream; set redis_url in the "
-            f"executor config or {REDIS_URL_ENV}",
-            path="k8s_job_executor.redis_url",
-        )
-    return K8sJobExecutor(config, redis_url)
+    return K8sJobExecutor(config, required_redis_url(config.redis_url, "k8s_job", "pods"))
