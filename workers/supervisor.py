@@ -93,7 +93,15 @@ def supervise(
         return refuse_delivery(ids, claim)
     if not claim.claimed and claim.fenced:
         return drop_delivery(runtime, ids, owner, claim)
-    prepared = prepare_attempt(runtime, ids, owner, report_failure=claim.claimed)
+    try:
+        prepared = prepare_attempt(runtime, ids, owner, report_failure=claim.claimed)
+    except (KeyboardInterrupt, SystemExit) as exc:
+        # A cancel's SIGTERM that lands after the claim announced the start but before
+        # the step runs (loading the run, importing the job): say so, rather than leave
+        # the coordinator to notice the silence.
+        if claim.claimed:
+            _report_cancelled_before_start(runtime, ids, exc)
+        raise
     if isinstance(prepared, AttemptResult):
         return prepared if claim.claimed else drop_delivery(runtime, ids, owner, claim)
     try:
@@ -111,6 +119,21 @@ def supervise(
         "adopting %s of attempt %s (claimed by %s)", found.name, ids.attempt_id, claim.holder
     )
     return _launch_and_follow(runtime, launcher, request, adopt=found)
+
+
+def _report_cancelled_before_start(
+    runtime: AttemptRuntime, ids: AttemptIds, exc: BaseException
+) -> None:
+    runtime.stream(ids.run_id).publish(
+        failure_event(
+            ids.run_id,
+            f"cancelled: the attempt was stopped before its step started ({type(exc).__name__})",
+            ids=ids,
+            failure_class=FailureClass.CANCELLED,
+            retryable=False,
+            error_type="Cancelled",
+        )
+    )
 
 
 def _launch_and_follow(
