@@ -161,6 +161,10 @@ def start_event(
     )
 
 
+CANCEL_REPORTED = "coreexec: the step runner reported this cancel"
+"""A note on an interrupt whose cancel :func:`run_step` already reported."""
+
+
 class _Attempt:
     """One attempt on its way: its reporter, its clock, the user's call and its end."""
 
@@ -204,6 +208,7 @@ class _Attempt:
         # No traceback: it would show where the signal landed (the pool's exit handler),
         # which reads as a crash; the step was cancelled, not broken.
         error = {"type": "Cancelled", "message": reason, "traceback": ""}
+        exc.add_note(CANCEL_REPORTED)  # whoever catches it next need not report it
         return self.failed(
             exc,
             FailureClass.CANCELLED,

@@ -41,8 +41,10 @@ from coreexec.attempt_runtime import AttemptRuntime
 from coreexec.errors import CoreExecError
 from coreexec.events import Event, EventKind
 from coreexec.retry import FailureClass
+from coreexec.step_runner import CANCEL_REPORTED
 from coreexec.transport import keys
 from coreexec.transport.attempt_ends import AttemptEnds
+from coreexec.transport.attempts import ClaimResult
 from workers.launcher import EndReason, Launch, LaunchEnd, LaunchError, LaunchRequest, StepLauncher
 from workers.registry import launcher_for
 
@@ -94,14 +96,24 @@ def supervise(
     if not claim.claimed and claim.fenced:
         return drop_delivery(runtime, ids, owner, claim)
     try:
-        prepared = prepare_attempt(runtime, ids, owner, report_failure=claim.claimed)
+        return _prepare_and_launch(runtime, ids, owner, claim, choose)
     except (KeyboardInterrupt, SystemExit) as exc:
-        # A cancel's SIGTERM that lands after the claim announced the start but before
-        # the step runs (loading the run, importing the job): say so, rather than leave
-        # the coordinator to notice the silence.
-        if claim.claimed:
+        # A cancel's SIGTERM that lands after the claim announced the start but outside
+        # the step runner (loading the run, importing the job, the inputs): say so,
+        # rather than leave the coordinator to notice the silence.
+        if claim.claimed and CANCEL_REPORTED not in getattr(exc, "__notes__", ()):
             _report_cancelled_before_start(runtime, ids, exc)
         raise
+
+
+def _prepare_and_launch(
+    runtime: AttemptRuntime,
+    ids: AttemptIds,
+    owner: str,
+    claim: ClaimResult,
+    choose: LauncherChooser,
+) -> AttemptResult:
+    prepared = prepare_attempt(runtime, ids, owner, report_failure=claim.claimed)
     if isinstance(prepared, AttemptResult):
         return prepared if claim.claimed else drop_delivery(runtime, ids, owner, claim)
     try:
@@ -127,7 +139,7 @@ def _report_cancelled_before_start(
     runtime.stream(ids.run_id).publish(
         failure_event(
             ids.run_id,
-            f"cancelled: the attempt was stopped before its step started ({type(exc).__name__})",
+            f"cancelled: the attempt was stopped outside its step ({type(exc).__name__})",
             ids=ids,
             failure_class=FailureClass.CANCELLED,
             retryable=False,
