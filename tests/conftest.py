@@ -6,6 +6,9 @@ Fixtures
                             ``.client()``), stopped at the end of the session.
 ``redis_url``               function: ``redis://127.0.0.1:PORT/0`` after FLUSHALL.
 ``coreexec_home``           function: an empty directory exported as ``$COREEXEC_HOME``.
+``celery_env``              function: ``redis_url`` exported as broker and event Redis,
+                            with ``coreexec_home``, for this process and its children;
+                            returns the URL.
 ``celery_worker_factory``   function: ``start(app="celery_app", queues=None,
                             concurrency=1, env=None, hostname=None, **kw)`` returns a
                             ready CeleryWorkerProcess; every one is stopped at teardown.
@@ -29,6 +32,8 @@ from typing import Any
 
 import pytest
 
+from coreexec.instance import Instance
+from tests.support.celery_env import export_celery_env
 from tests.support.processes import (
     CeleryWorkerProcess,
     FlowerProcess,
@@ -111,6 +116,18 @@ def coreexec_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     home.mkdir()
     monkeypatch.setenv("COREEXEC_HOME", str(home))
     return home
+
+
+@pytest.fixture
+def celery_env(redis_url: str, coreexec_home: Path, monkeypatch: pytest.MonkeyPatch) -> str:
+    """This process and the workers, coordinators, containers and pods it starts share one
+    Redis (broker and events) and one home; returns the Redis URL."""
+    export_celery_env(monkeypatch, redis_url)
+    # Create the run storage before runs open it from several threads at once: opening a
+    # new SQLite file concurrently can fail with "database is locked" (switching it to WAL
+    # is not retried), a storage bug the tests are not about.
+    Instance.from_env().storage.close()
+    return redis_url
 
 
 @pytest.fixture

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import base64
 import re
-import time
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
@@ -21,6 +20,7 @@ from tests.support.docker_images import StepImage
 from tests.support.docker_plugin import DockerEngine, StepContainerOptions
 from tests.support.ports import LOOPBACK, free_port
 from tests.support.processes import REPO_ROOT, RedisServerProcess
+from tests.support.waiting import wait_until
 
 _VARIABLE = re.compile(r"(?<!\$)\$\{([A-Za-z_][A-Za-z0-9_]*)(?::?[-?]([^}]*))?\}")
 READY_TIMEOUT_S = 60.0
@@ -96,12 +96,14 @@ def _logs(container: Any) -> str:
 
 
 def _wait(container: Any, condition: Any, what: str) -> None:
-    deadline = time.monotonic() + READY_TIMEOUT_S
-    while not condition():
+    def holds() -> bool:
+        if condition():
+            return True
         container.reload()
         assert container.status in {"created", "running"}, f"{what}: exited\n{_logs(container)}"
-        assert time.monotonic() < deadline, f"timed out waiting for {what}\n{_logs(container)}"
-        time.sleep(0.1)
+        return False
+
+    wait_until(holds, what, READY_TIMEOUT_S, interval_s=0.1, show=lambda: _logs(container))
 
 
 def test_the_flower_service_starts_from_the_image_and_serves_its_api(

@@ -25,6 +25,7 @@ from coreexec.transport.redis_events import RedisEventStream, redis_client
 from tests.jobs.celery_jobs import RunWatcher, marks, open_gate
 from tests.jobs.launcher_jobs import IN_CONTAINER
 from tests.support.processes import REPO_ROOT, CeleryWorkerProcess
+from tests.support.waiting import holds_within, wait_until
 from workers.docker.containers import RUN_LABEL, STEP_LABEL
 
 REF = "tests.jobs.launcher_jobs"
@@ -36,15 +37,11 @@ WorkerFactory = Callable[..., CeleryWorkerProcess]
 
 @pytest.fixture
 def env(
-    redis_url: str, coreexec_home: Path, docker_engine: Any, monkeypatch: pytest.MonkeyPatch
+    celery_env: str, coreexec_home: Path, docker_engine: Any, monkeypatch: pytest.MonkeyPatch
 ) -> Path:
-    """Broker, Redis, home and Docker socket shared by the test, its workers and the
-    containers they start."""
-    monkeypatch.setenv("COREEXEC_BROKER_URL", redis_url)
-    monkeypatch.setenv("COREEXEC_REDIS_URL", redis_url)
+    """The shared Celery environment (tests/conftest.py) and the Docker socket, for the
+    test, its workers and the containers they start; the home."""
     monkeypatch.setenv("DOCKER_HOST", docker_engine.base_url)
-    for name in ("COREEXEC_RESULT_BACKEND", "COREEXEC_CELERY_CONFIG", "COREEXEC_RUN_LAUNCHER"):
-        monkeypatch.delenv(name, raising=False)
     return coreexec_home
 
 
@@ -89,33 +86,29 @@ def containers_of(client: docker.DockerClient, run_id: str) -> list[dict[str, An
 def no_containers_left(client: docker.DockerClient, run_id: str) -> bool:
     """True once no container of the run exists. Supervisors remove a container right
     after publishing its end, so the run may end a moment before the last removal."""
-    deadline = time.monotonic() + 30
-    while containers_of(client, run_id):
-        if time.monotonic() > deadline:
-            return False
-        time.sleep(0.05)
-    return True
+    return holds_within(lambda: not containers_of(client, run_id), 30, interval_s=0.05)
 
 
 def running_container(client: docker.DockerClient, run_id: str, step: str) -> Any:
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        found = [
+    def running() -> list[str]:
+        return [
             c["Id"]
             for c in containers_of(client, run_id)
             if c["Labels"].get(STEP_LABEL) == step and c["State"] == "running"
         ]
-        if found:
-            return client.containers.get(found[0])
-        time.sleep(0.05)
-    raise AssertionError(f"no running container of step {step}")
+
+    found = wait_until(running, f"a running container of step {step}", 60, interval_s=0.05)
+    return client.containers.get(found[0])
 
 
 def wait_marks(run_id: str, step: str, count: int) -> None:
-    deadline = time.monotonic() + 90
-    while len(marks(run_id, step)) < count:
-        assert time.monotonic() < deadline, f"step {step} did not start {count} times"
-        time.sleep(0.05)
+    wait_until(
+        lambda: len(marks(run_id, step)) >= count,
+        f"step {step} to start {count} times",
+        90,
+        interval_s=0.05,
+        show=lambda: marks(run_id, step),
+    )
 
 
 def stream_events(redis_url: str, run_id: str) -> list[Event]:

@@ -19,12 +19,8 @@ from tests.support.fleet_fixtures import (  # noqa: F401  (fixtures of the fleet
 
 
 @pytest.fixture
-def env(redis_url: str, coreexec_home: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    """Broker, event Redis and home for this process and the workers it starts."""
-    monkeypatch.setenv("COREEXEC_BROKER_URL", redis_url)
-    monkeypatch.setenv("COREEXEC_REDIS_URL", redis_url)
-    monkeypatch.delenv("COREEXEC_RESULT_BACKEND", raising=False)
-    monkeypatch.delenv("COREEXEC_RUN_LAUNCHER", raising=False)
+def env(celery_env: str, coreexec_home: Path) -> Path:
+    """The shared Celery environment (tests/conftest.py); the home it exports."""
     return coreexec_home
 
 

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import os
 import threading
-import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -23,6 +22,7 @@ from coreexec.execution.run_context import RunContext
 from coreexec.result import ExecutionResult
 from tests.jobs.async_jobs import WIDTH
 from tests.support.processes import CeleryWorkerProcess
+from tests.support.waiting import wait_until
 from tests.unit.test_async_steps import expected_total, nap_peak, naps
 
 JOBS = "tests.jobs.async_jobs"
@@ -88,10 +88,12 @@ def test_cancel_reaches_async_steps_under_multiprocess(instance: Instance, tmp_p
         )
     )
     thread.start()
-    deadline = time.monotonic() + DEADLINE_S
-    while not all((tmp_path / f"hang_{i}.entered").exists() for i in range(3)):
-        assert time.monotonic() < deadline, "the async steps did not start"
-        time.sleep(0.01)
+    wait_until(
+        lambda: all((tmp_path / f"hang_{i}.entered").exists() for i in range(3)),
+        "the async steps to start",
+        DEADLINE_S,
+        interval_s=0.01,
+    )
     contexts[0].request_cancel()
     thread.join(DEADLINE_S)
 

@@ -29,8 +29,9 @@ from coreexec.transport.coordinator_heartbeat import (
     coordinator_status,
 )
 from coreexec.transport.redis_events import RedisEventStream, redis_client
-from tests.jobs.submission_jobs import gate_path, pid_path, runs_of, wait_until
+from tests.jobs.submission_jobs import gate_path, pid_path, runs_of
 from tests.support.processes import REPO_ROOT, CeleryWorkerProcess, child_env, pid_alive
+from tests.support.waiting import wait_until
 
 GATED = "tests.jobs.submission_jobs:gated_chain"
 WorkerFactory = Callable[..., CeleryWorkerProcess]
@@ -56,7 +57,7 @@ def _open_gate() -> None:
 
 def _gated_pid() -> int:
     """The pid of the process running step ``gated``, once it runs."""
-    wait_until(lambda: pid_path("gated").exists(), 60, "step gated to start")
+    wait_until(lambda: pid_path("gated").exists(), "step gated to start", 60)
     return int(pid_path("gated").read_text())
 
 
@@ -71,7 +72,7 @@ def _live_coordinator(redis_url: str, run_id: str) -> CoordinatorInfo:
 
 def _kill9(pid: int) -> None:
     os.kill(pid, signal.SIGKILL)
-    wait_until(lambda: not pid_alive(pid), 10, f"pid {pid} to die")
+    wait_until(lambda: not pid_alive(pid), f"pid {pid} to die", 10)
 
 
 def _active_tasks(worker: CeleryWorkerProcess) -> list[object]:
@@ -130,7 +131,7 @@ def test_cancel_during_a_run_leaves_no_step_running(
     assert handle.wait(timeout=30) is RunStatus.CANCELED
     took_s = time.monotonic() - started
 
-    wait_until(lambda: not pid_alive(step_pid), 10, f"step process {step_pid} to stop")
+    wait_until(lambda: not pid_alive(step_pid), f"step process {step_pid} to stop", 10)
     assert _active_tasks(steps) == []
     assert not pid_path("gated").exists()
     assert not gate_path("gated").exists()  # it stopped without ever being let through
@@ -156,7 +157,7 @@ def test_cli_cancel_waits_for_the_run_to_stop(
     assert result.returncode == 0, result.stdout + result.stderr
     assert "its coordinator was woken" in result.stdout
     assert result.stdout.rstrip().endswith(f"run {handle.run_id}: CANCELED")
-    wait_until(lambda: not pid_alive(step_pid), 10, f"step process {step_pid} to stop")
+    wait_until(lambda: not pid_alive(step_pid), f"step process {step_pid} to stop", 10)
     watched = _cli("runs", "watch", handle.run_id)
     assert watched.returncode == 130
 
@@ -189,7 +190,7 @@ def test_resume_after_the_coordinator_is_killed_does_not_rerun_succeeded_steps(
     # The step finishes while no coordinator listens: only the stream knows.
     _open_gate()
     wait_until(
-        lambda: _stream_has_success(redis_url, handle.run_id, "gated"), 30, "gated to succeed"
+        lambda: _stream_has_success(redis_url, handle.run_id, "gated"), "gated to succeed", 30
     )
     assert handle.status() is RunStatus.STARTED
     assert EventKind.STEP_SUCCESS not in [e.kind for e in handle.events() if e.step_key == "gated"]
@@ -232,7 +233,7 @@ def test_submitted_resume_waits_for_a_step_still_running(
     )
     try:
         # The new coordinator waits for the attempt a worker still runs.
-        wait_until(lambda: _coordinator_alive(redis_url, handle.run_id), 60, "the new coordinator")
+        wait_until(lambda: _coordinator_alive(redis_url, handle.run_id), "the new coordinator", 60)
         assert pid_alive(step_pid) and runs_of("gated") == 1
         _open_gate()
         stdout, stderr = resume.communicate(timeout=120)
@@ -265,8 +266,8 @@ def test_a_coordinator_process_killed_mid_run_is_resumed_by_its_redelivered_task
     _kill9(info.pid)  # only the pool process: the worker requeues the task (acks_late)
     wait_until(
         lambda: _live_coordinator_pid(redis_url, handle.run_id) not in (None, info.pid),
-        60,
         "another pool process to take the run over",
+        60,
     )
     _open_gate()
     assert handle.wait(timeout=60) is RunStatus.SUCCESS
@@ -318,13 +319,13 @@ def test_cancel_of_a_run_whose_coordinator_died_stops_its_step_then_resume(
     assert handle.status() is RunStatus.CANCELED
 
     # Nobody coordinates the run, yet its running step stops without its gate opening.
-    wait_until(lambda: not pid_alive(step_pid), 15, f"step process {step_pid} to stop")
+    wait_until(lambda: not pid_alive(step_pid), f"step process {step_pid} to stop", 15)
     assert _active_tasks(steps) == []
     assert not gate_path("gated").exists()
     wait_until(
         lambda: _stream_failure(redis_url, handle.run_id, "gated") is not None,
-        15,
         "the terminated attempt to report its end",
+        15,
     )
     failure = _stream_failure(redis_url, handle.run_id, "gated")
     assert failure is not None and failure.data["failure_class"] == "cancelled"

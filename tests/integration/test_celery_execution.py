@@ -27,15 +27,6 @@ def run_config(**overrides: Any) -> dict[str, Any]:
     return {"execution": {"config": {**FAST, **overrides}}}
 
 
-@pytest.fixture
-def celery_env(redis_url: str, coreexec_home: object, monkeypatch: pytest.MonkeyPatch) -> str:
-    """Test process and the workers it starts share one broker, Redis and COREEXEC_HOME."""
-    monkeypatch.setenv("COREEXEC_BROKER_URL", redis_url)
-    for name in ("COREEXEC_REDIS_URL", "COREEXEC_RESULT_BACKEND", "COREEXEC_CELERY_CONFIG"):
-        monkeypatch.delenv(name, raising=False)
-    return redis_url
-
-
 def queued_messages(client: redis.Redis, queue: str) -> list[bytes]:
     """Raw messages waiting on ``queue`` (every priority list of it)."""
     found: list[bytes] = []

@@ -12,14 +12,15 @@ from typing import Any
 import pytest
 
 from celery_app.queues import STEP_QUEUES
-from celery_app.step_task import STEP_TASK_NAME
 from coreexec import Event, EventKind, Instance
 from coreexec.storage.base import RunStatus
 from coreexec.transport.cancel import request_cancel
 from coreexec.transport.redis_events import RedisEventStream, redis_client
 from tests.jobs import celery_jobs
 from tests.jobs.celery_jobs import RunWatcher, marks, open_gate
+from tests.support.celery_env import publish_attempt_again
 from tests.support.processes import CeleryWorkerProcess, pid_alive
+from tests.support.waiting import wait_until
 
 REF = "tests.jobs.celery_jobs"
 HEARTBEAT_TIMEOUT_S = 1.0
@@ -33,22 +34,6 @@ WorkerFactory = Callable[..., CeleryWorkerProcess]
 
 def run_config(**overrides: Any) -> dict[str, Any]:
     return {"execution": {"config": {**FAST, **overrides}}}
-
-
-@pytest.fixture
-def celery_env(redis_url: str, coreexec_home: object, monkeypatch: pytest.MonkeyPatch) -> str:
-    monkeypatch.setenv("COREEXEC_BROKER_URL", redis_url)
-    for name in ("COREEXEC_REDIS_URL", "COREEXEC_RESULT_BACKEND", "COREEXEC_CELERY_CONFIG"):
-        monkeypatch.delenv(name, raising=False)
-    return redis_url
-
-
-def wait_until(condition: Callable[[], bool], timeout_s: float, what: str) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"no {what} within {timeout_s}s")
-        time.sleep(0.02)
 
 
 def stream_events(redis_url: str, run_id: str) -> list[Event]:
@@ -66,21 +51,6 @@ def dropped_deliveries(events: list[Event], attempt_id: str) -> list[Event]:
         for e in events
         if e.kind is EventKind.STEP_LOG and e.attempt_id == attempt_id and "dropped_by" in e.data
     ]
-
-
-def publish_again(app_url: str, start: Event, reference: str) -> None:
-    """Publish the attempt's message once more, as a broker redelivery would."""
-    from celery_app.executor import CeleryExecutorConfig, _app_for, settings_for
-
-    app = _app_for(settings_for(CeleryExecutorConfig(broker=app_url)))
-    assert start.step_key is not None and start.attempt is not None
-    app.send_task(
-        STEP_TASK_NAME,
-        args=[start.run_id, start.step_key, start.attempt, start.attempt_id, reference],
-        task_id=start.attempt_id,
-        queue="coreexec.default",
-        ignore_result=True,
-    )
 
 
 def test_kill_9_of_the_step_process_retries_on_another_process_within_heartbeat_timeout(
@@ -118,8 +88,8 @@ def test_kill_9_of_the_step_process_retries_on_another_process_within_heartbeat_
             bool(dropped_deliveries(stream_events(celery_env, result.run_id), killed_id))
             or any(f"refusing attempt {killed_id}" in w.read_log() for w in workers)
         ),
-        10.0,
         "dropped redelivery of the killed attempt",
+        10.0,
     )
     for events in (result.events, stream_events(celery_env, result.run_id)):
         assert not [
@@ -163,7 +133,7 @@ def test_a_duplicated_message_does_not_run_the_step_twice(
 
     # While the attempt runs, the same message arrives again (the worker's second process
     # takes it): it is dropped, not run.
-    publish_again(celery_env, start, reference)
+    publish_attempt_again(celery_env, start, reference)
     watcher.wait_for(
         lambda events: dropped_deliveries(events, start.attempt_id or ""), 15.0, "a dropped copy"
     )
@@ -174,9 +144,9 @@ def test_a_duplicated_message_does_not_run_the_step_twice(
 
     # And once more after the run ended (a late redelivery): refused, nothing written.
     entries = len(stream_events(celery_env, result.run_id))
-    publish_again(celery_env, start, reference)
+    publish_attempt_again(celery_env, start, reference)
     refusal = f"refusing attempt {start.attempt_id} (step gated of run {result.run_id}): the run"
-    wait_until(lambda: refusal in worker.read_log(), 15.0, "the late copy refused")
+    wait_until(lambda: refusal in worker.read_log(), "the late copy refused", 15.0)
     assert len(marks(result.run_id, "gated")) == 1
     assert len(stream_events(celery_env, result.run_id)) == entries
 
@@ -232,7 +202,7 @@ def test_cancel_terminates_the_running_step_and_the_queued_one_never_starts(
     assert running.attempt_id == start.attempt_id and "silent" not in running.message
     assert "before a worker started" in failures[queued_key].message
     assert not [e for e in result.events if e.kind is EventKind.STEP_SUCCESS]
-    wait_until(lambda: not pid_alive(pid), 5.0, f"exit of step process {pid}")
+    wait_until(lambda: not pid_alive(pid), f"exit of step process {pid}", 5.0)
 
     # The queued message still reaches the freed worker, which discards it (revoked),
     # drops it (fenced claim) or refuses it (the run has ended): it never runs.
@@ -244,8 +214,8 @@ def test_cancel_terminates_the_running_step_and_the_queued_one_never_starts(
             or f"refusing attempt {queued_attempt}" in worker.read_log()
             or bool(dropped_deliveries(stream_events(celery_env, result.run_id), queued_attempt))
         ),
-        10.0,
         "the queued message to be discarded",
+        10.0,
     )
     assert marks(result.run_id, queued_key) == []
     assert not [

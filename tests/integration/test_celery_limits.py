@@ -58,20 +58,6 @@ def run_config(*rules: dict[str, Any]) -> dict[str, Any]:
 
 
 @pytest.fixture
-def celery_env(redis_url: str, coreexec_home: Path, monkeypatch: pytest.MonkeyPatch) -> str:
-    """This process, its workers and coordinators share one broker, Redis and home."""
-    monkeypatch.setenv("COREEXEC_BROKER_URL", redis_url)
-    monkeypatch.setenv("COREEXEC_REDIS_URL", redis_url)
-    for name in ("COREEXEC_RESULT_BACKEND", "COREEXEC_CELERY_CONFIG", "COREEXEC_RUN_LAUNCHER"):
-        monkeypatch.delenv(name, raising=False)
-    # Create the run storage before runs open it from several threads at once: opening a
-    # new SQLite file concurrently can fail with "database is locked" (switching it to WAL
-    # is not retried), a storage bug these tests are not about.
-    Instance.from_env().storage.close()
-    return redis_url
-
-
-@pytest.fixture
 def limiter(celery_env: str) -> Iterator[RedisTagLimiter]:
     """The limiter every run of these tests shares (default namespace), to look into."""
     shared = RedisTagLimiter.from_url(celery_env)
@@ -147,17 +133,6 @@ def holders(state: SlotState | None) -> list[tuple[str, str]]:
 
 def waiters(state: SlotState | None) -> list[tuple[str, str]]:
     return [] if state is None else [(h.run_id, h.step_key) for h in state.waiters]
-
-
-def wait_until(condition: Callable[[], Any], timeout_s: float, what: str) -> Any:
-    deadline = time.monotonic() + timeout_s
-    while True:
-        found = condition()
-        if found:
-            return found
-        if time.monotonic() > deadline:
-            raise AssertionError(f"no {what} within {timeout_s}s")
-        time.sleep(0.02)
 
 
 def join_all(watchers: Sequence[RunWatcher]) -> list[str]:

@@ -11,8 +11,7 @@ from __future__ import annotations
 import os
 import signal
 import threading
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -25,6 +24,7 @@ from coreexec.execution.run_context import RunContext
 from coreexec.result import ExecutionResult
 from tests.jobs.dask_jobs import FANOUT_WIDTH
 from tests.support.dask_cluster import DaskSchedulerProcess, DaskWorkerProcess
+from tests.support.waiting import wait_until
 from tests.unit.test_async_steps import peak
 
 JOBS = "tests.jobs.dask_jobs"
@@ -37,14 +37,6 @@ def dask_config(cluster: dict[str, Any], **config: Any) -> dict[str, Any]:
 
 def existing(address: str, **config: Any) -> dict[str, Any]:
     return dask_config({"existing": {"address": address}}, **config)
-
-
-def wait_for(condition: Callable[[], bool], what: str, timeout_s: float = DEADLINE_S) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout_s}s waiting for {what}")
-        time.sleep(0.02)
 
 
 def step_events(result: ExecutionResult, kind: EventKind) -> list[str]:
@@ -198,7 +190,7 @@ def test_priority_order_and_a_cluster_it_starts_is_closed(instance: Instance) ->
     assert result.success
     ranked = [key for key in step_events(result, EventKind.STEP_START) if key != "opener"]
     assert [key.split("_")[0] for key in ranked] == ["p15"] * 3 + ["p5"] * 3 + ["p0"] * 3
-    wait_for(lambda: children() <= before, "the started cluster's processes to end", 10.0)
+    wait_until(lambda: children() <= before, "the started cluster's processes to end", 10.0)
 
 
 def test_any_cluster_class_by_import_path(instance: Instance) -> None:
@@ -237,11 +229,12 @@ def test_cancel_leaves_no_running_step(
         instance=instance,
         tags={"mark_dir": str(mark_dir)},
     )
-    wait_for(
+    wait_until(
         lambda: all((mark_dir / f"spin_{i}.1.entered").exists() for i in range(2)),
         "both spinning steps to start",
+        DEADLINE_S,
     )
-    wait_for(lambda: bool(run.contexts), "the run context")
+    wait_until(lambda: bool(run.contexts), "the run context", DEADLINE_S)
     run.contexts[0].request_cancel()
     result = run.finish()
 
@@ -258,7 +251,7 @@ def test_cancel_leaves_no_running_step(
             EventKind.STEP_SKIPPED
         ]
     scheduler = local_cluster.scheduler
-    wait_for(
+    wait_until(
         lambda: not any(worker.processing for worker in scheduler.workers.values()),
         "the Dask workers to be idle",
         10.0,
@@ -322,14 +315,15 @@ def test_a_killed_dask_worker_fails_the_attempt_and_the_retry_succeeds(
         tags={"mark_dir": str(mark_dir)},
     )
     pid_file = mark_dir / "dies_first_time.1.pid"
-    wait_for(pid_file.exists, "the first attempt to start")
+    wait_until(pid_file.exists, "the first attempt to start", DEADLINE_S)
     # Its start has reached the coordinator: the worker is lost mid-step, not before.
-    wait_for(
+    wait_until(
         lambda: any(
             e.kind is EventKind.STEP_START and e.step_key == "dies_first_time"
             for e in list(run.events)
         ),
         "the coordinator to hear of the start",
+        DEADLINE_S,
     )
     os.kill(int(pid_file.read_text()), signal.SIGKILL)
     result = run.finish()

@@ -32,9 +32,10 @@ from coreexec.storage.postgres import PostgresRunStorage
 from coreexec.transport.coordinator_heartbeat import CoordinatorInfo, coordinator_key
 from coreexec.transport.redis_events import RedisEventStream, redis_client
 from tests.jobs.fleet_jobs import WIDE_STEPS, key
-from tests.jobs.submission_jobs import wait_until
+from tests.support.celery_env import export_celery_env
 from tests.support.postgres import PASSWORD
 from tests.support.processes import REPO_ROOT, CeleryWorkerProcess, child_env, pid_alive
+from tests.support.waiting import wait_until
 
 pytestmark = pytest.mark.postgres
 WorkerFactory = Callable[..., CeleryWorkerProcess]
@@ -56,10 +57,7 @@ def fleet(
     monkeypatch.setenv("COREEXEC_HOME", str(homes["test"]))
     monkeypatch.setenv("COREEXEC_STORAGE_URL", postgres_url)
     monkeypatch.setenv("COREEXEC_IO_URL", s3_env)
-    monkeypatch.setenv("COREEXEC_BROKER_URL", redis_url)
-    monkeypatch.setenv("COREEXEC_REDIS_URL", redis_url)
-    monkeypatch.delenv("COREEXEC_RESULT_BACKEND", raising=False)
-    monkeypatch.delenv("COREEXEC_RUN_LAUNCHER", raising=False)
+    export_celery_env(monkeypatch, redis_url)
     return homes
 
 
@@ -144,7 +142,7 @@ def test_resume_after_the_coordinator_is_killed_with_no_shared_home(
     coordinator, _ = _start_fleet(celery_worker_factory, fleet)
     handle = submit_job("tests.jobs.fleet_jobs:gated_fanout", launcher=launcher)
     run_id = handle.run_id
-    wait_until(lambda: _marks(run_id, "pid", ["gated"]) != [None], 60, "gated to start")
+    wait_until(lambda: _marks(run_id, "pid", ["gated"]) != [None], "gated to start", 60)
     with redis_client(os.environ["COREEXEC_REDIS_URL"]) as client:
         raw = client.get(coordinator_key(run_id))
         assert raw is not None
@@ -152,7 +150,7 @@ def test_resume_after_the_coordinator_is_killed_with_no_shared_home(
         assert info is not None
         coordinator.kill9()
         os.kill(info.pid, signal.SIGKILL)
-        wait_until(lambda: not pid_alive(info.pid), 10, "the coordinator to die")
+        wait_until(lambda: not pid_alive(info.pid), "the coordinator to die", 10)
         # The step ends while no coordinator listens; a resume from this machine, whose
         # home holds nothing, finds the run in PostgreSQL and its inputs in S3.
         client.set(key(run_id, "gate"), 1)

@@ -4,49 +4,24 @@ from __future__ import annotations
 
 import ast
 import json
-import time
 from collections.abc import Callable
 from typing import Any
 
-import pytest
 import redis
 
-from celery_app.queues import DEFAULT_QUEUE, STEP_QUEUES
-from celery_app.step_task import STEP_TASK_NAME
-from coreexec.events import Event, EventKind
+from celery_app.queues import STEP_QUEUES
+from coreexec.events import EventKind
 from coreexec.instance import Instance
 from coreexec.storage.base import RunStatus
 from coreexec.transport.cancel import request_cancel
 from tests.jobs import celery_jobs
 from tests.jobs.celery_jobs import RunWatcher
+from tests.support.celery_env import publish_attempt_again
 from tests.support.processes import CeleryWorkerProcess, FlowerProcess
+from tests.support.waiting import wait_until
 
 REF = "tests.jobs.celery_jobs"
 JOB = "flower_states_job"
-
-
-@pytest.fixture
-def celery_env(redis_url: str, coreexec_home: object, monkeypatch: pytest.MonkeyPatch) -> str:
-    monkeypatch.setenv("COREEXEC_BROKER_URL", redis_url)
-    for name in ("COREEXEC_REDIS_URL", "COREEXEC_RESULT_BACKEND", "COREEXEC_CELERY_CONFIG"):
-        monkeypatch.delenv(name, raising=False)
-    return redis_url
-
-
-def _publish_again(broker_url: str, start: Event) -> None:
-    """Publish an attempt's message once more, headers and all, as a broker redelivery
-    would."""
-    from celery_app.executor import CeleryExecutorConfig, _app_for, settings_for
-
-    app = _app_for(settings_for(CeleryExecutorConfig(broker=broker_url)))
-    app.send_task(
-        STEP_TASK_NAME,
-        args=[start.run_id, start.step_key, start.attempt, start.attempt_id, f"{REF}:{JOB}"],
-        task_id=start.attempt_id,
-        queue=DEFAULT_QUEUE,
-        shadow=f"{JOB}.{start.step_key}",
-        ignore_result=True,
-    )
 
 
 FINISHED = frozenset({"SUCCESS", "FAILURE", "REVOKED"})
@@ -57,16 +32,21 @@ def tasks_named(
 ) -> dict[str, Any]:
     """Poll Flower's task list (an HTTP API: nothing to block on) until it has ``names``
     in one of ``states`` (finished ones by default)."""
-    deadline = time.monotonic() + timeout_s
-    while True:
+    seen: dict[str, Any] = {}
+
+    def listed() -> dict[str, Any] | None:
         tasks: dict[str, Any] = flower.get_json("/api/tasks")
+        seen.update({t.get("name"): t.get("state") for t in tasks.values()})
         by_name = {t.get("name"): t for t in tasks.values() if t.get("state") in states}
-        if names <= set(by_name):
-            return by_name
-        if time.monotonic() > deadline:
-            seen = {name: t.get("state") for name, t in by_name.items()}
-            raise AssertionError(f"Flower lists {seen}, not all of {names}")
-        time.sleep(0.1)
+        return by_name if names <= set(by_name) else None
+
+    return wait_until(
+        listed,
+        f"Flower to list {sorted(names)} in {sorted(states)}",
+        timeout_s,
+        interval_s=0.1,
+        show=lambda: f"Flower lists {seen}",
+    )
 
 
 def test_flower_lists_step_tasks_by_job_and_step(
@@ -148,7 +128,7 @@ def test_flower_shows_failed_steps_as_failure_and_cancelled_ones_as_revoked(
         start = next(
             e for e in result.events if e.kind is EventKind.STEP_START and e.step_key == key
         )
-        _publish_again(celery_env, start)
+        publish_attempt_again(celery_env, start, f"{REF}:{JOB}", shadow=f"{JOB}.{start.step_key}")
         worker.wait_until(
             lambda start=start: f"refusing attempt {start.attempt_id}" in worker.read_log(),
             15.0,

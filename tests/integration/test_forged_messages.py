@@ -20,8 +20,9 @@ from coreexec import RunStatus, execute_job
 from coreexec.instance import Instance
 from coreexec.io_managers import OutputKey
 from coreexec.transport.redis_events import RedisEventStream, redis_client
-from tests.jobs.submission_jobs import runs_of, wait_until
+from tests.jobs.submission_jobs import runs_of
 from tests.support.processes import CeleryWorkerProcess
+from tests.support.waiting import wait_until
 
 CHAIN = "tests.jobs.submission_jobs:chain"
 WorkerFactory = Callable[..., CeleryWorkerProcess]
@@ -52,8 +53,8 @@ def _served(worker: CeleryWorkerProcess, attempt_id: str) -> None:
             attempt_id in line and ("succeeded" in line or "refus" in line)
             for line in worker.read_log().splitlines()
         ),
-        60,
         f"the worker to serve {attempt_id}",
+        60,
     )
 
 
@@ -98,7 +99,7 @@ def test_messages_for_unknown_runs_leave_no_key_behind(
     _send(made_up, "first", 1, "attempt-of-nobody")
     _send(huge, "first", 1, "attempt-of-a-huge-run")
     _served(worker, "attempt-of-nobody")
-    wait_until(lambda: "must be a string of 1 to 128" in worker.read_log(), 60, "the refusal")
+    wait_until(lambda: "must be a string of 1 to 128" in worker.read_log(), "the refusal", 60)
 
     assert list(client.scan_iter(match=f"*{made_up}*")) == []
     assert list(client.scan_iter(match="*hhhhhhhhhh*")) == []
@@ -111,7 +112,7 @@ def test_an_item_that_is_not_json_is_dropped_and_the_queue_keeps_flowing(
 ) -> None:
     worker = celery_worker_factory(queues=list(STEP_QUEUES), concurrency=1)
     client.lpush(redis_queue_keys(DEFAULT_QUEUE)[0], b"\x00not json{")
-    wait_until(lambda: client.llen(redis_queue_keys(DEFAULT_QUEUE)[0]) == 0, 30, "the pop")
+    wait_until(lambda: client.llen(redis_queue_keys(DEFAULT_QUEUE)[0]) == 0, "the pop", 30)
 
     assert execute_job(CHAIN).success
     assert worker.is_running(), worker.log_tail()

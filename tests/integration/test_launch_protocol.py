@@ -16,7 +16,7 @@ import sys
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -34,6 +34,7 @@ from coreexec.transport.redis_events import RedisEventStream, events_of
 from coreexec.transport.run_settings import RunSettings
 from tests.jobs.celery_jobs import marks, open_gate
 from tests.support.local_launcher import REPO, LocalProcessLauncher
+from tests.support.waiting import wait_until
 from workers.launcher import LaunchRequest, launch_name
 from workers.supervisor import supervise
 
@@ -75,14 +76,6 @@ def events(runtime: AttemptRuntime, run_id: str) -> list[Event]:
 
 def step_events(runtime: AttemptRuntime, run_id: str, kind: EventKind) -> list[Event]:
     return [e for e in events(runtime, run_id) if e.kind is kind]
-
-
-def wait_until(check: Callable[[], bool], what: str) -> None:
-    deadline = time.monotonic() + WAIT_S
-    while not check():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.02)
 
 
 class Supervising:
@@ -148,7 +141,7 @@ def test_a_killed_process_is_an_infrastructure_failure(
     run_id = new_run(runtime, "held_job")
     ids = ids_of(runtime, run_id, "held_job", "held")
     running = Supervising(runtime, ids, local)
-    wait_until(lambda: len(marks(run_id, "held")) == 1, "the step to start")
+    wait_until(lambda: len(marks(run_id, "held")) == 1, "the step to start", WAIT_S)
     os.kill(int(marks(run_id, "held")[0]), signal.SIGKILL)
 
     result = running.join()
@@ -165,7 +158,7 @@ def test_sigterm_ends_the_step_as_cancelled_by_the_entrypoint(
     run_id = new_run(runtime, "held_job")
     ids = ids_of(runtime, run_id, "held_job", "held")
     running = Supervising(runtime, ids, local)
-    wait_until(lambda: len(marks(run_id, "held")) == 1, "the step to start")
+    wait_until(lambda: len(marks(run_id, "held")) == 1, "the step to start", WAIT_S)
     started = time.monotonic()
     local.terminate(local.find(request_for(runtime, ids)))  # type: ignore[arg-type]
 
@@ -192,11 +185,12 @@ def test_a_redelivered_message_adopts_the_running_process(
     run_id = new_run(runtime, "held_job")
     ids = ids_of(runtime, run_id, "held_job", "held")
     first = Supervising(runtime, ids, local)
-    wait_until(lambda: len(marks(run_id, "held")) == 1, "the step to start")
+    wait_until(lambda: len(marks(run_id, "held")) == 1, "the step to start", WAIT_S)
     second = Supervising(runtime, ids, local)  # the same attempt delivered again
     wait_until(
         lambda: any(e.kind is EventKind.STEP_HEARTBEAT for e in events(runtime, run_id)),
         "heartbeats",
+        WAIT_S,
     )
     open_gate(run_id, "go")
 

@@ -28,22 +28,16 @@ from coreexec.limits import (
     parse_limits,
     slots_for,
 )
+from tests.support.waiting import wait_until
 
 WAIT_S = 10.0
+# How often, on the fake clock, a waiter asks again, and how many times before giving up.
+ASK_EVERY_MS = 50
+MAX_ASKS = 1_000
 
 
 def spec(name: str, limit: int = 1) -> SlotSpec:
     return SlotSpec(name=name, limit=limit, rule=f"{name} limit {limit}")
-
-
-def wait_until(predicate: Callable[[], bool], what: str, timeout_s: float = WAIT_S) -> None:
-    """Wait for ``predicate`` with a deadline (re-checked every 10 ms)."""
-    deadline = time.monotonic() + timeout_s
-    pause = threading.Event()
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout_s} s waiting for {what}")
-        pause.wait(0.01)
 
 
 class Harness(Protocol):
@@ -61,6 +55,15 @@ class Harness(Protocol):
 
     def peer(self, limiter: TagLimiter) -> TagLimiter:
         """A limiter sharing ``limiter``'s slots, with a long lease TTL where it can."""
+        ...
+
+    def keep_doing(self, action: Callable[[], None], for_ms: int, every_ms: int) -> None:
+        """Call ``action`` every ``every_ms`` while ``for_ms`` of the limiter's time pass."""
+        ...
+
+    def ask_until_granted(self, limiter: TagLimiter, request: SlotRequest) -> Lease:
+        """Keep asking (so keep the place in line) while the limiter's time passes, until
+        ``request`` is granted."""
         ...
 
 
@@ -129,6 +132,20 @@ class MemoryHarness:
         # In-memory slots are per limiter; the fake clock stands still, so its TTL is enough.
         return limiter
 
+    def keep_doing(self, action: Callable[[], None], for_ms: int, every_ms: int) -> None:
+        for _ in range(for_ms // every_ms):
+            self.clock.advance(every_ms)
+            action()
+
+    def ask_until_granted(self, limiter: TagLimiter, request: SlotRequest) -> Lease:
+        # Time moves only between asks, by less than any TTL these tests set.
+        for _ in range(MAX_ASKS):
+            result = limiter.try_acquire(request)
+            if result.lease is not None:
+                return result.lease
+            self.clock.advance(ASK_EVERY_MS)
+        raise AssertionError(f"{request.lease_id} not granted after {MAX_ASKS} asks")
+
 
 class RedisHarness:
     kind = "redis"
@@ -166,10 +183,22 @@ class RedisHarness:
         return [fields["wake"] for _, fields in entries]
 
     def let_lapse(self, limiter: TagLimiter, lease_id: str, ttl_ms: int) -> None:
-        wait_until(lambda: not listed(limiter, lease_id), f"{lease_id} to lapse")
+        wait_until(lambda: not listed(limiter, lease_id), f"{lease_id} to lapse", WAIT_S)
 
     def peer(self, limiter: TagLimiter) -> TagLimiter:
         return self.make(lease_ttl_ms=30_000)
+
+    def keep_doing(self, action: Callable[[], None], for_ms: int, every_ms: int) -> None:
+        # Redis keeps its own time: the real time has to pass.
+        until = time.monotonic() + for_ms / 1000
+        pause = threading.Event()
+        while time.monotonic() < until:
+            action()
+            pause.wait(every_ms / 1000)
+
+    def ask_until_granted(self, limiter: TagLimiter, request: SlotRequest) -> Lease:
+        lease, _timeouts = acquire_blocking(self, limiter, request)
+        return lease
 
     def close(self) -> None:
         for limiter in self.limiters:
@@ -261,12 +290,17 @@ def test_limit_is_never_exceeded_by_concurrent_acquirers(harness: Harness) -> No
     lock = threading.Lock()
     running = 0
     peak = 0
+    entered = 0
+    # The first two holders wait for each other while they hold the slot: the limit is
+    # reached whatever the threads' timing, and a limiter that served one at a time
+    # would leave the first waiting here until the barrier broke.
+    both_in = threading.Barrier(2, timeout=WAIT_S)
     done: list[str] = []
     timeouts: list[int] = []
     errors: list[BaseException] = []
 
     def worker(thread_no: int) -> None:
-        nonlocal running, peak
+        nonlocal running, peak, entered
         try:
             for step_no in range(5):
                 request = SlotRequest(
@@ -282,6 +316,10 @@ def test_limit_is_never_exceeded_by_concurrent_acquirers(harness: Harness) -> No
                 with lock:
                     running += 1
                     peak = max(peak, running)
+                    entered += 1
+                    first_two = entered <= 2
+                if first_two:
+                    both_in.wait()
                 # Keep the slot across a few scheduler turns so holders overlap.
                 for _ in range(3):
                     time.sleep(0)
@@ -300,7 +338,7 @@ def test_limit_is_never_exceeded_by_concurrent_acquirers(harness: Harness) -> No
     assert not any(thread.is_alive() for thread in threads)
     assert not errors, errors[0]
     assert len(done) == 30
-    assert 1 <= peak <= 2
+    assert peak == 2
     # Every waiter was woken by a release, none had to wait out its retry time.
     assert sum(timeouts) == 0
     assert limiter.slots() == ()
@@ -452,15 +490,11 @@ def test_place_only_renews_a_waiter_entry_before_it_lapses(harness: Harness) -> 
     holder = granted(limiter, ask("holder", a))
     busy = ask("busy", a)
     refused(limiter, busy)
-    if isinstance(harness, MemoryHarness):
-        for _ in range(4):
-            harness.clock.advance(250)
-            assert not limiter.try_acquire(busy, place_only=True).granted
-    else:
-        renewed_until = time.monotonic() + 1.0
-        while time.monotonic() < renewed_until:
-            assert not limiter.try_acquire(busy, place_only=True).granted
-            threading.Event().wait(0.1)
+
+    def keep_place() -> None:
+        assert not limiter.try_acquire(busy, place_only=True).granted
+
+    harness.keep_doing(keep_place, for_ms=1_000, every_ms=100)
     # A second past its 400 ms TTL, it is still first in line.
     assert waiters_of(limiter, "a") == ["lease-busy"]
     assert limiter.release(holder)
@@ -626,14 +660,9 @@ def test_a_waiter_that_stops_asking_loses_its_place(harness: Harness) -> None:
     refused(limiter, patient)
     assert limiter.release(holder)
     refused(limiter, patient)  # the crashed waiter is still ahead
-    if isinstance(harness, MemoryHarness):
-        harness.clock.advance(200)
-        refused(limiter, patient)  # refreshes patient's entry, not the crashed one's
-        harness.clock.advance(150)
-        granted(limiter, patient)
-    else:
-        lease, _ = acquire_blocking(harness, limiter, patient)
-        assert lease.lease_id == "lease-patient"
+    # Asking again refreshes the patient's entry, not the crashed one's, until it lapses.
+    lease = harness.ask_until_granted(limiter, patient)
+    assert lease.lease_id == "lease-patient"
     assert not listed(limiter, "lease-crashed")
 
 

@@ -32,6 +32,7 @@ from coreexec.limits import (
     slots_for,
 )
 from tests.support.ports import free_port
+from tests.support.waiting import wait_until
 
 SCRIPTS = ("acquire.lua", "release.lua", "refresh.lua", "withdraw.lua")
 
@@ -86,16 +87,6 @@ def make(redis_url: str, namespace: str) -> Iterator[MakeLimiter]:
     yield new
     for limiter in made:
         limiter.close()
-
-
-def wait_until(predicate: Callable[[], bool], what: str, timeout_s: float = 10.0) -> None:
-    """Wait for ``predicate`` with a deadline (re-checked every 10 ms)."""
-    deadline = time.monotonic() + timeout_s
-    pause = threading.Event()
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout_s} s waiting for {what}")
-        pause.wait(0.01)
 
 
 def test_it_satisfies_the_protocol(make: MakeLimiter) -> None:
@@ -181,7 +172,7 @@ def test_nothing_is_left_behind_after_release_and_lapse(
         left = set(client.scan_iter(match=f"coreexec:{{{namespace}}}:*"))
         return left <= {keys.seq}
 
-    wait_until(cleaned, "the lapsed lease and waiter to be purged")
+    wait_until(cleaned, "the lapsed lease and waiter to be purged", 10.0)
 
 
 # -- several coordinators sharing one namespace --------------------------------------------------

@@ -13,8 +13,7 @@ import signal
 import subprocess
 import sys
 import threading
-import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +24,7 @@ from coreexec.errors import BrokerConnectionError
 from coreexec.execution.run_context import RunContext
 from coreexec.result import ExecutionResult
 from tests.support.ports import free_port
+from tests.support.waiting import wait_until
 
 JOBS = "tests.jobs.multiprocess_jobs"
 DEADLINE_S = 30.0
@@ -49,16 +49,8 @@ def pid_dir(tmp_path: Path) -> Path:
     return path
 
 
-def wait_for(condition: Callable[[], bool], what: str, timeout_s: float = DEADLINE_S) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout_s}s waiting for {what}")
-        time.sleep(0.01)
-
-
 def read_pid(path: Path) -> int:
-    wait_for(path.exists, f"pid file {path}")
+    wait_until(path.exists, f"pid file {path}", DEADLINE_S)
     return int(path.read_text())
 
 

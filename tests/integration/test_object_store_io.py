@@ -7,7 +7,6 @@ from __future__ import annotations
 import pickle
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import boto3
@@ -20,6 +19,7 @@ from coreexec.object_store_io import ObjectStoreIOManager, io_manager_from_url
 from coreexec.settings import Settings
 from tests.support.fleet_fixtures import S3_SECRET_KEY, S3Server
 from tests.support.processes import REPO_ROOT, child_env, pid_alive
+from tests.support.waiting import wait_until
 
 KEY = OutputKey("run1", "step", "result")
 
@@ -146,11 +146,14 @@ def test_a_writer_killed_mid_write_leaves_no_half_value(
             cwd=REPO_ROOT,
         )
     try:
-        deadline = time.monotonic() + 120
         # Kill it while a later value is half written (the writer writes back to back).
-        while not (log.read_text().strip() and _in_flight(io_url, tmp_path, s3)):
+        def in_flight() -> bool:
+            if log.read_text().strip() and _in_flight(io_url, tmp_path, s3):
+                return True
             assert writer.poll() is None, "the writer died on its own"
-            assert time.monotonic() < deadline, "no write was seen in flight"
+            return False
+
+        wait_until(in_flight, "a write in flight", 120, interval_s=0)
         writer.kill()
         writer.wait(10)
     finally:

@@ -21,8 +21,9 @@ from coreexec.events import EventKind
 from coreexec.instance import Instance
 from coreexec.transport import keys
 from coreexec.transport.redis_events import redis_client
-from tests.jobs.submission_jobs import gate_path, pid_path, runs_of, wait_until
+from tests.jobs.submission_jobs import gate_path, pid_path, runs_of
 from tests.support.processes import REPO_ROOT, CeleryWorkerProcess, child_env
+from tests.support.waiting import wait_until
 
 GATED = "tests.jobs.submission_jobs:gated_chain"
 WorkerFactory = Callable[..., CeleryWorkerProcess]
@@ -66,7 +67,7 @@ def test_a_killed_coreexec_run_is_shown_lost_then_reaped_as_failed(
             cwd=REPO_ROOT,
         )
     try:
-        wait_until(pid_path("gated").exists, 60, "step gated to start")
+        wait_until(pid_path("gated").exists, "step gated to start", 60)
     finally:
         terminal.send_signal(signal.SIGKILL)
         terminal.wait()
@@ -79,7 +80,7 @@ def test_a_killed_coreexec_run_is_shown_lost_then_reaped_as_failed(
     assert lost in shown.stdout, shown
 
     celery_worker_factory(queues=[LOW_QUEUE], concurrency=1, env={"COREEXEC_ORPHAN_GRACE_S": "1"})
-    wait_until(lambda: instance.storage.get_run(run_id).status is RunStatus.FAILURE, 60, "reap")
+    wait_until(lambda: instance.storage.get_run(run_id).status is RunStatus.FAILURE, "reap", 60)
     failure = [e for _, e in instance.storage.events(run_id) if e.kind is EventKind.RUN_FAILURE]
     assert "coordinator lost" in failure[-1].message
     with redis_client(redis_url) as client:
@@ -103,7 +104,7 @@ def test_a_run_whose_coordinator_worker_was_killed_is_resumed_through_celery(
     celery_worker_factory(queues=list(STEP_QUEUES), concurrency=2, hostname="steps")
     instance = Instance.from_env()
     handle = submit_job(GATED, instance=instance, launcher=launcher)
-    wait_until(pid_path("gated").exists, 60, "step gated to start")
+    wait_until(pid_path("gated").exists, "step gated to start", 60)
 
     os.killpg(coordinator.pgid, signal.SIGKILL)  # the worker and its pool: the task is not requeued
     takeover = celery_worker_factory(queues=[RUNS_QUEUE], concurrency=1, hostname="coord2")
@@ -111,8 +112,8 @@ def test_a_run_whose_coordinator_worker_was_killed_is_resumed_through_celery(
     # for the step still running.
     wait_until(
         lambda: f"coordinate_run[{handle.run_id}:resume:" in takeover.read_log(),
-        60,
         "the reaper to resume the run through Celery",
+        60,
     )
     _open_gate()
 

@@ -32,8 +32,10 @@ from coreexec.instance import Instance
 from coreexec.limits import RedisTagLimiter, SlotRequest, SlotSpec
 from coreexec.submission import RunHandle
 from tests.jobs.celery_jobs import open_gate
-from tests.jobs.submission_jobs import gate_path, pid_path, runs_of, wait_until
+from tests.jobs.submission_jobs import gate_path, pid_path, runs_of
+from tests.support.celery_env import export_celery_env
 from tests.support.processes import REPO_ROOT, CeleryWorkerProcess, RedisServerProcess, child_env
+from tests.support.waiting import wait_until
 
 OUTAGE = "tests.jobs.outage_jobs:outage"
 SHORT_TOLERANCE = "tests.jobs.outage_jobs:outage_short_tolerance"
@@ -78,10 +80,7 @@ def flaky_redis(
 ) -> Iterator[FlakyRedis]:
     persistent = bool(getattr(request, "param", False))
     redis = FlakyRedis(tmp_path / "flaky-redis", persistent=persistent)
-    monkeypatch.setenv("COREEXEC_BROKER_URL", redis.url)
-    monkeypatch.setenv("COREEXEC_REDIS_URL", redis.url)
-    monkeypatch.delenv("COREEXEC_RESULT_BACKEND", raising=False)
-    monkeypatch.delenv("COREEXEC_RUN_LAUNCHER", raising=False)
+    export_celery_env(monkeypatch, redis.url)
     try:
         yield redis
     finally:
@@ -109,9 +108,9 @@ def _start_in_flight(
     coordinator = celery_worker_factory(queues=[RUNS_QUEUE], concurrency=2, hostname="coord")
     high = celery_worker_factory(queues=[HIGH_QUEUE], concurrency=2, hostname="high")
     handle = submit_job(job, instance=instance, launcher=_launcher())
-    wait_until(pid_path("hold").exists, 60, "step hold to start")
+    wait_until(pid_path("hold").exists, "step hold to start", 60)
     parts = {"part_0", "part_1", "part_2"}
-    wait_until(lambda: parts <= _queued(instance, handle.run_id), 30, "the parts to be queued")
+    wait_until(lambda: parts <= _queued(instance, handle.run_id), "the parts to be queued", 30)
     return handle, coordinator, high
 
 
@@ -128,7 +127,7 @@ def test_a_run_rides_out_a_short_redis_outage(
     # hold ends while Redis is down: its worker must keep the events until Redis is back.
     gate_path("hold").parent.mkdir(parents=True, exist_ok=True)
     gate_path("hold").touch()
-    wait_until(lambda: runs_of("hold") == 1, 30, "step hold to end")
+    wait_until(lambda: runs_of("hold") == 1, "step hold to end", 30)
     time.sleep(OUTAGE_S)
     flaky_redis.restart()
     celery_worker_factory(queues=[DEFAULT_QUEUE], concurrency=2, hostname="default")
@@ -148,7 +147,7 @@ def test_an_outage_longer_than_the_tolerance_fails_the_run_and_resume_finishes_i
     handle, coordinator, _ = _start_in_flight(SHORT_TOLERANCE, instance, celery_worker_factory)
 
     flaky_redis.kill()
-    wait_until(lambda: handle.status() is RunStatus.FAILURE, 60, "the run to fail")
+    wait_until(lambda: handle.status() is RunStatus.FAILURE, "the run to fail", 60)
     failure = [e for e in _events(instance, handle.run_id) if e.kind is EventKind.RUN_FAILURE]
     assert "redis_outage_tolerance_s=1" in failure[-1].message
     flaky_redis.restart()
@@ -205,8 +204,8 @@ def test_a_slot_held_through_an_outage_is_taken_back_and_not_granted_again(
     )
     wait_until(
         lambda: any(e.kind is EventKind.STEP_START for e in _events(instance, handle.run_id)),
-        60,
         "the slot holder to start",
+        60,
     )
     flaky_redis.kill()
     time.sleep(OUTAGE_S)
@@ -221,7 +220,7 @@ def test_a_slot_held_through_an_outage_is_taken_back_and_not_granted_again(
         slots=(WAREHOUSE,),
     )
     try:
-        wait_until(lambda: _held_by(limiter) == [handle.run_id], 30, "the slot to be taken back")
+        wait_until(lambda: _held_by(limiter) == [handle.run_id], "the slot to be taken back", 30)
         assert limiter.try_acquire(newcomer).lease is None
         limiter.withdraw(newcomer)
         open_gate(handle.run_id, "release")

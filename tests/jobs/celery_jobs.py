@@ -31,6 +31,7 @@ from coreexec import (
 )
 from coreexec.retry import FailureClass
 from coreexec.tags import PRIORITY_TAG, QUEUE_TAG
+from tests.support.waiting import wait_until
 
 T = TypeVar("T")
 
@@ -68,11 +69,7 @@ def open_gate(run_id: str, name: str) -> None:
 def wait_for_gate(run_id: str, name: str) -> None:
     """Block until the test opens the gate (a step waiting on the test, not a timer)."""
     path = gate_path(run_id, name)
-    deadline = time.monotonic() + GATE_WAIT_S
-    while not path.exists():
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"gate {path} was not opened within {GATE_WAIT_S}s")
-        time.sleep(0.01)
+    wait_until(path.exists, f"the test to open gate {path}", GATE_WAIT_S, interval_s=0.01)
 
 
 # -- fan-out / fan-in ---------------------------------------------------------------

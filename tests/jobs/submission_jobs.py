@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Callable
 from pathlib import Path
 
 from coreexec import StepContext, job, step
@@ -154,12 +153,3 @@ def _celery_executor() -> ExecutorDefinition:
 chain = job(name="chain", executor_def=_celery_executor())(_chain)
 gated_chain = job(name="gated_chain", executor_def=_celery_executor())(_gated_chain)
 fan = job(name="fan", executor_def=_celery_executor())(_fan)
-
-
-def wait_until(predicate: Callable[[], bool], timeout_s: float, what: str) -> None:
-    """For tests: wait until ``predicate()`` holds, failing after ``timeout_s``."""
-    deadline = time.monotonic() + timeout_s
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout_s:g}s waiting for {what}")
-        time.sleep(0.02)

@@ -44,12 +44,8 @@ def kube_client(kube_cluster: TestCluster) -> Iterator[client.ApiClient]:
 
 
 @pytest.fixture
-def k8s_env(redis_url: str, coreexec_home: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    """Broker, Redis and home shared by the test, its workers and the pods they start."""
-    monkeypatch.setenv("COREEXEC_BROKER_URL", redis_url)
-    monkeypatch.setenv("COREEXEC_REDIS_URL", redis_url)
-    for name in ("COREEXEC_RESULT_BACKEND", "COREEXEC_CELERY_CONFIG", "COREEXEC_RUN_LAUNCHER"):
-        monkeypatch.delenv(name, raising=False)
+def k8s_env(celery_env: str, coreexec_home: Path) -> Path:
+    """The shared Celery environment (tests/conftest.py), which the pods get too; its home."""
     return coreexec_home
 
 

@@ -31,6 +31,7 @@ from coreexec.transport.run_settings import RunSettings
 from tests.jobs.celery_jobs import marks, open_gate
 from tests.support.kube_api import TestCluster
 from tests.support.kube_api.store import JOBS, PODS
+from tests.support.waiting import wait_until
 from workers.k8s.api import PERMISSIONS
 from workers.k8s.launcher import K8sLauncher
 from workers.k8s.steps import k8s_config_of
@@ -110,13 +111,6 @@ class Background:
         return self.result
 
 
-def wait_until(check: Callable[[], bool], what: str) -> None:
-    deadline = time.monotonic() + WAIT_S
-    while not check():
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.02)
-
-
 def jobs_and_pods(cluster: TestCluster, run_id: str) -> tuple[list[Any], list[Any]]:
     jobs, _rv = cluster.store.list(JOBS, None)
     pods, _rv = cluster.store.list(PODS, None)
@@ -137,7 +131,7 @@ def test_steps_run_as_jobs_with_outputs_and_leave_no_job_or_pod(
 
     assert (first.status, second.status) == ("success", "success"), run.events()[-3:]
     assert runtime.io_manager.load(OutputKey(run.run_id, "total", "result")) == 6
-    wait_until(lambda: jobs_and_pods(pod_cluster, run.run_id) == ([], []), "cleanup")
+    wait_until(lambda: jobs_and_pods(pod_cluster, run.run_id) == ([], []), "cleanup", WAIT_S)
     assert pod_cluster.requests()["create jobs"] == 2
     assert pod_cluster.requests()["watch pods"] >= 1
 
@@ -180,9 +174,9 @@ def test_a_redelivered_message_adopts_the_job_instead_of_creating_a_second(
     run = Run(runtime, "held_job", k8s_block)
     ids = run.ids("held")
     first = Background(lambda: run.supervise(ids))
-    wait_until(lambda: len(marks(run.run_id, "held")) == 1, "the step to start")
+    wait_until(lambda: len(marks(run.run_id, "held")) == 1, "the step to start", WAIT_S)
     second = Background(lambda: run.supervise(ids))  # the same message, delivered again
-    wait_until(lambda: len(run.launchers) == 2, "the second supervisor")
+    wait_until(lambda: len(run.launchers) == 2, "the second supervisor", WAIT_S)
     open_gate(run.run_id, "go")
 
     results = {first.join().status, second.join().status}
@@ -229,7 +223,7 @@ def test_an_image_that_cannot_be_pulled_fails_within_seconds_naming_the_image(
     assert "could not start" in failure.message
     assert "'registry.invalid/missing:1' cannot be pulled (ErrImagePull)" in failure.message
     assert failure.data["failure_class"] == "infrastructure"
-    wait_until(lambda: jobs_and_pods(pod_cluster, run.run_id) == ([], []), "cleanup")
+    wait_until(lambda: jobs_and_pods(pod_cluster, run.run_id) == ([], []), "cleanup", WAIT_S)
 
 
 def test_a_missing_secret_fails_at_once_as_a_container_config_error(
@@ -258,7 +252,7 @@ def test_a_pod_stuck_pending_fails_after_schedule_timeout_with_the_schedulers_re
     message = run.failure().message
     assert "was not scheduled within schedule_timeout_s=1.5s" in message
     assert reason in message and "FailedScheduling" in message
-    wait_until(lambda: jobs_and_pods(pod_cluster, run.run_id) == ([], []), "cleanup")
+    wait_until(lambda: jobs_and_pods(pod_cluster, run.run_id) == ([], []), "cleanup", WAIT_S)
 
 
 def test_a_job_whose_pod_is_never_created_fails_naming_the_event(
@@ -298,7 +292,7 @@ def test_an_evicted_pod_is_an_infrastructure_failure_naming_the_eviction(
     run = Run(runtime, "held_job", k8s_block)
     ids = run.ids("held")
     supervised = Background(lambda: run.supervise(ids))
-    wait_until(lambda: len(marks(run.run_id, "held")) == 1, "the step to start")
+    wait_until(lambda: len(marks(run.run_id, "held")) == 1, "the step to start", WAIT_S)
     pod = jobs_and_pods(pod_cluster, run.run_id)[1][0]
     pod_cluster.kubelet.evict("default", pod["metadata"]["name"])
 
@@ -313,13 +307,13 @@ def test_the_jobs_deadline_is_a_timeout_failure_even_when_it_stops_a_running_ste
 ) -> None:
     run = Run(runtime, "held_job", {**k8s_block, "job_wait_timeout_s": 10})
     supervised = Background(lambda: run.supervise(run.ids("held")))
-    wait_until(lambda: len(marks(run.run_id, "held")) == 1, "the step to start")
+    wait_until(lambda: len(marks(run.run_id, "held")) == 1, "the step to start", WAIT_S)
 
     assert supervised.join().status == "failure"
     failure = run.failure()
     assert "timed out" in failure.message and "job_wait_timeout_s=10s" in failure.message
     assert failure.data["failure_class"] == "timeout"
-    wait_until(lambda: jobs_and_pods(pod_cluster, run.run_id) == ([], []), "cleanup")
+    wait_until(lambda: jobs_and_pods(pod_cluster, run.run_id) == ([], []), "cleanup", WAIT_S)
 
 
 def test_the_logs_of_a_failed_pod_are_in_the_runs_events(
@@ -340,7 +334,7 @@ def test_a_job_removed_by_its_ttl_after_success_is_still_a_success(
     block = {**k8s_block, "ttl_seconds_after_finished": 0, "keep_jobs": True}
     run = Run(runtime, "sum_job", block)
     assert run.supervise(run.ids("numbers")).status == "success"
-    wait_until(lambda: jobs_and_pods(pod_cluster, run.run_id) == ([], []), "the TTL")
+    wait_until(lambda: jobs_and_pods(pod_cluster, run.run_id) == ([], []), "the TTL", WAIT_S)
     assert runtime.io_manager.load(OutputKey(run.run_id, "numbers", "result")) == [1, 2, 3]
 
 
@@ -352,10 +346,10 @@ def test_a_watch_that_gets_410_gone_lists_again_and_still_sees_the_end(
 ) -> None:
     run = Run(runtime, "held_job", k8s_block)
     supervised = Background(lambda: run.supervise(run.ids("held")))
-    wait_until(lambda: len(marks(run.run_id, "held")) == 1, "the step to start")
+    wait_until(lambda: len(marks(run.run_id, "held")) == 1, "the step to start", WAIT_S)
     lists_before = pod_cluster.requests()["list pods"]
     pod_cluster.store.compact()  # open watches end; resuming from their version is 410
-    wait_until(lambda: pod_cluster.requests()["list pods"] > lists_before, "a fresh list")
+    wait_until(lambda: pod_cluster.requests()["list pods"] > lists_before, "a fresh list", WAIT_S)
     open_gate(run.run_id, "go")
 
     assert supervised.join().status == "success"
@@ -366,7 +360,7 @@ def test_cancel_leaves_no_job_and_no_pod(
 ) -> None:
     run = Run(runtime, "held_job", k8s_block)
     supervised = Background(lambda: run.supervise(run.ids("held")))
-    wait_until(lambda: len(marks(run.run_id, "held")) == 1, "the step to start")
+    wait_until(lambda: len(marks(run.run_id, "held")) == 1, "the step to start", WAIT_S)
     launcher = run.launchers[0]
     job = jobs_and_pods(pod_cluster, run.run_id)[0][0]
     launch = Launch(K8S, job["metadata"]["name"], run.ids("held"))
@@ -374,7 +368,7 @@ def test_cancel_leaves_no_job_and_no_pod(
 
     assert supervised.join().status == "failure"
     assert run.failure().data["failure_class"] == "cancelled"
-    wait_until(lambda: jobs_and_pods(pod_cluster, run.run_id) == ([], []), "no Job, no pod")
+    wait_until(lambda: jobs_and_pods(pod_cluster, run.run_id) == ([], []), "no Job, no pod", WAIT_S)
 
 
 def test_a_terminate_that_races_pod_creation_leaves_no_pod(
@@ -383,13 +377,13 @@ def test_a_terminate_that_races_pod_creation_leaves_no_pod(
     pod_cluster.controller.fail_pod_creation = "held back by the test"
     run = Run(runtime, "held_job", k8s_block)
     supervised = Background(lambda: run.supervise(run.ids("held")))
-    wait_until(lambda: jobs_and_pods(pod_cluster, run.run_id)[0] != [], "the Job")
+    wait_until(lambda: jobs_and_pods(pod_cluster, run.run_id)[0] != [], "the Job", WAIT_S)
     job = jobs_and_pods(pod_cluster, run.run_id)[0][0]
     run.launchers[0].terminate(Launch(K8S, job["metadata"]["name"], run.ids("held")))
     pod_cluster.controller.fail_pod_creation = None  # the controller could create it now
 
     assert supervised.join().status == "failure"
-    wait_until(lambda: jobs_and_pods(pod_cluster, run.run_id) == ([], []), "no Job, no pod")
+    wait_until(lambda: jobs_and_pods(pod_cluster, run.run_id) == ([], []), "no Job, no pod", WAIT_S)
     assert marks(run.run_id, "held") == []
 
 
@@ -419,7 +413,7 @@ def test_the_launcher_and_the_sweep_call_exactly_what_the_role_grants(
         ("Pod", swept[1].name, "run success, orphaned"),
     ]
     assert swept[1].step_key == "numbers"
-    wait_until(lambda: jobs_and_pods(pod_cluster, run.run_id) == ([], []), "the sweep")
+    wait_until(lambda: jobs_and_pods(pod_cluster, run.run_id) == ([], []), "the sweep", WAIT_S)
     called = {tuple(key.split(" ", 1)) for key in pod_cluster.requests()}
     assert called == {(verb, resource) for _group, resource, verb in PERMISSIONS}
 

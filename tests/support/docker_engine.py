@@ -27,7 +27,6 @@ import signal
 import socket
 import subprocess
 import sys
-import time
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -36,6 +35,7 @@ from types import TracebackType
 from typing import Self
 
 from tests.support.processes import pid_alive
+from tests.support.waiting import holds_within
 
 STATE_DIR = Path(os.environ.get("COREEXEC_DOCKER_STATE_DIR", "/run/coreexec-docker"))
 CACHE_DIR = Path(os.environ.get("COREEXEC_CACHE_DIR", "/var/cache/coreexec"))
@@ -161,17 +161,18 @@ class DockerdProcess:
             )
         _CHILDREN.append(popen)
         self.pid = popen.pid
-        deadline = time.monotonic() + ready_timeout_s
-        while not answers(self.paths.base_url):
-            if popen.poll() is not None or time.monotonic() > deadline:
-                self.stop()
-                raise EngineUnavailableError(
-                    f"dockerd (pid {popen.pid}, {self.storage_driver}) did not answer on "
-                    f"{self.paths.socket} within {ready_timeout_s:g}s (exit code "
-                    f"{popen.poll()}); last lines of {self.paths.log}:\n{_tail(self.paths.log)}"
-                )
-            with contextlib.suppress(subprocess.TimeoutExpired):
-                popen.wait(timeout=0.2)
+        ready = holds_within(
+            lambda: popen.poll() is not None or answers(self.paths.base_url),
+            ready_timeout_s,
+            interval_s=0.2,
+        )
+        if not ready or popen.poll() is not None:
+            self.stop()
+            raise EngineUnavailableError(
+                f"dockerd (pid {popen.pid}, {self.storage_driver}) did not answer on "
+                f"{self.paths.socket} within {ready_timeout_s:g}s (exit code "
+                f"{popen.poll()}); last lines of {self.paths.log}:\n{_tail(self.paths.log)}"
+            )
         return self
 
     @classmethod
@@ -276,15 +277,12 @@ def descendants(pid: int) -> list[int]:
 
 
 def _wait_gone(pid: int, timeout_s: float) -> bool:
-    deadline = time.monotonic() + timeout_s
-    while True:
+    def gone() -> bool:
         with contextlib.suppress(ChildProcessError):
             os.waitpid(pid, os.WNOHANG)
-        if not pid_alive(pid):
-            return True
-        if time.monotonic() > deadline:
-            return False
-        time.sleep(0.05)
+        return not pid_alive(pid)
+
+    return holds_within(gone, timeout_s, interval_s=0.05)
 
 
 # ---------------------------------------------------------------------- the shared engine

@@ -18,7 +18,6 @@ import socket
 import subprocess
 import sys
 import tempfile
-import time
 import urllib.error
 import urllib.request
 import uuid
@@ -33,6 +32,7 @@ from redis.backoff import NoBackoff
 from redis.retry import Retry
 
 from tests.support.ports import LOOPBACK, free_port
+from tests.support.waiting import WaitTimeout, holds_within, wait_until
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 """The repository root; children get it first on PYTHONPATH."""
@@ -100,19 +100,6 @@ def group_pids(pgid: int) -> list[int]:
         if stat is not None and stat[1] == pgid and stat[0] not in ("Z", "X"):
             members.append(int(entry))
     return sorted(members)
-
-
-def _poll(condition: Callable[[], bool], timeout_s: float, interval_s: float = 0.02) -> bool:
-    """Wait until ``condition()`` holds or ``timeout_s`` passes; return whether it held.
-
-    Used only for processes that are not our children, which we cannot ``wait()`` on.
-    """
-    deadline = time.monotonic() + timeout_s
-    while not condition():
-        if time.monotonic() >= deadline:
-            return False
-        time.sleep(interval_s)
-    return True
 
 
 class ManagedProcess:
@@ -230,33 +217,36 @@ class ManagedProcess:
         exception raised by the predicate counts as false and is reported on failure.
         """
         popen = self._started()
-        deadline = time.monotonic() + timeout_s
         last_error: BaseException | None = None
-        while True:
+
+        def because() -> str:
+            return f" (last check raised {last_error!r})" if last_error else ""
+
+        def holds() -> bool:
+            nonlocal last_error
             try:
                 if predicate():
-                    return
+                    return True
             except Exception as exc:
                 last_error = exc
-            because = f" (last check raised {last_error!r})" if last_error else ""
             if popen.poll() is not None:
                 raise ProcessExitedError(
                     f"{self.name} (pid {popen.pid}) exited with code {popen.returncode} "
-                    f"while waiting for {what}{because}",
+                    f"while waiting for {what}{because()}",
                     name=self.name,
                     log_tail=self.log_tail(),
                 )
-            remaining_s = deadline - time.monotonic()
-            if remaining_s <= 0:
-                raise ProcessTimeoutError(
-                    f"timed out after {timeout_s:g}s waiting for {what} "
-                    f"({self.name}, pid {popen.pid}){because}",
-                    name=self.name,
-                    log_tail=self.log_tail(),
-                )
-            # Waiting on the child doubles as the pause and returns at once if it exits.
-            with contextlib.suppress(subprocess.TimeoutExpired):
-                popen.wait(timeout=min(interval_s, remaining_s))
+            return False
+
+        try:
+            wait_until(holds, what, timeout_s, interval_s=interval_s)
+        except WaitTimeout:
+            raise ProcessTimeoutError(
+                f"timed out after {timeout_s:g}s waiting for {what} "
+                f"({self.name}, pid {popen.pid}){because()}",
+                name=self.name,
+                log_tail=self.log_tail(),
+            ) from None
 
     def stop(self, timeout_s: float | None = None) -> int | None:
         """Stop the process and everything left in its process group.
@@ -290,10 +280,10 @@ class ManagedProcess:
         if not group_pids(pgid):
             return
         _signal_group(pgid, signal.SIGTERM)
-        if _poll(lambda: not group_pids(pgid), timeout_s):
+        if holds_within(lambda: not group_pids(pgid), timeout_s):
             return
         _signal_group(pgid, signal.SIGKILL)
-        if not _poll(lambda: not group_pids(pgid), _KILL_WAIT_S):
+        if not holds_within(lambda: not group_pids(pgid), _KILL_WAIT_S):
             raise ProcessError(
                 f"processes {group_pids(pgid)} of group {pgid} survived SIGKILL",
                 name=self.name,

@@ -241,6 +241,24 @@ def test_a_waiter_that_lapsed_comes_back_at_the_end_of_the_queue(clock: FakeCloc
     assert [w.lease_id for w in limiter.slots()[0].waiters] == ["lease-second", "lease-first"]
 
 
+def test_a_waiter_that_stops_asking_is_ahead_until_its_ttl_then_gone(clock: FakeClock) -> None:
+    limiter = InMemoryTagLimiter(waiter_ttl_ms=300, now_ms=clock)
+    a = spec("a")
+    holder = limiter.try_acquire(ask("holder", a)).lease
+    assert holder is not None
+    crashed, patient = ask("crashed", a), ask("patient", a)
+    assert not limiter.try_acquire(crashed).granted
+    assert not limiter.try_acquire(patient).granted
+    assert limiter.release(holder)
+    clock.now += 200
+    # Within its TTL the crashed waiter is still ahead; asking refreshes only the patient.
+    assert not limiter.try_acquire(patient).granted
+    clock.now += 150
+    lease = limiter.try_acquire(patient).lease
+    assert lease is not None and lease.lease_id == "lease-patient"
+    assert "lease-crashed" not in {w.lease_id for state in limiter.slots() for w in state.waiters}
+
+
 def test_many_threads_never_exceed_the_limit_on_the_real_clock() -> None:
     condition = threading.Condition()
     limiter = InMemoryTagLimiter(condition=condition)
@@ -248,10 +266,14 @@ def test_many_threads_never_exceed_the_limit_on_the_real_clock() -> None:
     lock = threading.Lock()
     running = 0
     peak = 0
+    entered = 0
     finished = 0
+    # The first three holders wait for each other while they hold the slot, so the limit
+    # is reached whatever the threads' timing; serving one at a time breaks the barrier.
+    all_in = threading.Barrier(3, timeout=10)
 
     def worker(n: int) -> None:
-        nonlocal running, peak, finished
+        nonlocal running, peak, entered, finished
         for i in range(50):
             request = SlotRequest(f"run-{n}", f"s{i}", f"l-{n}-{i}", i % 4, (slot,))
 
@@ -263,6 +285,10 @@ def test_many_threads_never_exceed_the_limit_on_the_real_clock() -> None:
             with lock:
                 running += 1
                 peak = max(peak, running)
+                entered += 1
+                first_three = entered <= 3
+            if first_three:
+                all_in.wait()
             time.sleep(0)  # let other threads run while the slot is held
             with lock:
                 running -= 1
@@ -277,7 +303,7 @@ def test_many_threads_never_exceed_the_limit_on_the_real_clock() -> None:
     for thread in threads:
         thread.join(30)
     assert finished == 400
-    assert 1 <= peak <= 3
+    assert peak == 3
     assert limiter.slots() == ()
 
 

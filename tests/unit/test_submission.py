@@ -39,6 +39,7 @@ from coreexec.transport.cancel import request_cancel
 from coreexec.transport.coordinator_heartbeat import CoordinatorInfo, _pid_exists
 from coreexec.transport.redis_events import StreamEntry
 from tests.jobs.submission_jobs import runs_of
+from tests.support.waiting import wait_until
 
 THIS = "tests.unit.test_submission"
 CHAIN = "tests.jobs.submission_jobs:chain_local"
@@ -307,10 +308,7 @@ def test_a_zombie_or_missing_pid_is_a_dead_coordinator() -> None:
     child = subprocess.Popen([sys.executable, "-c", "pass"])
     try:
         # Until it is reaped the exited child is a zombie: dead, though its pid exists.
-        deadline = time.monotonic() + 30
-        while _pid_exists(child.pid):
-            assert time.monotonic() < deadline, "the child never exited"
-            time.sleep(0.01)
+        wait_until(lambda: not _pid_exists(child.pid), "the child to exit", 30, interval_s=0.01)
         assert Path(f"/proc/{child.pid}").exists()
     finally:
         child.wait()
