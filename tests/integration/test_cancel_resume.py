@@ -12,7 +12,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -125,11 +124,9 @@ def test_cancel_during_a_run_leaves_no_step_running(
     step_pid = _gated_pid()
     assert step_pid in steps.group_pids()
 
-    started = time.monotonic()
     outcome = handle.cancel()
     assert outcome.after is RunStatus.CANCELING and outcome.woke_coordinator
     assert handle.wait(timeout=30) is RunStatus.CANCELED
-    took_s = time.monotonic() - started
 
     wait_until(lambda: not pid_alive(step_pid), f"step process {step_pid} to stop", 10)
     assert _active_tasks(steps) == []
@@ -142,8 +139,12 @@ def test_cancel_during_a_run_leaves_no_step_running(
     skipped = [e.step_key for e in events if e.kind is EventKind.STEP_SKIPPED]
     assert skipped == ["last"]
     kinds = [e.kind for e in events]
-    assert kinds.index(EventKind.RUN_CANCELING) < kinds.index(EventKind.RUN_CANCELED)
-    assert took_s < 10, f"cancel took {took_s:.1f}s"
+    # The woken coordinator skipped what had not started and stopped the running step,
+    # which reported its own cancel (not its heartbeat going silent), then ended the run.
+    assert failure.data["error"]["type"] == "Cancelled"
+    canceling, canceled = kinds.index(EventKind.RUN_CANCELING), kinds.index(EventKind.RUN_CANCELED)
+    assert canceling < kinds.index(EventKind.STEP_SKIPPED) < canceled
+    assert canceling < events.index(failure) < canceled
 
 
 def test_cli_cancel_waits_for_the_run_to_stop(

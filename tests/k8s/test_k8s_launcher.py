@@ -12,7 +12,6 @@ success.
 from __future__ import annotations
 
 import threading
-import time
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -209,17 +208,17 @@ def test_a_conflict_on_create_adopts_the_existing_job(
 # -- failures before the step runs ------------------------------------------------------
 
 
-def test_an_image_that_cannot_be_pulled_fails_within_seconds_naming_the_image(
+def test_an_image_that_cannot_be_pulled_fails_on_the_pull_error_naming_the_image(
     runtime: AttemptRuntime, pod_cluster: TestCluster, k8s_block: dict[str, Any]
 ) -> None:
     pod_cluster.kubelet.unpullable_images = {"registry.invalid/missing:1"}
     run = Run(runtime, "sum_job", {**k8s_block, "job_image": "registry.invalid/missing:1"})
-    started = time.monotonic()
     result = run.supervise(run.ids("numbers"))
 
     assert result.status == "failure"
-    assert time.monotonic() - started < 20
     failure = run.failure()
+    # Ended by the pull error, not by start_timeout_s (300 s by default) running out.
+    assert "start_timeout_s" not in failure.message
     assert "could not start" in failure.message
     assert "'registry.invalid/missing:1' cannot be pulled (ErrImagePull)" in failure.message
     assert failure.data["failure_class"] == "infrastructure"

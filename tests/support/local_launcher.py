@@ -30,6 +30,8 @@ class LocalProcessLauncher:
         self.launched: list[str] = []
         self.exited_at: dict[str, float] = {}
         """When each launched process was seen to end (``time.time()``)."""
+        self.killed: list[str] = []
+        """Launches that outlived SIGTERM by ``grace_s`` and were killed."""
         self._children: dict[str, subprocess.Popen[bytes]] = {}
         self._terminated: set[str] = set()
         directory.mkdir(parents=True, exist_ok=True)
@@ -120,6 +122,7 @@ class LocalProcessLauncher:
             try:
                 child.wait(self.grace_s)
             except subprocess.TimeoutExpired:
+                self.killed.append(launch.name)
                 child.kill()
 
     def cleanup(self, launch: Launch) -> None:

@@ -139,6 +139,13 @@ def test_linear_backoff_and_jitter_bounds() -> None:
     assert all(0.0 <= plus_minus.delay_for(1, rng) <= 4.0 for _ in range(100))
 
 
+def _until_the_retry_is_due(active: ActiveExecution, clock: FakeClock) -> None:
+    """Move the clock to the time of the next retry, if one is waiting."""
+    due = active.next_retry_at
+    if due is not None:
+        clock.sleep(max(0.0, due - clock.now()))
+
+
 def test_retry_policy_can_choose_failure_classes() -> None:
     @step(
         retry_policy=RetryPolicy(max_retries=2, retry_on=frozenset({FailureClass.INFRASTRUCTURE}))
@@ -150,11 +157,12 @@ def test_retry_policy_can_choose_failure_classes() -> None:
     def one() -> None:
         only_infra()
 
-    active = ActiveExecution(ExecutionPlan.from_job(one), run_id="r", clock=FakeClock())
+    clock = FakeClock()
+    active = ActiveExecution(ExecutionPlan.from_job(one), run_id="r", clock=clock)
     _start_all(active)
     (retry,) = _end(active, "only_infra", EventKind.STEP_FAILURE, failure_class="infrastructure")
     assert retry.kind is EventKind.STEP_UP_FOR_RETRY
-    active._retry_at["only_infra"] = 0.0  # due now
+    _until_the_retry_is_due(active, clock)
     _start_all(active)
     _end(active, "only_infra", EventKind.STEP_FAILURE, failure_class="user_error")
     assert active.state_of("only_infra") is StepState.FAILED
@@ -170,11 +178,12 @@ def test_attempts_that_never_started_do_not_use_up_the_retries() -> None:
         pod()
 
     def fail(active: ActiveExecution, **data: object) -> list[Event]:
-        active._retry_at["pod"] = 0.0  # due now
+        _until_the_retry_is_due(active, clock)
         _start_all(active)
         return _end(active, "pod", EventKind.STEP_FAILURE, failure_class="infrastructure", **data)
 
-    active = ActiveExecution(ExecutionPlan.from_job(one), run_id="r", clock=FakeClock())
+    clock = FakeClock()
+    active = ActiveExecution(ExecutionPlan.from_job(one), run_id="r", clock=clock)
     # Never started (the pod was not scheduled): retried, and the step keeps its retry.
     (retry,) = fail(active, not_started=True)
     assert retry.kind is EventKind.STEP_UP_FOR_RETRY
@@ -186,7 +195,7 @@ def test_attempts_that_never_started_do_not_use_up_the_retries() -> None:
     assert active.state_of("pod") is StepState.FAILED
 
     # Attempts that never start have a budget of their own: they are not retried forever.
-    again = ActiveExecution(ExecutionPlan.from_job(one), run_id="r", clock=FakeClock())
+    again = ActiveExecution(ExecutionPlan.from_job(one), run_id="r", clock=clock)
     (retry,) = fail(again, not_started=True)
     assert retry.kind is EventKind.STEP_UP_FOR_RETRY
     fail(again, not_started=True)

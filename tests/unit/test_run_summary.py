@@ -12,7 +12,6 @@ from coreexec.active_execution import StepAttempt
 from coreexec.cli.progress import ProgressPrinter, format_summary
 from coreexec.events import Event, EventKind
 from coreexec.run_summary import summarize
-from coreexec.step_runner import _stopped_by
 
 
 def _event(kind: EventKind, step_key: str, message: str = "", **data: Any) -> Event:
@@ -69,20 +68,9 @@ def test_watch_labels_a_cancelled_step_cancel(capsys: pytest.CaptureFixture[str]
     assert "FAIL other ValueError: y" in lines[1]
 
 
-@pytest.mark.parametrize(
-    ("exc", "reason"),
-    [
-        # How billiard's pool processes exit on SIGTERM: sys.exit(-(256 - signum)).
-        (SystemExit(-(256 - signal.SIGTERM)), "the step was stopped by SIGTERM"),
-        (KeyboardInterrupt(), "the step was interrupted (the run was canceled)"),
-    ],
-)
-def test_an_interrupted_step_says_how_it_was_stopped(exc: BaseException, reason: str) -> None:
-    assert _stopped_by(exc) == reason
-    assert "-241" not in _stopped_by(exc)
-
-
-def test_the_step_runner_reports_a_stopped_step_as_cancelled() -> None:
+def _failure_of_a_step_raising(exc: BaseException) -> Event:
+    """The STEP_FAILURE the step runner reports for a step that raises ``exc`` (which it
+    raises on)."""
     from coreexec import job, step
     from coreexec.io_managers import InMemoryIOManager
     from coreexec.plan import ExecutionPlan
@@ -90,7 +78,7 @@ def test_the_step_runner_reports_a_stopped_step_as_cancelled() -> None:
 
     @step
     def stopped() -> None:
-        raise SystemExit(-(256 - signal.SIGTERM))
+        raise exc
 
     @job
     def stopped_job() -> None:
@@ -107,9 +95,31 @@ def test_the_step_runner_reports_a_stopped_step_as_cancelled() -> None:
         io_manager=InMemoryIOManager(),
         run_tags={},
     )
-    with pytest.raises(SystemExit):
+    with pytest.raises(type(exc)):
         run_step(run, events.append)
-    failure = events[-1]
+    assert events[-1].kind is EventKind.STEP_FAILURE
+    return events[-1]
+
+
+@pytest.mark.parametrize(
+    ("exc", "reason"),
+    [
+        # How billiard's pool processes exit on SIGTERM: sys.exit(-(256 - signum)).
+        (SystemExit(-(256 - signal.SIGTERM)), "the step was stopped by SIGTERM"),
+        # How the step entrypoint exits on a signal: 128 + signum, as a shell reports it.
+        (SystemExit(128 + signal.SIGTERM), "the step was stopped by SIGTERM"),
+        (KeyboardInterrupt(), "the step was interrupted (the run was canceled)"),
+    ],
+)
+def test_an_interrupted_step_says_how_it_was_stopped(exc: BaseException, reason: str) -> None:
+    failure = _failure_of_a_step_raising(exc)
+    assert failure.message == f"cancelled: {reason}"
+    assert failure.data["error"]["message"] == reason
+    assert "-241" not in str(failure.message)
+
+
+def test_the_step_runner_reports_a_stopped_step_as_cancelled() -> None:
+    failure = _failure_of_a_step_raising(SystemExit(-(256 - signal.SIGTERM)))
     assert failure.kind is EventKind.STEP_FAILURE
     assert failure.message == "cancelled: the step was stopped by SIGTERM"
     assert failure.data["failure_class"] == "cancelled"

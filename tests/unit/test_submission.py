@@ -8,7 +8,6 @@ import os
 import subprocess
 import sys
 import threading
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import ClassVar
@@ -149,10 +148,9 @@ def test_follow_yields_every_stored_event_once_until_the_end(instance: Instance)
 
 def test_wait_times_out_naming_the_run(instance: Instance) -> None:
     handle = submit_job(CHAIN, launcher=IdleLauncher())
-    started = time.monotonic()
     with pytest.raises(RunWaitTimeout, match=f"run {handle.run_id} did not end within 0.3s"):
         handle.wait(timeout=0.3)
-    assert time.monotonic() - started < 5
+    assert handle.status() is RunStatus.QUEUED  # nothing happened: the wait gave up
     assert issubclass(RunWaitTimeout, TimeoutError)
 
 
