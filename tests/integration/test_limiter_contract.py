@@ -28,6 +28,7 @@ from coreexec.limits import (
     parse_limits,
     slots_for,
 )
+from tests.support.overlap import Overlap
 from tests.support.waiting import wait_until
 
 WAIT_S = 10.0
@@ -287,20 +288,13 @@ def acquire_blocking(
 def test_limit_is_never_exceeded_by_concurrent_acquirers(harness: Harness) -> None:
     limiter = harness.make()
     slot = spec("database=warehouse", limit=2)
-    lock = threading.Lock()
-    running = 0
-    peak = 0
-    entered = 0
-    # The first two holders wait for each other while they hold the slot: the limit is
-    # reached whatever the threads' timing, and a limiter that served one at a time
-    # would leave the first waiting here until the barrier broke.
-    both_in = threading.Barrier(2, timeout=WAIT_S)
+    # The first two holders wait for each other while they hold the slot.
+    overlap = Overlap(limit=2, timeout_s=WAIT_S)
     done: list[str] = []
     timeouts: list[int] = []
     errors: list[BaseException] = []
 
     def worker(thread_no: int) -> None:
-        nonlocal running, peak, entered
         try:
             for step_no in range(5):
                 request = SlotRequest(
@@ -313,18 +307,10 @@ def test_limit_is_never_exceeded_by_concurrent_acquirers(harness: Harness) -> No
                 )
                 lease, waits_timed_out = acquire_blocking(harness, limiter, request)
                 timeouts.append(waits_timed_out)
-                with lock:
-                    running += 1
-                    peak = max(peak, running)
-                    entered += 1
-                    first_two = entered <= 2
-                if first_two:
-                    both_in.wait()
-                # Keep the slot across a few scheduler turns so holders overlap.
-                for _ in range(3):
-                    time.sleep(0)
-                with lock:
-                    running -= 1
+                with overlap.holding():
+                    # Keep the slot across a few scheduler turns so holders overlap.
+                    for _ in range(3):
+                        time.sleep(0)
                 assert limiter.release(lease)
                 done.append(request.lease_id)
         except BaseException as exc:
@@ -338,7 +324,7 @@ def test_limit_is_never_exceeded_by_concurrent_acquirers(harness: Harness) -> No
     assert not any(thread.is_alive() for thread in threads)
     assert not errors, errors[0]
     assert len(done) == 30
-    assert peak == 2
+    assert overlap.peak == 2
     # Every waiter was woken by a release, none had to wait out its retry time.
     assert sum(timeouts) == 0
     assert limiter.slots() == ()

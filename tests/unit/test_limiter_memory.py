@@ -27,6 +27,7 @@ from coreexec.limits import (
 )
 from coreexec.limits.global_rules import rule_identity
 from coreexec.limits.keys import check_namespace, lease_id_of_member, waiter_member
+from tests.support.overlap import Overlap
 
 
 class FakeClock:
@@ -264,16 +265,12 @@ def test_many_threads_never_exceed_the_limit_on_the_real_clock() -> None:
     limiter = InMemoryTagLimiter(condition=condition)
     slot = spec("gpu=*", 3)
     lock = threading.Lock()
-    running = 0
-    peak = 0
-    entered = 0
     finished = 0
-    # The first three holders wait for each other while they hold the slot, so the limit
-    # is reached whatever the threads' timing; serving one at a time breaks the barrier.
-    all_in = threading.Barrier(3, timeout=10)
+    # The first three holders wait for each other while they hold the slot.
+    overlap = Overlap(limit=3, timeout_s=10)
 
     def worker(n: int) -> None:
-        nonlocal running, peak, entered, finished
+        nonlocal finished
         for i in range(50):
             request = SlotRequest(f"run-{n}", f"s{i}", f"l-{n}-{i}", i % 4, (slot,))
 
@@ -282,16 +279,8 @@ def test_many_threads_never_exceed_the_limit_on_the_real_clock() -> None:
 
             with condition:
                 assert condition.wait_for(granted, timeout=10)
-            with lock:
-                running += 1
-                peak = max(peak, running)
-                entered += 1
-                first_three = entered <= 3
-            if first_three:
-                all_in.wait()
-            time.sleep(0)  # let other threads run while the slot is held
-            with lock:
-                running -= 1
+            with overlap.holding():
+                time.sleep(0)  # let other threads run while the slot is held
             lease = limiter.try_acquire(request).lease  # asking again extends the lease
             assert lease is not None and limiter.release(lease)
             with lock:
@@ -303,7 +292,7 @@ def test_many_threads_never_exceed_the_limit_on_the_real_clock() -> None:
     for thread in threads:
         thread.join(30)
     assert finished == 400
-    assert peak == 3
+    assert overlap.peak == 3
     assert limiter.slots() == ()
 
 
