@@ -28,8 +28,8 @@ from celery_app.settings import CelerySettings
 from celery_app.step_task import STEP_TASK_NAME
 from coreexec import EventKind
 from coreexec.instance import Instance
+from coreexec.runs.cancel import request_cancel
 from coreexec.storage.base import RunStatus
-from coreexec.transport.cancel import request_cancel
 from tests.jobs import celery_jobs
 from tests.jobs.celery_jobs import RunWatcher
 from tests.support.celery_env import publish_attempt_again

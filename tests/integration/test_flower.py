@@ -12,8 +12,8 @@ import redis
 from celery_app.queues import STEP_QUEUES
 from coreexec.events import EventKind
 from coreexec.instance import Instance
+from coreexec.runs.cancel import request_cancel
 from coreexec.storage.base import RunStatus
-from coreexec.transport.cancel import request_cancel
 from tests.jobs import celery_jobs
 from tests.jobs.celery_jobs import RunWatcher
 from tests.support.celery_env import publish_attempt_again
