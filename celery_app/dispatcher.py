@@ -232,7 +232,7 @@ class CeleryDispatcher(StepDispatcher):
         lost its data in it lost the messages of attempts still queued too."""
         while True:
             try:
-                self._publish(batch)
+                self.publish_batch(batch)
                 return
             except OUTAGE_ERRORS as exc:
                 if isinstance(exc, BrokerConnectionError):
@@ -242,7 +242,7 @@ class CeleryDispatcher(StepDispatcher):
                     error = BrokerConnectionError(what, url=self._broker)
                 time.sleep(self.outage.failed(error, time.monotonic()))
 
-    def _publish(self, batch: Sequence[_Unsent]) -> None:
+    def publish_batch(self, batch: Sequence[_Unsent]) -> None:
         """Record the batch's attempts as issued (workers claim no other), then send it."""
         assert self._publisher is not None, "start() first"
         run_id, attempts = self.run.run_id, [item.attempt for item in batch]

@@ -96,7 +96,7 @@ class CoordinatorStatus:
     info: CoordinatorInfo | None = None
 
 
-def _pid_exists(pid: int) -> bool:
+def pid_exists(pid: int) -> bool:
     """True while ``pid`` is a live process of this host (a zombie is dead)."""
     try:
         stat = Path(f"/proc/{pid}/stat").read_text()
@@ -124,7 +124,7 @@ def coordinator_status(client: redis.Redis, run_id: str) -> CoordinatorStatus:
         alive_raw, seen_raw = pipe.execute()
     if alive_raw is not None:
         info = CoordinatorInfo.from_json(alive_raw)
-        if info is not None and info.host == _HOST and not _pid_exists(info.pid):
+        if info is not None and info.host == _HOST and not pid_exists(info.pid):
             return CoordinatorStatus(CoordinatorState.DEAD, info)
         return CoordinatorStatus(CoordinatorState.ALIVE, info)
     if seen_raw is not None:

@@ -241,7 +241,7 @@ def test_a_publish_that_meets_an_outage_is_sent_once_redis_is_back(
     # Redis dies right after the coordinator heard ``first`` end and before it publishes
     # ``second``: the one window the stream read's retries do not cover.
     celery_worker_factory(queues=STEP_QUEUES, concurrency=2, hostname="steps")
-    publish = CeleryDispatcher._publish
+    publish = CeleryDispatcher.publish_batch
     publishes: list[int] = []
     restart = threading.Timer(OUTAGE_S, flaky_redis.restart)
 
@@ -252,7 +252,7 @@ def test_a_publish_that_meets_an_outage_is_sent_once_redis_is_back(
             restart.start()
         publish(self, batch)  # type: ignore[arg-type]
 
-    monkeypatch.setattr(CeleryDispatcher, "_publish", publish_after_a_kill)
+    monkeypatch.setattr(CeleryDispatcher, "publish_batch", publish_after_a_kill)
     try:
         result = execute_job(CHAIN, instance=Instance.from_env())
     finally:

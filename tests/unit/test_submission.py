@@ -32,7 +32,7 @@ from coreexec.runs.create import create_run
 from coreexec.runs.launcher import RUN_LAUNCHER_ENV, get_run_launcher
 from coreexec.runs.resume import check_resumable, resume_run
 from coreexec.runs.resume_prep import missing_step_events, open_attempts
-from coreexec.transport.coordinator_heartbeat import CoordinatorInfo, _pid_exists
+from coreexec.transport.coordinator_heartbeat import CoordinatorInfo, pid_exists
 from coreexec.transport.redis_events import StreamEntry
 from tests.jobs.submission_jobs import runs_of
 from tests.support.waiting import wait_until
@@ -299,15 +299,15 @@ def test_missing_step_events_are_the_streams_step_events_not_stored() -> None:
 
 
 def test_a_zombie_or_missing_pid_is_a_dead_coordinator() -> None:
-    assert _pid_exists(os.getpid())
+    assert pid_exists(os.getpid())
     child = subprocess.Popen([sys.executable, "-c", "pass"])
     try:
         # Until it is reaped the exited child is a zombie: dead, though its pid exists.
-        wait_until(lambda: not _pid_exists(child.pid), "the child to exit", 30, interval_s=0.01)
+        wait_until(lambda: not pid_exists(child.pid), "the child to exit", 30, interval_s=0.01)
         assert Path(f"/proc/{child.pid}").exists()
     finally:
         child.wait()
-    assert not _pid_exists(child.pid)
+    assert not pid_exists(child.pid)
 
 
 def test_coordinator_info_round_trips_and_refuses_garbage() -> None:
