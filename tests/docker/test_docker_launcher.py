@@ -23,6 +23,7 @@ from coreexec.instance import Instance
 from coreexec.transport.redis_events import RedisEventStream, redis_client
 from tests.jobs.celery_jobs import RunWatcher, marks, open_gate
 from tests.jobs.launcher_jobs import IN_CONTAINER
+from tests.support.celery_env import publish_attempt_again
 from tests.support.processes import REPO_ROOT, CeleryWorkerProcess
 from tests.support.waiting import holds_within, wait_until
 from workers.docker.containers import RUN_LABEL, STEP_LABEL
@@ -218,15 +219,13 @@ def test_kill_9_of_the_supervising_worker_leaves_no_container_and_the_run_succee
 def test_a_redelivered_message_of_a_running_attempt_starts_no_second_container(
     workers: WorkerFactory, block: dict[str, Any], client: docker.DockerClient, redis_url: str
 ) -> None:
-    from tests.integration.test_celery_failures import publish_again
-
     workers(concurrency=2)
     reference = f"{REF}:held_job"
     watcher = RunWatcher(reference, config(block)).start()
     start = watcher.event(EventKind.STEP_START, "held", timeout_s=60)
     wait_marks(start.run_id, "held", 1)
 
-    publish_again(redis_url, start, reference)
+    publish_attempt_again(redis_url, start, reference)
     watcher.wait_for(
         lambda _: any(
             e.kind is EventKind.STEP_HEARTBEAT and e.step_key == "held"

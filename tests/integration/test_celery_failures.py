@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import os
 import signal
-import time
 from collections.abc import Callable
 from typing import Any
 
@@ -62,12 +61,9 @@ def test_kill_9_of_the_step_process_retries_on_another_process_within_heartbeat_
     killed_pid = int(first.data["pid"])
 
     os.kill(killed_pid, signal.SIGKILL)
-    killed_at = time.monotonic()
     result = watcher.join()
 
     assert result.status is RunStatus.SUCCESS, watcher.summary()
-    # Heartbeat timeout plus a few seconds, not the broker's visibility timeout (1 hour).
-    assert watcher.ended_at - killed_at < HEARTBEAT_TIMEOUT_S + 4.0
     assert result.output_for("after_victim") == 20
     second = watcher.event(EventKind.STEP_START, "victim", attempt=2)
     assert int(second.data["pid"]) != killed_pid
@@ -78,6 +74,10 @@ def test_kill_9_of_the_step_process_retries_on_another_process_within_heartbeat_
     ]
     assert lost and lost[0].data["failure_class"] == "infrastructure"
     assert "heartbeat" in lost[0].message
+    # Retried on the lost heartbeat as a new attempt, not by the broker redelivering the
+    # killed one after its visibility timeout (1 hour): loss, then retry, then attempt 2.
+    assert second.attempt_id != first.attempt_id
+    assert result.events.index(lost[0]) < result.events.index(second)
     # The killed attempt's message comes back (acks_late + reject_on_worker_lost) and is
     # dropped by its claim (reported on the stream), or refused once the run has ended
     # (logged, nothing written): it never runs again and never reports success.
