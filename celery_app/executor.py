@@ -14,7 +14,6 @@ import json
 import threading
 from typing import Any
 
-import redis
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
 
 from celery_app.app import CoreexecApp, check_json_only, make_app
@@ -40,8 +39,8 @@ from coreexec.limits.global_rules import GlobalRules
 from coreexec.limits.keys import DEFAULT_NAMESPACE
 from coreexec.limits.redis_limiter import RedisTagLimiter
 from coreexec.limits.rules import TagConcurrencyLimit, parse_limits
+from coreexec.redis_clients import Redis, redis_client
 from coreexec.transport.outage import DEFAULT_OUTAGE_TOLERANCE_S
-from coreexec.transport.redis_events import redis_client
 from coreexec.transport.run_settings import RunSettings
 from workers.docker.config import DockerConfig, check_steps
 from workers.in_process import IN_PROCESS
@@ -112,7 +111,7 @@ class CeleryExecutorConfig(BaseModel):
 
 
 _apps: dict[str, CoreexecApp] = {}
-_clients: dict[str, redis.Redis] = {}
+_clients: dict[str, Redis] = {}
 _cache_lock = threading.Lock()
 
 
@@ -127,7 +126,7 @@ def _app_for(settings: CelerySettings) -> CoreexecApp:
         return app
 
 
-def _client_for(url: str) -> redis.Redis:
+def _client_for(url: str) -> Redis:
     with _cache_lock:
         client = _clients.get(url)
     if client is None:
@@ -158,7 +157,7 @@ class CeleryExecutor(DispatchingExecutor):
         config: CeleryExecutorConfig,
         *,
         app: CoreexecApp,
-        client: redis.Redis,
+        client: Redis,
         redis_url: str,
         limits: tuple[TagConcurrencyLimit, ...] = (),
     ) -> None:
@@ -214,7 +213,7 @@ class CeleryExecutor(DispatchingExecutor):
 
 
 def _limits(
-    config: CeleryExecutorConfig, client: redis.Redis, url: str
+    config: CeleryExecutorConfig, client: Redis, url: str
 ) -> tuple[TagConcurrencyLimit, ...]:
     configured = parse_limits(
         config.tag_concurrency_limits, path=f"{CONFIG_PATH}.tag_concurrency_limits"

@@ -110,6 +110,10 @@ class BrokerConnectionError(CoreExecError):
         self.url = url
 
 
+class TransportError(CoreExecError):
+    """Redis answered, but refused a command of the event transport."""
+
+
 class RunCanceledError(CoreExecError):
     """A run was canceled; raised by ``raise_on_error=True`` for a canceled run."""
 

@@ -14,21 +14,20 @@ from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
-import redis
-
 from coreexec.errors import BrokerConnectionError, CoreExecError, LauncherError, RequirementError
 from coreexec.events import Event, EventKind
 from coreexec.execution.dispatcher import STREAMED_STORAGE_FLUSH_S
 from coreexec.execution.runs import create_run
 from coreexec.instance import Instance, home_from_env
 from coreexec.job import JobDefinition
+from coreexec.redis_clients import RedisError, redis_client, wrap_redis_error
 from coreexec.reference import infer_reference, load_job
 from coreexec.run_launcher import RunLauncher, get_run_launcher, terminator_for
 from coreexec.storage.base import RunRecord, RunStatus
 from coreexec.tags import TagValue
 from coreexec.transport.cancel import CancelOutcome, request_cancel
 from coreexec.transport.coordinator_heartbeat import CoordinatorStatus, coordinator_status
-from coreexec.transport.redis_events import RedisEventStream, redis_client, wrap_redis_error
+from coreexec.transport.redis_events import RedisEventStream
 
 log = logging.getLogger(__name__)
 
@@ -192,7 +191,7 @@ class RunHandle:
             return None
         try:
             return coordinator_status(stream.client, self.run_id)
-        except redis.RedisError as exc:
+        except RedisError as exc:
             raise wrap_redis_error(
                 exc, url=self.redis_url or "", what="read the coordinator heartbeat"
             ) from exc

@@ -55,8 +55,9 @@ from coreexec.instance import Instance
 from coreexec.limits.base import DEFAULT_LEASE_TTL_MS, TagLimiter
 from coreexec.limits.rules import TagConcurrencyLimit
 from coreexec.limits.setup import build_limiter
+from coreexec.redis_clients import redis_client
 from coreexec.transport.attempts import AttemptClaims
-from coreexec.transport.redis_events import RedisEventStream, redis_client
+from coreexec.transport.redis_events import RedisEventStream
 
 try:
     import distributed
