@@ -60,7 +60,7 @@ def test_scripts_are_executable_bash(script: str) -> None:
 
 
 def test_import_contract_catches_engine_importing_celery_side(tmp_path: Path) -> None:
-    """The real contract, run over a throwaway `coreexec` that breaks it twice."""
+    """The real contracts, run over a throwaway `coreexec` that breaks them three times."""
     section = (REPO_ROOT / "pyproject.toml").read_text().split("[tool.importlinter]", 1)[1]
     (tmp_path / "contract.toml").write_text("[tool.importlinter]" + section)
     package = tmp_path / "coreexec"
@@ -68,8 +68,14 @@ def test_import_contract_catches_engine_importing_celery_side(tmp_path: Path) ->
     (package / "__init__.py").write_text("")
     (package / "deep" / "__init__.py").write_text("")
     (package / "deep" / "bad.py").write_text("from celery_app import tasks\n")
-    (package / "fine.py").write_text("import json\nimport redis\n")
+    (package / "fine.py").write_text("import json\nfrom coreexec.redis_clients import Redis\n")
     (package / "worse.py").write_text("import kombu.utils\n")
+    # The modules allowed to import redis-py, and one that is not.
+    (package / "redis_clients.py").write_text("import redis\nRedis = redis.Redis\n")
+    (package / "limits").mkdir()
+    (package / "limits" / "__init__.py").write_text("")
+    (package / "limits" / "redis_limiter.py").write_text("from redis.client import Pipeline\n")
+    (package / "stray.py").write_text("import redis\n")
     # The contract's other root package, here keeping its own rule.
     (tmp_path / "workers").mkdir()
     (tmp_path / "workers" / "__init__.py").write_text("import json\n")
@@ -87,4 +93,7 @@ def test_import_contract_catches_engine_importing_celery_side(tmp_path: Path) ->
     assert done.returncode == 1, done.stdout + done.stderr
     assert "coreexec.deep.bad -> celery_app" in done.stdout
     assert "coreexec.worse -> kombu" in done.stdout
+    assert "coreexec.stray -> redis" in done.stdout
     assert "coreexec.fine" not in done.stdout
+    assert "coreexec.redis_clients -> redis" not in done.stdout
+    assert "coreexec.limits.redis_limiter -> redis" not in done.stdout
