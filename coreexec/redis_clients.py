@@ -23,8 +23,10 @@ claims, the tag limiter and its stored rules, ``coreexec doctor``):
   backoff before anyone hears of it.
 
 Modules that only need redis-py's names for typing or for ``except`` take :data:`Redis`
-and :data:`RedisError` from here; an import-linter contract keeps ``import redis`` to the
-modules that talk to Redis on purpose.
+and :data:`RedisError` from here; an import-linter contract keeps ``import redis`` in
+coreexec to this module and the tag limiter (its scripts and pipelines). The Celery
+broker's clients are kombu's, made from Celery's broker settings; ``celery_app`` catches
+redis-py's errors from them where it publishes.
 """
 
 from __future__ import annotations

@@ -40,7 +40,8 @@ DEFAULT_NAMESPACE = "default"
 """Namespace shared by every run and coordinator unless configured otherwise."""
 
 WAKE_FIELD = "wake"
-"""Field of the stream entry a wake-up adds; its value is the slot that freed."""
+"""Field of the stream entry a wake-up adds; its value is the slot that freed. The same
+field as :data:`coreexec.transport.keys.WAKE_FIELD`: a run's event stream reads these."""
 
 
 def check_namespace(namespace: str) -> str:
