@@ -97,11 +97,12 @@ def open_gate(run_id: str, name: str) -> None:
 def wait_for_gate(run_id: str, name: str) -> None:
     """Block until the test opens the gate (a step waiting on the test, not a timer)."""
     client = _marks_redis()
-    path = gate_path(run_id, name)
-    where = f"{MARKS_URL_ENV} key {_gate_key(run_id, name)}" if client else str(path)
+    key = _gate_key(run_id, name)
+    path = None if client else gate_path(run_id, name)
+    where = f"{MARKS_URL_ENV} key {key}" if client else str(path)
 
     def opened() -> bool:
-        return bool(client.exists(_gate_key(run_id, name))) if client else path.exists()
+        return bool(client.exists(key)) if client else bool(path and path.exists())
 
     deadline = time.monotonic() + GATE_WAIT_S
     try:

@@ -401,9 +401,9 @@ def test_a_terminate_that_races_pod_creation_leaves_no_pod(
     # The pod cannot be created until its service account exists.
     account = f"{ABSENT_ACCOUNT}-{uuid.uuid4().hex[:6]}"
     run = Run(runtime, "held_job", {**k8s_block, "service_account_name": account})
+    before = pod_cluster.jobs_version()
     supervised = Background(lambda: run.supervise(run.ids("held")))
-    wait_until(lambda: pod_cluster.jobs_and_pods(run.run_id)[0] != [], "the Job")
-    job = pod_cluster.jobs_and_pods(run.run_id)[0][0]
+    job = pod_cluster.first_job_after(before, run.run_id, WAIT_S)
     run.launchers[0].terminate(Launch(K8S, job["metadata"]["name"], run.ids("held")))
     pod_cluster.create_service_account(account)  # the Job controller could create it now
 

@@ -97,6 +97,28 @@ class K8sTarget:
         pods = self.core.list_namespaced_pod(self.namespace, label_selector=selector)
         return self.as_json(jobs.items), self.as_json(pods.items)
 
+    def jobs_version(self) -> str:
+        """The resourceVersion of a list of the namespace's Jobs: watch from it to see
+        every Job created later, even one deleted before anyone looked."""
+        version: str = self.batch.list_namespaced_job(self.namespace).metadata.resource_version
+        return version
+
+    def first_job_after(self, version: str, run_id: str, timeout_s: float) -> dict[str, Any]:
+        """The run's first Job created after ``version``, from a watch (never missed)."""
+        stream = watch.Watch().stream(
+            self.batch.list_namespaced_job,
+            self.namespace,
+            label_selector=f"{RUN_ID_LABEL}={run_id}",
+            resource_version=version,
+            timeout_seconds=max(1, int(timeout_s)),
+        )
+        for event in stream:
+            if event["type"] == "ADDED":
+                stream.close()
+                job: dict[str, Any] = self.as_json(event["object"])
+                return job
+        raise AssertionError(f"no Job of run {run_id} was created within {timeout_s}s")
+
     def read_job(self, name: str) -> dict[str, Any]:
         if self.server is not None:
             return self.server.store.get(JOBS, self.namespace, name)
