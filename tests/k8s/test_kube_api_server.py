@@ -337,11 +337,21 @@ def test_a_namespace_has_a_default_account_admits_content_and_is_deleted_with_it
     assert core.read_namespaced_secret("settings", "scratch").data == {"TOKEN": "czNjcmV0"}
     env = [{"name": "T", "valueFrom": {"secretKeyRef": {"name": "settings", "key": "TOKEN"}}}]
     # It ignores SIGTERM, so the namespace stays Terminating for the grace period.
-    code = "import os, signal, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); time.sleep(60)"
+    code = """
+        import os, signal, time
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        print("ignoring SIGTERM", os.environ["T"], flush=True)
+        time.sleep(60)
+    """
     stubborn = job_manifest("long", code, container={"env": env})
     stubborn["spec"]["template"]["spec"]["terminationGracePeriodSeconds"] = 2
     batch.create_namespaced_job("scratch", stubborn)
-    wait_for(core.list_namespaced_pod, phase_is("Running"), "scratch")
+    (pod,) = wait_for(core.list_namespaced_pod, phase_is("Running"), "scratch")
+    follow = core.read_namespaced_pod_log(
+        pod.metadata.name, "scratch", follow=True, _preload_content=False
+    )
+    with contextlib.closing(follow):
+        assert next(follow.stream(64)).startswith(b"ignoring SIGTERM s3cret")
 
     # The answer is the Namespace, finalizers pending (the client would read it as a Status).
     deleting = json.loads(core.delete_namespace("scratch", _preload_content=False).data)
