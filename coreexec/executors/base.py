@@ -13,16 +13,19 @@ every step has ended.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from enum import StrEnum
 from typing import TYPE_CHECKING, Any
 
-from pydantic import BaseModel, ConfigDict, model_validator
+from pydantic import BaseModel
 
 from coreexec.errors import ConfigError
+from coreexec.executors.one_of import OneOfConfig
 from coreexec.limits.base import TagLimiter
 from coreexec.limits.rules import TagConcurrencyLimit
+from coreexec.limits.setup import RunLimits
 from coreexec.run_config import parse_model
 
 if TYPE_CHECKING:
@@ -43,27 +46,23 @@ class ExecutorRequirement(StrEnum):
     """Outputs stored where other processes can load them (filesystem IO manager)."""
 
 
-class RetriesConfig(BaseModel):
+OUT_OF_PROCESS_REQUIREMENTS = frozenset(
+    {
+        ExecutorRequirement.RECONSTRUCTABLE_JOB,
+        ExecutorRequirement.NON_EPHEMERAL_INSTANCE,
+        ExecutorRequirement.PERSISTENT_OUTPUTS,
+    }
+)
+"""What an executor needs whose steps run in other processes (pools, fleets, containers)."""
+
+
+class RetriesConfig(OneOfConfig):
     """``retries: {enabled: {}}`` (the default) or ``retries: {disabled: {}}``."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    choices = ("enabled", "disabled")
 
     enabled: dict[str, Any] | None = None
     disabled: dict[str, Any] | None = None
-
-    @model_validator(mode="before")
-    @classmethod
-    def _null_means_selected(cls, value: Any) -> Any:
-        # YAML ``disabled:`` with nothing after it is None; it must still disable.
-        if isinstance(value, dict):
-            return {key: ({} if item is None else item) for key, item in value.items()}
-        return value
-
-    @model_validator(mode="after")
-    def _one_of(self) -> RetriesConfig:
-        if self.enabled is not None and self.disabled is not None:
-            raise ValueError("give either enabled: {} or disabled: {}, not both")
-        return self
 
     @property
     def is_enabled(self) -> bool:
@@ -90,25 +89,37 @@ class Executor(ABC):
 
 
 class DispatchingExecutor(Executor):
-    """An executor made of a dispatcher driven by the shared coordinator."""
+    """An executor made of a dispatcher driven by the shared coordinator.
+
+    Limits fixed when the executor is made go in ``tag_limiter`` and
+    ``tag_concurrency_limits``; an executor that holds something for one run only (a
+    limiter, a connection, a cluster) opens it in :meth:`run_scope` instead.
+    """
 
     tag_limiter: TagLimiter | None = None
     tag_concurrency_limits: tuple[TagConcurrencyLimit, ...] = ()
 
     @abstractmethod
     def create_dispatcher(self, run: RunContext) -> StepDispatcher:
-        """A fresh dispatcher for one run."""
+        """A fresh dispatcher for one run (called inside :meth:`run_scope`)."""
+
+    @contextmanager
+    def run_scope(self, run: RunContext) -> Iterator[RunLimits]:
+        """What the executor holds while ``run`` is coordinated, closed when it ends;
+        yields the limits the coordinator enforces."""
+        yield RunLimits(self.tag_limiter, self.tag_concurrency_limits)
 
     def execute(self, run: RunContext) -> None:
         from coreexec.execution.coordinator import Coordinator
 
-        Coordinator(
-            run,
-            self.create_dispatcher(run),
-            retries_enabled=self.retries_enabled,
-            limiter=self.tag_limiter,
-            limit_rules=self.tag_concurrency_limits,
-        ).run()
+        with self.run_scope(run) as limits:
+            Coordinator(
+                run,
+                self.create_dispatcher(run),
+                retries_enabled=self.retries_enabled,
+                limiter=limits.limiter,
+                limit_rules=limits.rules,
+            ).run()
 
 
 ExecutorFactory = Callable[[InitExecutorContext], Executor]

@@ -22,6 +22,8 @@ executor. The dispatcher that drives the pool is in
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
@@ -30,36 +32,23 @@ from coreexec.execution.dispatcher import StepDispatcher
 from coreexec.execution.run_context import RunContext
 from coreexec.executors.async_lane import DEFAULT_MAX_CONCURRENT_ASYNC
 from coreexec.executors.base import (
+    OUT_OF_PROCESS_REQUIREMENTS,
     DispatchingExecutor,
     Executor,
-    ExecutorRequirement,
     InitExecutorContext,
     RetriesConfig,
     executor,
 )
 from coreexec.executors.multiprocess_dispatcher import MultiprocessDispatcher, runs_in_process
+from coreexec.executors.one_of import OneOfConfig
 from coreexec.executors.process_pool import PoolSpec, StartMethod
-from coreexec.limits.base import DEFAULT_LEASE_TTL_MS, TagLimiter
+from coreexec.limits.base import DEFAULT_LEASE_TTL_MS
+from coreexec.limits.redis_limiter import RedisTagLimiter
 from coreexec.limits.rules import TagConcurrencyLimit
+from coreexec.limits.setup import RunLimits, build_limiter
 from coreexec.limits.wake_listener import RedisWakeListener
 
-MULTIPROCESS_REQUIREMENTS = frozenset(
-    {
-        ExecutorRequirement.RECONSTRUCTABLE_JOB,
-        ExecutorRequirement.NON_EPHEMERAL_INSTANCE,
-        ExecutorRequirement.PERSISTENT_OUTPUTS,
-    }
-)
-
-
 # -- config ---------------------------------------------------------------------------
-
-
-def _null_means_selected(value: Any) -> Any:
-    # YAML ``spawn:`` with nothing after it is None, and means "spawn with defaults".
-    if isinstance(value, dict):
-        return {key: ({} if item is None else item) for key, item in value.items()}
-    return value
 
 
 class ForkserverConfig(BaseModel):
@@ -72,23 +61,16 @@ class ForkserverConfig(BaseModel):
     worker and the job's own module."""
 
 
-class StartMethodConfig(BaseModel):
+class StartMethodConfig(OneOfConfig):
     """``start_method: {forkserver: {...}}`` (the default) or ``{spawn: {}}``."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    choices = ("forkserver", "spawn")
 
     forkserver: ForkserverConfig | None = None
     spawn: dict[str, Any] | None = None
 
-    @model_validator(mode="before")
-    @classmethod
-    def _selected(cls, value: Any) -> Any:
-        return _null_means_selected(value)
-
     @model_validator(mode="after")
-    def _one_of(self) -> StartMethodConfig:
-        if self.forkserver is not None and self.spawn is not None:
-            raise ValueError("give either forkserver: {...} or spawn: {}, not both")
+    def _spawn_bare(self) -> StartMethodConfig:
         if self.spawn:
             raise ValueError("spawn takes no options; write spawn: {}")
         return self
@@ -153,9 +135,7 @@ class MultiprocessExecutor(DispatchingExecutor):
     def __init__(self, config: MultiprocessConfig) -> None:
         self.config = config
         self.retries_enabled = config.retries.is_enabled
-        self.tag_concurrency_limits = tuple(config.tag_concurrency_limits or ())
         self._wake_listener: RedisWakeListener | None = None
-        self._lease_ttl_ms = round(config.slot_lease_ttl_s * 1000)
 
     def create_dispatcher(self, run: RunContext) -> StepDispatcher:
         for step in run.plan.steps:
@@ -180,58 +160,31 @@ class MultiprocessExecutor(DispatchingExecutor):
             preload = default_preload(run.plan.job_reference or "")
         return PoolSpec(start_method=method, preload_modules=preload)
 
-    def execute(self, run: RunContext) -> None:
-        from coreexec.execution.coordinator import Coordinator
-
-        limiter, closer = self._make_limiter(run)
+    @contextmanager
+    def run_scope(self, run: RunContext) -> Iterator[RunLimits]:
+        config = self.config
+        limits = build_limiter(
+            config.tag_concurrency_limits,
+            path="run_config.execution.config.tag_concurrency_limits",
+            redis_url=config.redis_url,
+            namespace=config.limiter_namespace,
+            lease_ttl_ms=round(config.slot_lease_ttl_s * 1000),
+        )
+        if isinstance(limits.limiter, RedisTagLimiter):
+            self._wake_listener = RedisWakeListener(
+                limits.limiter, run.run_id, config.limiter_namespace
+            )
         try:
-            Coordinator(
-                run,
-                self.create_dispatcher(run),
-                retries_enabled=self.retries_enabled,
-                limiter=limiter,
-                limit_rules=self.tag_concurrency_limits,
-            ).run()
+            yield limits
         finally:
             self._wake_listener = None
-            if closer is not None:
-                closer()
-
-    def _make_limiter(self, run: RunContext) -> tuple[TagLimiter | None, Any]:
-        if self.config.redis_url is not None:
-            # Limits set for everyone (`coreexec limits set`) hold here too.
-            from coreexec.limits.global_rules import GlobalRules
-
-            stored = GlobalRules.from_url(
-                self.config.redis_url, namespace=self.config.limiter_namespace
-            )
-            try:
-                self.tag_concurrency_limits = stored.effective_limits(
-                    tuple(self.config.tag_concurrency_limits or ())
-                )
-            finally:
-                stored.close()
-        if not self.tag_concurrency_limits:
-            return None, None
-        if self.config.redis_url is None:
-            from coreexec.limits.memory import InMemoryTagLimiter
-
-            return InMemoryTagLimiter(lease_ttl_ms=self._lease_ttl_ms), None
-        from coreexec.limits.redis_limiter import RedisTagLimiter
-
-        limiter = RedisTagLimiter.from_url(
-            self.config.redis_url,
-            namespace=self.config.limiter_namespace,
-            lease_ttl_ms=self._lease_ttl_ms,
-        )
-        self._wake_listener = RedisWakeListener(limiter, run.run_id, self.config.limiter_namespace)
-        return limiter, limiter.close
+            limits.close()
 
 
 @executor(
     name="multiprocess",
     config_schema=MultiprocessConfig,
-    requirements=MULTIPROCESS_REQUIREMENTS,
+    requirements=OUT_OF_PROCESS_REQUIREMENTS,
     description=(
         "Runs steps in a pool of worker processes kept for the run, at most max_concurrent "
         "at once, with per-run or (with redis_url) global tag concurrency limits."
