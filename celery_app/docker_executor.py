@@ -52,6 +52,4 @@ class CeleryDockerExecutor(CeleryExecutor):
 )
 def celery_docker_executor(context: InitExecutorContext) -> Executor:
     """Runs each step as a Celery task whose worker starts a container for it."""
-    config = context.config
-    assert isinstance(config, CeleryDockerExecutorConfig)
-    return build_executor(config, CeleryDockerExecutor)
+    return build_executor(context.config_as(CeleryDockerExecutorConfig), CeleryDockerExecutor)

@@ -208,9 +208,7 @@ class CeleryExecutor(DispatchingExecutor):
 )
 def celery_executor(context: InitExecutorContext) -> Executor:
     """Runs each step as a Celery task on the workers consuming its queue."""
-    config = context.config
-    assert isinstance(config, CeleryExecutorConfig)
-    return build_executor(config, CeleryExecutor)
+    return build_executor(context.config_as(CeleryExecutorConfig), CeleryExecutor)
 
 
 def build_executor(

@@ -60,6 +60,4 @@ class CeleryK8sJobExecutor(CeleryExecutor):
 )
 def celery_k8s_job_executor(context: InitExecutorContext) -> Executor:
     """Runs each step as a Celery task whose worker creates a Kubernetes Job for it."""
-    config = context.config
-    assert isinstance(config, CeleryK8sJobExecutorConfig)
-    return build_executor(config, CeleryK8sJobExecutor)
+    return build_executor(context.config_as(CeleryK8sJobExecutorConfig), CeleryK8sJobExecutor)

@@ -30,7 +30,7 @@ from coreexec.context import EventSink
 from coreexec.errors import ConfigError, CoreExecError
 from coreexec.execution.dispatcher import STREAMED_STORAGE_FLUSH_S, LostAttempt, StepDispatcher
 from coreexec.execution.run_context import RunContext
-from coreexec.executors.base import DispatchingExecutor, RetriesConfig
+from coreexec.executors.base import DispatchingExecutor, InitExecutorContext, RetriesConfig
 from coreexec.instance import REDIS_URL_ENV
 from coreexec.limits.setup import build_limiter
 from coreexec.plan import PlannedStep
@@ -39,7 +39,7 @@ from coreexec.transport import keys
 from coreexec.transport.redis_events import RedisEventStream
 from coreexec.transport.run_settings import RunSettings
 from workers.launcher import LaunchRequest, StepLauncher
-from workers.registry import launcher_for
+from workers.registry import launcher_for, steps_launched_by
 from workers.supervisor import supervise
 
 log = logging.getLogger(__name__)
@@ -212,6 +212,15 @@ class LaunchingExecutor(DispatchingExecutor):
     """The executor's name (``docker``, ``k8s_job``): in errors and supervisor names."""
     launcher: ClassVar[str]
     """The launcher of steps without a ``coreexec/launcher`` tag."""
+    config_schema: ClassVar[type[LaunchingExecutorConfig]]
+    launched: ClassVar[str]
+    """What reports on the run's stream (``containers``, ``pods``), for errors."""
+
+    @classmethod
+    def from_context(cls, context: InitExecutorContext) -> LaunchingExecutor:
+        """The executor of an ``@executor`` factory; its Redis is required."""
+        config = context.config_as(cls.config_schema)
+        return cls(config, required_redis_url(config.redis_url, cls.name, cls.launched))
 
     def __init__(self, config: LaunchingExecutorConfig, redis_url: str) -> None:
         self.config = config
@@ -225,14 +234,20 @@ class LaunchingExecutor(DispatchingExecutor):
         self.tag_limiter, self.tag_concurrency_limits = limits.limiter, limits.rules
 
     @abstractmethod
-    def launcher_config(self, run: RunContext) -> dict[str, Any]:
-        """The launcher's block for the run's settings, once every step is checked."""
+    def launcher_block(self) -> BaseModel:
+        """The launcher's block of the config (``docker``, ``k8s``)."""
+
+    @abstractmethod
+    def check_steps(self, run: RunContext, launched: set[str]) -> None:
+        """Before the run: every step's tags parse, and the ``launched`` steps (those the
+        default launcher runs) have what they need."""
 
     def create_dispatcher(self, run: RunContext) -> StepDispatcher:
+        self.check_steps(run, steps_launched_by(run.plan.steps, self.launcher, self.launcher))
         settings = RunSettings(
             heartbeat_interval_s=self.config.heartbeat_interval_s,
             default_launcher=self.launcher,
-            launcher_config={self.launcher: self.launcher_config(run)},
+            launcher_config={self.launcher: self.launcher_block().model_dump(mode="json")},
         )
         return LaunchDispatcher(
             run,

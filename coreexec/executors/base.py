@@ -17,15 +17,16 @@ from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from enum import StrEnum
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
-from pydantic import BaseModel
+from pydantic import BaseModel, ConfigDict, Field
 
 from coreexec.errors import ConfigError
 from coreexec.executors.one_of import OneOfConfig
-from coreexec.limits.base import TagLimiter
+from coreexec.limits.base import DEFAULT_LEASE_TTL_MS, TagLimiter
+from coreexec.limits.keys import DEFAULT_NAMESPACE
 from coreexec.limits.rules import TagConcurrencyLimit
-from coreexec.limits.setup import RunLimits
+from coreexec.limits.setup import RunLimits, build_limiter
 from coreexec.run_config import parse_model
 
 if TYPE_CHECKING:
@@ -69,6 +70,36 @@ class RetriesConfig(OneOfConfig):
         return self.disabled is None
 
 
+class TagLimitsConfig(BaseModel):
+    """The tag limit fields of an executor config whose coordinator builds its limiter
+    for each run (``multiprocess``, ``dask``)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    tag_concurrency_limits: list[TagConcurrencyLimit] | None = None
+    """Rules such as ``{key: database, value: warehouse, limit: 2}``; per run unless
+    ``redis_url`` is given, then shared by every run using that Redis."""
+    redis_url: str | None = None
+    """Redis holding the tag limiter's slots, so the limits hold across runs."""
+    limiter_namespace: str = Field(default=DEFAULT_NAMESPACE, min_length=1)
+    """Runs share limits only within one namespace of one Redis."""
+    slot_lease_ttl_s: float = Field(default=DEFAULT_LEASE_TTL_MS / 1000, gt=0)
+    """Slots of a coordinator that stops refreshing them come back after this long."""
+
+    def run_limits(self) -> RunLimits:
+        """The limits of one run (its own in-memory limiter, or the global Redis one)."""
+        return build_limiter(
+            self.tag_concurrency_limits,
+            path="run_config.execution.config.tag_concurrency_limits",
+            redis_url=self.redis_url,
+            namespace=self.limiter_namespace,
+            lease_ttl_ms=round(self.slot_lease_ttl_s * 1000),
+        )
+
+
+M = TypeVar("M", bound=BaseModel)
+
+
 @dataclass(frozen=True)
 class InitExecutorContext:
     """What an executor factory gets: the job, its parsed config and the instance."""
@@ -76,6 +107,12 @@ class InitExecutorContext:
     job: JobDefinition
     config: BaseModel | None
     instance: Instance
+
+    def config_as(self, schema: type[M]) -> M:
+        """The parsed config, which the definition's ``config_schema`` made a ``schema``."""
+        config = self.config
+        assert isinstance(config, schema), f"{type(config).__name__} is not {schema.__name__}"
+        return config
 
 
 class Executor(ABC):

@@ -42,6 +42,7 @@ from coreexec.executors.base import (
     Executor,
     InitExecutorContext,
     RetriesConfig,
+    TagLimitsConfig,
     executor,
 )
 from coreexec.executors.dask_attempt import (
@@ -53,9 +54,7 @@ from coreexec.executors.dask_attempt import (
 from coreexec.executors.dask_dispatcher import RESOURCES_TAG, DaskDispatcher, RedisChannel
 from coreexec.executors.one_of import OneOfConfig
 from coreexec.instance import Instance
-from coreexec.limits.base import DEFAULT_LEASE_TTL_MS
-from coreexec.limits.rules import TagConcurrencyLimit
-from coreexec.limits.setup import RunLimits, build_limiter
+from coreexec.limits.setup import RunLimits
 from coreexec.transport.attempts import AttemptClaims
 from coreexec.transport.redis_events import RedisEventStream, redis_client
 
@@ -126,10 +125,8 @@ class AdaptConfig(BaseModel):
         return self
 
 
-class DaskConfig(BaseModel):
+class DaskConfig(TagLimitsConfig):
     """Config of ``dask_executor``."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
 
     cluster: ClusterConfig = Field(default_factory=ClusterConfig)
     adapt: AdaptConfig | None = None
@@ -137,13 +134,10 @@ class DaskConfig(BaseModel):
     max_concurrent: int | None = Field(default=None, ge=1)
     """Attempts submitted at once; None: every ready step (Dask's scheduler queues them
     by priority)."""
-    tag_concurrency_limits: list[TagConcurrencyLimit] | None = None
     redis_url: str | None = None
     """Redis of the run's events and attempt claims (the attempt runner, as on Celery
     workers) and of global tag limits; default ``COREEXEC_REDIS_URL``. Without one,
     attempts report on a Dask event topic and the tag limits hold per run."""
-    limiter_namespace: str = Field(default="default", min_length=1)
-    slot_lease_ttl_s: float = Field(default=DEFAULT_LEASE_TTL_MS / 1000, gt=0)
 
     @model_validator(mode="after")
     def _adapt_needs_own_cluster(self) -> DaskConfig:
@@ -298,13 +292,7 @@ class DaskExecutor(DispatchingExecutor):
     def run_scope(self, run: RunContext) -> Iterator[RunLimits]:
         config = self.config
         redis_url = config.redis_url or run.instance.redis_url
-        limits = build_limiter(
-            config.tag_concurrency_limits,
-            path="run_config.execution.config.tag_concurrency_limits",
-            redis_url=config.redis_url,
-            namespace=config.limiter_namespace,
-            lease_ttl_ms=round(config.slot_lease_ttl_s * 1000),
-        )
+        limits = config.run_limits()
         client = None
         try:
             if redis_url is not None:
@@ -336,6 +324,4 @@ class DaskExecutor(DispatchingExecutor):
 )
 def dask_executor(context: InitExecutorContext) -> Executor:
     """Runs steps on a dask.distributed cluster."""
-    config = context.config
-    assert isinstance(config, DaskConfig)
-    return DaskExecutor(config)
+    return DaskExecutor(context.config_as(DaskConfig))

@@ -147,8 +147,7 @@ class InProcessExecutor(DispatchingExecutor):
 def in_process_executor(context: InitExecutorContext) -> Executor:
     """Runs every step serially in the coordinating process (async steps side by side
     on an event loop beside the sync ones)."""
-    config = context.config
-    assert isinstance(config, InProcessConfig)
+    config = context.config_as(InProcessConfig)
     return InProcessExecutor(
         retries_enabled=config.retries.is_enabled,
         limits=build_limiter(

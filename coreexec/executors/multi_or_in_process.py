@@ -71,8 +71,7 @@ def _requirements(config: BaseModel | None) -> frozenset[ExecutorRequirement]:
 
 
 def _create(context: InitExecutorContext) -> Executor:
-    config = context.config
-    assert isinstance(config, MultiOrInProcessConfig)
+    config = context.config_as(MultiOrInProcessConfig)
     if config.in_process is not None:
         chosen = InitExecutorContext(
             job=context.job, config=config.in_process, instance=context.instance

@@ -37,15 +37,14 @@ from coreexec.executors.base import (
     Executor,
     InitExecutorContext,
     RetriesConfig,
+    TagLimitsConfig,
     executor,
 )
 from coreexec.executors.multiprocess_dispatcher import MultiprocessDispatcher, runs_in_process
 from coreexec.executors.one_of import OneOfConfig
 from coreexec.executors.process_pool import PoolSpec, StartMethod
-from coreexec.limits.base import DEFAULT_LEASE_TTL_MS
 from coreexec.limits.redis_limiter import RedisTagLimiter
-from coreexec.limits.rules import TagConcurrencyLimit
-from coreexec.limits.setup import RunLimits, build_limiter
+from coreexec.limits.setup import RunLimits
 from coreexec.limits.wake_listener import RedisWakeListener
 
 # -- config ---------------------------------------------------------------------------
@@ -80,24 +79,13 @@ class StartMethodConfig(OneOfConfig):
         return StartMethod.SPAWN if self.spawn is not None else StartMethod.FORKSERVER
 
 
-class MultiprocessConfig(BaseModel):
+class MultiprocessConfig(TagLimitsConfig):
     """Config of ``multiprocess_executor``."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
 
     max_concurrent: int | None = Field(default=None, ge=0)
     """Steps running at once (worker processes); None or 0: the number of usable CPUs."""
     max_concurrent_async: int = Field(default=DEFAULT_MAX_CONCURRENT_ASYNC, ge=1)
     """``async def`` steps running at once on the coordinating process's event loop."""
-    tag_concurrency_limits: list[TagConcurrencyLimit] | None = None
-    """Rules such as ``{key: database, value: warehouse, limit: 2}``; per run unless
-    ``redis_url`` is given, then shared by every run using that Redis."""
-    redis_url: str | None = None
-    """Redis holding the tag limiter's slots, so the limits hold across runs."""
-    limiter_namespace: str = Field(default="default", min_length=1)
-    """Runs share limits only within one namespace of one Redis."""
-    slot_lease_ttl_s: float = Field(default=DEFAULT_LEASE_TTL_MS / 1000, gt=0)
-    """Slots of a coordinator that stops refreshing them come back after this long."""
     retries: RetriesConfig = Field(default_factory=RetriesConfig)
     start_method: StartMethodConfig = Field(default_factory=StartMethodConfig)
 
@@ -162,17 +150,10 @@ class MultiprocessExecutor(DispatchingExecutor):
 
     @contextmanager
     def run_scope(self, run: RunContext) -> Iterator[RunLimits]:
-        config = self.config
-        limits = build_limiter(
-            config.tag_concurrency_limits,
-            path="run_config.execution.config.tag_concurrency_limits",
-            redis_url=config.redis_url,
-            namespace=config.limiter_namespace,
-            lease_ttl_ms=round(config.slot_lease_ttl_s * 1000),
-        )
+        limits = self.config.run_limits()
         if isinstance(limits.limiter, RedisTagLimiter):
             self._wake_listener = RedisWakeListener(
-                limits.limiter, run.run_id, config.limiter_namespace
+                limits.limiter, run.run_id, self.config.limiter_namespace
             )
         try:
             yield limits
@@ -192,6 +173,4 @@ class MultiprocessExecutor(DispatchingExecutor):
 )
 def multiprocess_executor(context: InitExecutorContext) -> Executor:
     """Runs steps in a reused pool of worker processes."""
-    config = context.config
-    assert isinstance(config, MultiprocessConfig)
-    return MultiprocessExecutor(config)
+    return MultiprocessExecutor(context.config_as(MultiprocessConfig))

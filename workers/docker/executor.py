@@ -11,8 +11,6 @@ passes into each container.
 
 from __future__ import annotations
 
-from typing import Any
-
 from pydantic import Field
 
 from coreexec.execution.run_context import RunContext
@@ -23,12 +21,8 @@ from coreexec.executors.base import (
     executor,
 )
 from workers.docker.config import DockerConfig, check_steps
-from workers.launching_executor import (
-    LaunchingExecutor,
-    LaunchingExecutorConfig,
-    required_redis_url,
-)
-from workers.registry import DOCKER, steps_launched_by
+from workers.launching_executor import LaunchingExecutor, LaunchingExecutorConfig
+from workers.registry import DOCKER
 
 
 class DockerExecutorConfig(LaunchingExecutorConfig):
@@ -40,12 +34,15 @@ class DockerExecutorConfig(LaunchingExecutorConfig):
 class DockerExecutor(LaunchingExecutor):
     name = "docker"
     launcher = DOCKER
+    config_schema = DockerExecutorConfig
+    launched = "containers"
 
-    def launcher_config(self, run: RunContext) -> dict[str, Any]:
+    def launcher_block(self) -> DockerConfig:
         assert isinstance(self.config, DockerExecutorConfig)
-        steps = list(run.plan.steps)
-        check_steps(steps, self.config.docker, steps_launched_by(steps, DOCKER, DOCKER))
-        return self.config.docker.model_dump(mode="json")
+        return self.config.docker
+
+    def check_steps(self, run: RunContext, launched: set[str]) -> None:
+        check_steps(list(run.plan.steps), self.launcher_block(), launched)
 
 
 @executor(
@@ -53,6 +50,4 @@ class DockerExecutor(LaunchingExecutor):
 )
 def docker_executor(context: InitExecutorContext) -> Executor:
     """Runs each step in a container the coordinator starts, up to max_concurrent."""
-    config = context.config
-    assert isinstance(config, DockerExecutorConfig)
-    return DockerExecutor(config, required_redis_url(config.redis_url, "docker", "containers"))
+    return DockerExecutor.from_context(context)

@@ -11,8 +11,6 @@ the storage settings) through ``k8s.env_secrets`` / ``k8s.env_config_maps`` /
 
 from __future__ import annotations
 
-from typing import Any
-
 from pydantic import Field
 
 from coreexec.execution.run_context import RunContext
@@ -24,12 +22,8 @@ from coreexec.executors.base import (
 )
 from workers.k8s.config import K8sConfig
 from workers.k8s.steps import check_steps
-from workers.launching_executor import (
-    LaunchingExecutor,
-    LaunchingExecutorConfig,
-    required_redis_url,
-)
-from workers.registry import K8S, steps_launched_by
+from workers.launching_executor import LaunchingExecutor, LaunchingExecutorConfig
+from workers.registry import K8S
 
 
 class K8sJobExecutorConfig(LaunchingExecutorConfig):
@@ -41,12 +35,15 @@ class K8sJobExecutorConfig(LaunchingExecutorConfig):
 class K8sJobExecutor(LaunchingExecutor):
     name = "k8s_job"
     launcher = K8S
+    config_schema = K8sJobExecutorConfig
+    launched = "pods"
 
-    def launcher_config(self, run: RunContext) -> dict[str, Any]:
+    def launcher_block(self) -> K8sConfig:
         assert isinstance(self.config, K8sJobExecutorConfig)
-        steps = list(run.plan.steps)
-        check_steps(run.job, steps, self.config.k8s, steps_launched_by(steps, K8S, K8S))
-        return self.config.k8s.model_dump(mode="json")
+        return self.config.k8s
+
+    def check_steps(self, run: RunContext, launched: set[str]) -> None:
+        check_steps(run.job, run.plan.steps, self.launcher_block(), launched)
 
 
 @executor(
@@ -54,6 +51,4 @@ class K8sJobExecutor(LaunchingExecutor):
 )
 def k8s_job_executor(context: InitExecutorContext) -> Executor:
     """Runs each step as a Kubernetes Job the coordinator creates, up to max_concurrent."""
-    config = context.config
-    assert isinstance(config, K8sJobExecutorConfig)
-    return K8sJobExecutor(config, required_redis_url(config.redis_url, "k8s_job", "pods"))
+    return K8sJobExecutor.from_context(context)
