@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import os
 import threading
-import time
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
@@ -28,6 +27,7 @@ from coreexec.result import ExecutionResult
 from coreexec.step_runner import StepRun, run_step
 from tests.jobs import async_jobs
 from tests.jobs.async_jobs import WIDTH
+from tests.support.waiting import wait_until
 
 JOBS = "tests.jobs.async_jobs"
 DEADLINE_S = 30.0
@@ -149,10 +149,12 @@ def test_cancel_reaches_running_async_steps_as_cancelled_error(tmp_path: Path) -
         )
     )
     thread.start()
-    deadline = time.monotonic() + DEADLINE_S
-    while not all((tmp_path / f"hang_{i}.entered").exists() for i in range(3)):
-        assert time.monotonic() < deadline, "the async steps did not start"
-        time.sleep(0.01)
+    wait_until(
+        lambda: all((tmp_path / f"hang_{i}.entered").exists() for i in range(3)),
+        "the async steps to start",
+        DEADLINE_S,
+        interval_s=0.01,
+    )
     contexts[0].request_cancel()
     thread.join(DEADLINE_S)
 
