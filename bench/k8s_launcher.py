@@ -32,7 +32,7 @@ from typing import Any
 from bench.workloads import join, leaf, root
 from coreexec import Instance, RunStatus, job
 from coreexec.events import EventKind
-from coreexec.execution.runs import execute_job
+from coreexec.runs.execute import execute_job
 from workers import docker_executor, k8s_job_executor
 
 MAX_CONCURRENT = 4

@@ -146,7 +146,8 @@ class CeleryRunner:
         self.last_commands: dict[str, float] = {}
 
     def _execute(self) -> Any:
-        from coreexec.execution.runs import create_run, execute_run, result_of
+        from coreexec.runs.create import create_run
+        from coreexec.runs.execute import execute_run, result_of
 
         record = create_run(self.reference, instance=self.instance, executor_def=self.executor_def)
         context = execute_run(record.run_id, instance=self.instance, executor_def=self.executor_def)
@@ -182,7 +183,8 @@ class CeleryRunner:
         """The coordinator's peak Python heap over one untimed, traced run."""
         tracemalloc.start()
         try:
-            from coreexec.execution.runs import create_run, execute_run
+            from coreexec.runs.create import create_run
+            from coreexec.runs.execute import execute_run
 
             tracemalloc.reset_peak()
             # The coordinator's work only: not the test of the result afterwards.

@@ -33,7 +33,7 @@ from bench.workloads import (
     w3_sleepy,
     w4_tag_limited,
 )
-from coreexec.execution.runs import execute_job
+from coreexec.runs.execute import execute_job
 
 try:
     import distributed

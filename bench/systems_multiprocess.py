@@ -31,7 +31,7 @@ from bench.workloads import (
     job_reference,
 )
 from coreexec import EventKind
-from coreexec.execution.runs import execute_job
+from coreexec.runs.execute import execute_job
 
 
 def run_config(workload: WorkloadSpec, start_method: str) -> dict[str, Any]:

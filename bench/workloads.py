@@ -40,7 +40,7 @@ from bench.harness import (
     record_interval,
 )
 from coreexec import ExecutionPlan, ExecutionResult, Instance, JobDefinition, job, step
-from coreexec.execution.runs import execute_job
+from coreexec.runs.execute import execute_job
 
 MODULE = __name__
 MAX_CONCURRENT = 4

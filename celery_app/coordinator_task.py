@@ -3,7 +3,7 @@ worker of the ``coreexec.runs`` queue until it ends.
 
 Arguments: ``[run_id]`` and ``resume`` (a bool); the task id is the run id (a resume's is
 ``<run_id>:resume:<n>``). Everything else comes from the run storage. The task claims
-the run first (see :mod:`coreexec.coordination`), so a duplicate delivery does nothing,
+the run first (see :mod:`coreexec.runs.coordinate`), so a duplicate delivery does nothing,
 and a delivery that comes back after its coordinator died resumes the run. It returns a
 small status dict (Flower shows it).
 
@@ -22,9 +22,9 @@ from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
 
 from celery_app.app import COORDINATOR_TASK_NAME
-from coreexec.coordination import coordinate_launched_run
 from coreexec.errors import CoreExecError, RunNotFoundError
 from coreexec.instance import Instance
+from coreexec.runs.coordinate import coordinate_launched_run
 
 if TYPE_CHECKING:
     from celery_app.app import CoreexecApp

@@ -150,7 +150,7 @@ class CeleryDispatcher(StepDispatcher):
         self._last_id = self.stream.last_id()
         if not is_beating(self.run.run_id):
             # A run coordinated here (``coreexec run``, ``execute_job``) beats too, so a
-            # coordinator that dies is seen as lost and reaped (see coreexec.orphans).
+            # coordinator that dies is seen as lost and reaped (see coreexec.runs.orphans).
             heartbeat = CoordinatorHeartbeat(
                 self._client, self.run.run_id, owner=f"coordinator pid {os.getpid()}"
             )

@@ -1,6 +1,6 @@
 """The Celery run launcher: a submitted run's coordinator becomes a task on ``coreexec.runs``.
 
-Found by ``coreexec.run_launcher.get_run_launcher`` through the entry point
+Found by ``coreexec.runs.launcher.get_run_launcher`` through the entry point
 ``coreexec.run_launchers: celery``. The message carries the run id only (and whether to
 resume); its task id is the run id, so a second launch of the same run is the same task.
 """

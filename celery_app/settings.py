@@ -31,8 +31,8 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from coreexec.errors import ConfigError
-from coreexec.orphans import DEFAULT_GRACE_S
 from coreexec.run_config import validation_error
+from coreexec.runs.orphans import DEFAULT_GRACE_S
 from coreexec.settings import (
     BROKER_URL_ENV,
     DEFAULT_BROKER_URL,

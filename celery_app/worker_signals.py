@@ -13,7 +13,7 @@ from celery.signals import worker_ready, worker_shutdown
 
 from celery_app.queue_presence import PresenceAnnouncer, QueuePresence
 from coreexec.errors import CoreExecError
-from coreexec.orphans import OrphanReaper, ReaperLoop
+from coreexec.runs.orphans import OrphanReaper, ReaperLoop
 from coreexec.transport.redis_events import redis_client
 
 log = logging.getLogger(__name__)
@@ -53,7 +53,7 @@ def announce_queues(sender: Any = None, **_: Any) -> None:
 
 @worker_ready.connect(weak=False)  # type: ignore[untyped-decorator]
 def start_reaper(sender: Any = None, **_: Any) -> None:
-    """Sweep for runs whose coordinator died (see :mod:`coreexec.orphans`)."""
+    """Sweep for runs whose coordinator died (see :mod:`coreexec.runs.orphans`)."""
     app: Any = getattr(sender, "app", None)
     settings = getattr(app, "settings", None)
     if settings is None or not settings.orphan_grace_s:

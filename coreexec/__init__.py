@@ -5,16 +5,17 @@ from coreexec.context import StepContext
 from coreexec.definitions import Definitions
 from coreexec.errors import CoreExecError
 from coreexec.events import Event, EventKind
-from coreexec.execution.runs import execute_job
 from coreexec.instance import Instance
 from coreexec.job import JobDefinition, job
 from coreexec.plan import ExecutionPlan
 from coreexec.reference import load_job
 from coreexec.result import ExecutionResult
 from coreexec.retry import Backoff, Failure, FailureClass, Jitter, RetryPolicy, RetryRequested
+from coreexec.runs.execute import execute_job
+from coreexec.runs.handle import RunHandle
+from coreexec.runs.submit import submit_job
 from coreexec.step import Out, StepDefinition, step
 from coreexec.storage.base import RunStatus
-from coreexec.submission import RunHandle, submit_job
 
 __version__ = "0.1.0"
 

@@ -90,14 +90,6 @@ class LimiterError(CoreExecError):
     """The tag-concurrency limiter failed or was given a bad rule."""
 
 
-class LeaseLostError(LimiterError):
-    """A slot lease lapsed before it was refreshed or released (fencing)."""
-
-    def __init__(self, message: str, *, lease_id: str) -> None:
-        super().__init__(message)
-        self.lease_id = lease_id
-
-
 class LauncherError(CoreExecError):
     """A step launcher could not start, watch or stop a step."""
 
@@ -116,3 +108,25 @@ class RunCanceledError(CoreExecError):
     def __init__(self, message: str, *, run_id: str) -> None:
         super().__init__(message)
         self.run_id = run_id
+
+
+class TransportError(CoreExecError):
+    """Redis answered, but refused a command of the event transport."""
+
+
+class ResumeError(CoreExecError):
+    """A run cannot be resumed now; the message says why and what to do."""
+
+    def __init__(self, message: str, *, run_id: str) -> None:
+        super().__init__(message)
+        self.run_id = run_id
+
+
+class RunWaitTimeout(CoreExecError, TimeoutError):
+    """A run did not end within the time given to :meth:`RunHandle.wait`; ``status`` is
+    the run's :class:`~coreexec.storage.base.RunStatus` when the wait gave up."""
+
+    def __init__(self, message: str, *, run_id: str, status: str) -> None:
+        super().__init__(message)
+        self.run_id = run_id
+        self.status = status

@@ -60,7 +60,7 @@ class JobDefinition:
         ``raise_on_error`` a failed step raises :class:`~coreexec.errors.StepExecutionError`
         carrying the user's exception as its cause.
         """
-        from coreexec.execution.in_process_run import execute_in_process
+        from coreexec.runs.in_process import execute_in_process
 
         return execute_in_process(
             self, run_config=run_config, raise_on_error=raise_on_error, tags=tags, instance=instance

@@ -5,7 +5,7 @@ from __future__ import annotations
 import click
 
 from coreexec.events import Event, EventKind
-from coreexec.run_summary import StepSummary, is_cancelled
+from coreexec.runs.summary import StepSummary, is_cancelled
 
 _SHOWN = {
     EventKind.STEP_START: ("start", "cyan"),

@@ -21,10 +21,10 @@ from coreexec.cli.options import (
 from coreexec.cli.progress import ProgressPrinter, format_summary
 from coreexec.errors import CoreExecError
 from coreexec.execution.run_context import RunContext
-from coreexec.execution.runs import execute_job
 from coreexec.plan import ExecutionPlan
 from coreexec.reference import load_job
-from coreexec.run_summary import summarize
+from coreexec.runs.execute import execute_job
+from coreexec.runs.summary import summarize
 
 
 def _install_cancel_handlers(context: RunContext) -> Callable[[], None]:

@@ -14,10 +14,10 @@ from coreexec.cli.progress import format_summary
 from coreexec.errors import CoreExecError
 from coreexec.events import EventKind
 from coreexec.instance import Instance
-from coreexec.orphans import RUNNING, lost_note
-from coreexec.run_summary import summarize
+from coreexec.runs.launcher import event_redis_url
+from coreexec.runs.orphans import RUNNING, lost_note
+from coreexec.runs.summary import summarize
 from coreexec.storage.base import RunRecord, RunStatus
-from coreexec.submission import event_redis_url
 from coreexec.transport.redis_events import redis_client
 
 

@@ -18,16 +18,18 @@ from coreexec.cli.exit_codes import (
 )
 from coreexec.cli.options import instance_from_env
 from coreexec.cli.progress import ProgressPrinter
-from coreexec.coordination import CoordinationOutcome, resume_run
-from coreexec.errors import CoreExecError
+from coreexec.errors import CoreExecError, RunWaitTimeout
 from coreexec.events import Event, EventKind
 from coreexec.instance import Instance
 from coreexec.plan import ExecutionPlan
 from coreexec.reference import load_job
-from coreexec.resume import DEFAULT_IN_FLIGHT_TIMEOUT_S
+from coreexec.runs.cancel import request_cancel
+from coreexec.runs.coordinate import CoordinationOutcome
+from coreexec.runs.handle import RunHandle
+from coreexec.runs.launcher import event_redis_url
+from coreexec.runs.resume import resume_run
+from coreexec.runs.resume_prep import DEFAULT_IN_FLIGHT_TIMEOUT_S
 from coreexec.storage.base import RunStatus
-from coreexec.submission import RunHandle, RunWaitTimeout, event_redis_url
-from coreexec.transport.cancel import request_cancel
 from coreexec.transport.coordinator_heartbeat import CoordinatorState
 
 

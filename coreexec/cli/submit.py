@@ -16,7 +16,7 @@ from coreexec.cli.options import (
 )
 from coreexec.cli.runs_control import watch
 from coreexec.errors import CoreExecError
-from coreexec.submission import submit_job
+from coreexec.runs.submit import submit_job
 
 
 @click.command("submit")

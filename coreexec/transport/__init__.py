@@ -4,14 +4,9 @@ Redis is a core dependency, so its implementation lives here; nothing in this pa
 knows about Celery.
 """
 
+from coreexec.errors import TransportError
 from coreexec.transport.keys import attempt_claim, run_events, run_settings
-from coreexec.transport.redis_events import (
-    RedisEventStream,
-    StreamEntry,
-    TransportError,
-    events_of,
-    redis_client,
-)
+from coreexec.transport.redis_events import RedisEventStream, StreamEntry, events_of, redis_client
 
 __all__ = [
     "RedisEventStream",

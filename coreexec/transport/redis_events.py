@@ -16,7 +16,7 @@ from typing import Any
 
 import redis
 
-from coreexec.errors import BrokerConnectionError, CoreExecError
+from coreexec.errors import BrokerConnectionError, CoreExecError, TransportError
 from coreexec.events import Event
 from coreexec.redis_urls import blocking_read_slice_s, client_url, safe_url
 from coreexec.transport import keys
@@ -25,10 +25,6 @@ log = logging.getLogger(__name__)
 
 _EVENT_FIELDS = (keys.EVENT_FIELD, keys.EVENT_FIELD.encode())
 _WAKE_FIELDS = (keys.WAKE_FIELD, keys.WAKE_FIELD.encode())
-
-
-class TransportError(CoreExecError):
-    """Redis answered, but refused a command of the event transport."""
 
 
 def wrap_redis_error(exc: redis.RedisError, *, url: str, what: str) -> CoreExecError:

@@ -20,13 +20,13 @@ import redis
 from coreexec.active_execution import StepAttempt
 from coreexec.errors import BrokerConnectionError
 from coreexec.events import Event, EventKind
-from coreexec.execution.runs import create_run
 from coreexec.instance import Instance
-from coreexec.run_launcher import AttemptTerminator
+from coreexec.runs.cancel import request_cancel
+from coreexec.runs.create import create_run
+from coreexec.runs.launcher import AttemptTerminator
 from coreexec.step_runner import start_event
 from coreexec.storage.base import RunStatus
 from coreexec.transport.attempts import AttemptClaims
-from coreexec.transport.cancel import request_cancel
 from coreexec.transport.coordinator_heartbeat import CoordinatorInfo, coordinator_seen_key
 from coreexec.transport.redis_events import redis_client
 

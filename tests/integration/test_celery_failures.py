@@ -14,8 +14,8 @@ import pytest
 from celery_app.queues import STEP_QUEUES
 from celery_app.step_task import STEP_TASK_NAME
 from coreexec import Event, EventKind, Instance
+from coreexec.runs.cancel import request_cancel
 from coreexec.storage.base import RunStatus
-from coreexec.transport.cancel import request_cancel
 from coreexec.transport.redis_events import RedisEventStream, redis_client
 from tests.jobs import celery_jobs
 from tests.jobs.celery_jobs import RunWatcher, marks, open_gate

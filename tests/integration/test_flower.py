@@ -15,8 +15,8 @@ from celery_app.queues import DEFAULT_QUEUE, STEP_QUEUES
 from celery_app.step_task import STEP_TASK_NAME
 from coreexec.events import Event, EventKind
 from coreexec.instance import Instance
+from coreexec.runs.cancel import request_cancel
 from coreexec.storage.base import RunStatus
-from coreexec.transport.cancel import request_cancel
 from tests.jobs import celery_jobs
 from tests.jobs.celery_jobs import RunWatcher
 from tests.support.processes import CeleryWorkerProcess, FlowerProcess

@@ -30,7 +30,7 @@ from coreexec import RunStatus, execute_job, submit_job
 from coreexec.events import Event, EventKind
 from coreexec.instance import Instance
 from coreexec.limits import RedisTagLimiter, SlotRequest, SlotSpec
-from coreexec.submission import RunHandle
+from coreexec.runs.handle import RunHandle
 from tests.jobs.celery_jobs import open_gate
 from tests.jobs.submission_jobs import gate_path, pid_path, runs_of, wait_until
 from tests.support.processes import REPO_ROOT, CeleryWorkerProcess, RedisServerProcess, child_env

@@ -19,11 +19,10 @@ from celery_app.queues import RUNS_QUEUE, STEP_QUEUES
 from celery_app.run_launcher import CeleryRunLauncher
 from celery_app.settings import CelerySettings
 from coreexec import RunStatus, submit_job
-from coreexec.errors import BrokerConnectionError
+from coreexec.errors import BrokerConnectionError, RunWaitTimeout
 from coreexec.events import EventKind
 from coreexec.instance import Instance
 from coreexec.io_managers import OutputKey
-from coreexec.submission import RunWaitTimeout
 from coreexec.transport.coordinator_heartbeat import CoordinatorInfo, coordinator_seen_key
 from coreexec.transport.redis_events import redis_client
 from tests.jobs.submission_jobs import runs_of

@@ -15,9 +15,9 @@ import time
 
 from celery_app import celery_executor
 from coreexec import RetryPolicy, StepContext, job, step
-from coreexec.coordination import coordinate_launched_run
 from coreexec.instance import Instance
 from coreexec.retry import FailureClass
+from coreexec.runs.coordinate import coordinate_launched_run
 from coreexec.tags import PRIORITY_TAG
 from tests.jobs.celery_jobs import wait_for_gate
 

@@ -12,11 +12,11 @@ from click.testing import CliRunner, Result
 
 from coreexec.cli import cli
 from coreexec.cli.worker import DEFAULT_QUEUES
-from coreexec.execution.runs import create_run
 from coreexec.instance import Instance
-from coreexec.run_launcher import RUN_LAUNCHER_ENV
+from coreexec.runs.create import create_run
+from coreexec.runs.launcher import RUN_LAUNCHER_ENV
+from coreexec.runs.submit import submit_job
 from coreexec.storage.base import RunStatus
-from coreexec.submission import submit_job
 
 CHAIN = "tests.jobs.submission_jobs:chain_local"
 FLAKY = "tests.jobs.submission_jobs:flaky_local"

@@ -88,7 +88,7 @@ def test_an_unknown_cluster_class_says_what_to_give() -> None:
 def test_coreexec_imports_dask_only_for_the_dask_executor() -> None:
     code = (
         "import sys\n"
-        "import coreexec, coreexec.executors, coreexec.execution.runs, coreexec.cli\n"
+        "import coreexec, coreexec.executors, coreexec.runs.execute, coreexec.cli\n"
         "assert 'distributed' not in sys.modules and 'dask' not in sys.modules\n"
         "from coreexec.executors import dask_executor\n"
         "assert 'distributed' in sys.modules and dask_executor.name == 'dask'\n"

@@ -20,7 +20,6 @@ from coreexec.context import EventSink
 from coreexec.errors import ConfigError, RequirementError
 from coreexec.execution.dispatcher import StepDispatcher
 from coreexec.execution.run_context import RunContext
-from coreexec.execution.runs import create_run, resolve_executor_def
 from coreexec.executors import (
     DispatchingExecutor,
     Executor,
@@ -44,6 +43,7 @@ from coreexec.executors.multiprocess import (
 from coreexec.executors.process_pool import StartMethod, describe_exit
 from coreexec.plan import PlannedStep
 from coreexec.reference import load_job
+from coreexec.runs.create import create_run, resolve_executor_def
 from coreexec.step_runner import StepRun, run_step
 
 JOBS = "tests.jobs.multiprocess_jobs"

@@ -13,8 +13,8 @@ import yaml
 
 from coreexec.errors import ConfigError
 from coreexec.examples.etl import etl_job
-from coreexec.execution.runs import create_run
 from coreexec.instance import Instance
+from coreexec.runs.create import create_run
 
 REPO = Path(__file__).resolve().parents[2]
 README = (REPO / "README.md").read_text()
@@ -82,8 +82,8 @@ def _submitted_references(text: str) -> list[str]:
 
 
 def test_every_documented_submit_runs_its_steps_on_the_celery_workers() -> None:
-    from coreexec.execution.runs import resolve_executor_def
     from coreexec.reference import load_job
+    from coreexec.runs.create import resolve_executor_def
 
     documented = _submitted_references(README)
     assert documented, "the README documents a `coreexec submit` of the example job"

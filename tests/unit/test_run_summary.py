@@ -11,7 +11,7 @@ import pytest
 from coreexec.active_execution import StepAttempt
 from coreexec.cli.progress import ProgressPrinter, format_summary
 from coreexec.events import Event, EventKind
-from coreexec.run_summary import summarize
+from coreexec.runs.summary import summarize
 from coreexec.step_runner import _stopped_by
 
 

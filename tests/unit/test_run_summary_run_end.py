@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from coreexec.events import Event, EventKind
-from coreexec.run_summary import summarize
+from coreexec.runs.summary import summarize
 
 
 def _event(kind: EventKind, step_key: str | None = None, at: float = 1.0) -> Event:

@@ -85,7 +85,7 @@ def test_a_run_keeps_the_outputs_url_it_was_made_with(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     from celery_app import celery_executor
-    from coreexec.execution.runs import create_run
+    from coreexec.runs.create import create_run
     from coreexec.tags import IO_URL_TAG
 
     monkeypatch.delenv("COREEXEC_IO_URL", raising=False)

@@ -16,26 +16,23 @@ from typing import ClassVar
 import pytest
 
 from coreexec import RunHandle, RunStatus, submit_job
-from coreexec.coordination import (
-    _coordinate,
-    coordinate_launched_run,
-    last_event_id,
-    resume_run,
-)
 from coreexec.errors import (
     BrokerConnectionError,
     ConfigError,
     JobReferenceError,
     RequirementError,
+    ResumeError,
     RunNotFoundError,
+    RunWaitTimeout,
 )
 from coreexec.events import Event, EventKind
-from coreexec.execution.runs import create_run
 from coreexec.instance import Instance
-from coreexec.resume import ResumeError, check_resumable, missing_step_events, open_attempts
-from coreexec.run_launcher import RUN_LAUNCHER_ENV, get_run_launcher
-from coreexec.submission import RunWaitTimeout
-from coreexec.transport.cancel import request_cancel
+from coreexec.runs.cancel import request_cancel
+from coreexec.runs.coordinate import coordinate_claimed_run, coordinate_launched_run, last_event_id
+from coreexec.runs.create import create_run
+from coreexec.runs.launcher import RUN_LAUNCHER_ENV, get_run_launcher
+from coreexec.runs.resume import check_resumable, resume_run
+from coreexec.runs.resume_prep import missing_step_events, open_attempts
 from coreexec.transport.coordinator_heartbeat import CoordinatorInfo, _pid_exists
 from coreexec.transport.redis_events import StreamEntry
 from tests.jobs.submission_jobs import runs_of
@@ -201,7 +198,7 @@ def test_cancel_requested_while_the_coordinator_starts_is_not_lost(instance: Ins
     before_claim = last_event_id(instance.storage, record.run_id)
     assert instance.storage.set_status(record.run_id, RunStatus.STARTING)
     request_cancel(instance, record.run_id, None)
-    outcome = _coordinate(
+    outcome = coordinate_claimed_run(
         instance,
         record.run_id,
         None,

@@ -59,32 +59,94 @@ def test_scripts_are_executable_bash(script: str) -> None:
     assert checked.returncode == 0, checked.stderr
 
 
-def test_import_contract_catches_engine_importing_celery_side(tmp_path: Path) -> None:
-    """The real contract, run over a throwaway `coreexec` that breaks it twice."""
-    section = (REPO_ROOT / "pyproject.toml").read_text().split("[tool.importlinter]", 1)[1]
-    (tmp_path / "contract.toml").write_text("[tool.importlinter]" + section)
-    package = tmp_path / "coreexec"
-    (package / "deep").mkdir(parents=True)
-    (package / "__init__.py").write_text("")
-    (package / "deep" / "__init__.py").write_text("")
-    (package / "deep" / "bad.py").write_text("from celery_app import tasks\n")
-    (package / "fine.py").write_text("import json\nimport redis\n")
-    (package / "worse.py").write_text("import kombu.utils\n")
-    # The contract's other root package, here keeping its own rule.
-    (tmp_path / "workers").mkdir()
-    (tmp_path / "workers" / "__init__.py").write_text("import json\n")
+def _contracts_of_type(kind: str) -> str:
+    """The repository's import-linter contracts of one type, as a config of their own."""
+    config = tomllib.loads((REPO_ROOT / "pyproject.toml").read_text())["tool"]["importlinter"]
 
+    def value(item: object) -> str:
+        if isinstance(item, list):
+            return "[" + ", ".join(value(v) for v in item) + "]"
+        return '"' + str(item) + '"' if isinstance(item, str) else str(item).lower()
+
+    lines = ["[tool.importlinter]"]
+    lines += [f"{key} = {value(item)}" for key, item in config.items() if key != "contracts"]
+    for contract in config["contracts"]:
+        if contract["type"] == kind:
+            lines.append("[[tool.importlinter.contracts]]")
+            lines += [f"{key} = {value(item)}" for key, item in contract.items()]
+    return "\n".join(lines) + "\n"
+
+
+def _lint_imports(root: Path, config: str) -> subprocess.CompletedProcess[str]:
+    (root / "contract.toml").write_text(config)
     lint_imports = "from importlinter.cli import lint_imports_command as c; c()"
-    done = subprocess.run(
+    return subprocess.run(
         [sys.executable, "-c", lint_imports, "--no-cache", "--config", "contract.toml"],
-        cwd=tmp_path,
+        cwd=root,
         capture_output=True,
         text=True,
         # The throwaway package must shadow the installed (editable) coreexec.
-        env={**os.environ, "PYTHONPATH": str(tmp_path)},
+        env={**os.environ, "PYTHONPATH": str(root)},
     )
+
+
+def _write_package(root: Path, modules: dict[str, str]) -> None:
+    for dotted, source in modules.items():
+        path = root.joinpath(*dotted.split("."))
+        path.mkdir(parents=True, exist_ok=True)
+        (path / "__init__.py").write_text(source)
+
+
+def test_import_contract_catches_engine_importing_celery_side(tmp_path: Path) -> None:
+    """The real contracts, run over a throwaway `coreexec` that breaks them twice."""
+    _write_package(
+        tmp_path,
+        {
+            "coreexec": "",
+            "coreexec.deep": "",
+            "coreexec.deep.bad": "from celery_app import tasks\n",
+            "coreexec.fine": "import json\nimport redis\n",
+            "coreexec.worse": "import kombu.utils\n",
+            # The contract's other root package, here keeping its own rule.
+            "workers": "import json\n",
+        },
+    )
+
+    done = _lint_imports(tmp_path, _contracts_of_type("forbidden"))
 
     assert done.returncode == 1, done.stdout + done.stderr
     assert "coreexec.deep.bad -> celery_app" in done.stdout
     assert "coreexec.worse -> kombu" in done.stdout
     assert "coreexec.fine" not in done.stdout
+
+
+def test_layer_contract_catches_the_loop_importing_a_run_lifecycle(tmp_path: Path) -> None:
+    """The real layers contract over a throwaway `coreexec` whose loop imports upwards."""
+    _write_package(
+        tmp_path,
+        {
+            "coreexec": "",
+            "coreexec.cli": "import coreexec.runs.submit\n",
+            "coreexec.runs": "",
+            "coreexec.runs.submit": "import coreexec.executors\n",
+            "coreexec.runs.in_process": "",
+            "coreexec.executors": "import coreexec.execution\n",
+            "coreexec.executors.base": "",
+            "coreexec.execution": "",
+            "coreexec.execution.loop": "import coreexec.runs.submit\n",
+            "coreexec.transport": "",
+            "coreexec.limits": "import coreexec.storage\n",
+            "coreexec.storage": "",
+            "coreexec.job": "import coreexec.runs.in_process\nimport coreexec.executors.base\n",
+            "workers": "",
+        },
+    )
+
+    done = _lint_imports(tmp_path, _contracts_of_type("layers"))
+
+    assert done.returncode == 1, done.stdout + done.stderr
+    assert "coreexec.execution.loop -> coreexec.runs.submit" in done.stdout
+    assert "coreexec.limits is not allowed to import coreexec.storage" in done.stdout
+    # Downward imports, and the two exceptions the contract names, are fine.
+    assert "coreexec.cli" not in done.stdout.split("Broken contracts", 1)[1]
+    assert "coreexec.job ->" not in done.stdout

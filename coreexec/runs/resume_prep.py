@@ -26,17 +26,12 @@ from dataclasses import dataclass
 
 import redis
 
-from coreexec.errors import CoreExecError
+from coreexec.errors import ResumeError
 from coreexec.events import STEP_ATTEMPT_ENDINGS, TRANSIENT_KINDS, Event, EventKind
 from coreexec.instance import Instance
 from coreexec.redis_urls import client_url
-from coreexec.storage.base import RunRecord, RunStatus
 from coreexec.transport import keys
 from coreexec.transport.attempts import FENCE_PREFIX, AttemptClaims
-from coreexec.transport.coordinator_heartbeat import (
-    CoordinatorState,
-    coordinator_status,
-)
 from coreexec.transport.redis_events import (
     RedisEventStream,
     StreamEntry,
@@ -57,79 +52,6 @@ MISSED_HEARTBEATS = 5
 MIN_ATTEMPT_SILENCE_S = 5.0
 DEFAULT_HEARTBEAT_INTERVAL_S = 2.0
 """Used when the run's settings (written by its dispatcher) say nothing."""
-
-FINISHED = frozenset({RunStatus.FAILURE, RunStatus.CANCELED})
-MAYBE_RUNNING = frozenset(
-    {RunStatus.QUEUED, RunStatus.STARTING, RunStatus.STARTED, RunStatus.CANCELING}
-)
-
-
-class ResumeError(CoreExecError):
-    """A run cannot be resumed now; the message says why and what to do."""
-
-    def __init__(self, message: str, *, run_id: str) -> None:
-        super().__init__(message)
-        self.run_id = run_id
-
-
-def check_resumable(
-    instance: Instance, run_id: str, client: redis.Redis | None, *, force: bool = False
-) -> RunRecord:
-    """The run, if it may be resumed now; else :class:`ResumeError` saying why.
-
-    ``force`` resumes a run whose status says it runs without proof that its
-    coordinator died (no heartbeat was ever recorded, or no Redis to ask).
-    """
-    record = instance.storage.get_run(run_id)
-    status = record.status
-    if record.job_reference is None:
-        raise ResumeError(
-            f"run {run_id} has no job reference, so no process can load its job again; "
-            "start a new run of a job defined at module level",
-            run_id=run_id,
-        )
-    if status is RunStatus.SUCCESS:
-        raise ResumeError(
-            f"run {run_id} already succeeded; there is nothing to resume (start a new run "
-            f"with `coreexec submit {record.job_reference}`)",
-            run_id=run_id,
-        )
-    if status in FINISHED or force:
-        return record
-    if client is None:
-        raise ResumeError(
-            f"run {run_id} is {status} and no Redis is configured (COREEXEC_REDIS_URL) to "
-            "tell whether its coordinator is alive; if you know it is gone, use --force",
-            run_id=run_id,
-        )
-    try:
-        seen = coordinator_status(client, run_id)
-    except redis.RedisError as exc:
-        raise wrap_redis_error(
-            exc, url=client_url(client), what="read the coordinator heartbeat"
-        ) from exc
-    if seen.state is CoordinatorState.ALIVE:
-        who = seen.info.describe() if seen.info else "a coordinator"
-        raise ResumeError(
-            f"run {run_id} is {status} and its coordinator {who} is alive; cancel it first "
-            f"(`coreexec runs cancel {run_id}`) or let it finish",
-            run_id=run_id,
-        )
-    if seen.state is CoordinatorState.UNKNOWN:
-        if status is RunStatus.QUEUED:
-            raise ResumeError(
-                f"run {run_id} is QUEUED: no coordinator has picked it up yet (does a worker "
-                "consume coreexec.runs?); to coordinate it here anyway, use --force",
-                run_id=run_id,
-            )
-        raise ResumeError(
-            f"run {run_id} is {status} but no coordinator heartbeat was ever recorded for it "
-            "(a run coordinated without Redis, e.g. on the multiprocess executor, has none); "
-            "if its coordinator "
-            "is gone, resume with --force",
-            run_id=run_id,
-        )
-    return record
 
 
 # -- settling attempts the old coordinator left in flight ------------------------------
@@ -342,3 +264,17 @@ def prepare_resume(
         waited_attempts=tuple(waited),
         lost_attempts=tuple(lost),
     )
+
+
+def done_steps(instance: Instance, run_id: str) -> tuple[frozenset[str], dict[str, int]]:
+    """Steps that already succeeded in a run (for resume) and attempts made so far."""
+    succeeded: set[str] = set()
+    attempts: dict[str, int] = {}
+    for _, event in instance.storage.events(run_id):
+        if event.step_key is None:
+            continue
+        if event.kind is EventKind.STEP_SUCCESS:
+            succeeded.add(event.step_key)
+        elif event.kind is EventKind.STEP_QUEUED and event.attempt is not None:
+            attempts[event.step_key] = max(attempts.get(event.step_key, 0), event.attempt)
+    return frozenset(succeeded), attempts

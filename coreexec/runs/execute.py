@@ -1,17 +1,14 @@
-"""Creating a run record and coordinating a run in this process."""
+"""Executing a stored run in this process: load its job, build its executor, run the
+coordinator loop, store how it ended."""
 
 from __future__ import annotations
 
 import time
-import uuid
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from pydantic import BaseModel
-
 from coreexec.errors import (
     ConfigError,
-    RequirementError,
     RunCanceledError,
     RunFailedError,
     StepExecutionError,
@@ -21,121 +18,20 @@ from coreexec.execution.run_context import EventListener, RunContext
 from coreexec.executors.base import (
     Executor,
     ExecutorDefinition,
-    ExecutorRequirement,
     InitExecutorContext,
 )
 from coreexec.instance import Instance
 from coreexec.io_managers import IOManager
 from coreexec.job import JobDefinition
 from coreexec.plan import ExecutionPlan
-from coreexec.reference import infer_reference, load_job
+from coreexec.reference import load_job
 from coreexec.result import ExecutionResult
-from coreexec.run_config import check_run_config, execution_config
-from coreexec.run_summary import is_cancelled
+from coreexec.run_config import execution_config
+from coreexec.runs.create import _resolve_job, create_run, resolve_executor_def
+from coreexec.runs.resume_prep import done_steps
+from coreexec.runs.summary import is_cancelled
 from coreexec.storage.base import RunRecord, RunStatus
-from coreexec.tags import IO_URL_TAG, TagValue, normalize_tags
-
-
-def resolve_executor_def(job: JobDefinition) -> ExecutorDefinition:
-    """The job's executor, else its Definitions' (set on load), else the default."""
-    if job.executor_def is not None:
-        return job.executor_def
-    from coreexec.executors import default_executor_def
-
-    return default_executor_def()
-
-
-def check_requirements(
-    executor_def: ExecutorDefinition,
-    job: JobDefinition,
-    reference: str | None,
-    instance: Instance,
-    config: BaseModel | None = None,
-) -> None:
-    """Fail before the run starts when the executor cannot run this job here."""
-    needs = executor_def.requirements_for(config)
-    hint = f"; {executor_def.requirement_hint}" if executor_def.requirement_hint else ""
-    if ExecutorRequirement.RECONSTRUCTABLE_JOB in needs and reference is None:
-        raise RequirementError(
-            f"executor {executor_def.name!r} loads job {job.name!r} in other processes, so the "
-            "job must be reachable as 'package.module:attribute': define it at module level "
-            "in an importable module (not in __main__ or inside a function) and run it by "
-            "reference, e.g. `coreexec run mypkg.jobs:my_job`" + hint
-        )
-    if ExecutorRequirement.NON_EPHEMERAL_INSTANCE in needs and instance.ephemeral:
-        raise RequirementError(
-            f"executor {executor_def.name!r} needs run storage other processes can reach, "
-            "but the instance is ephemeral; use Instance.from_env() (COREEXEC_HOME) or "
-            "execute_in_process() for a run that stays in this process" + hint
-        )
-    if ExecutorRequirement.PERSISTENT_OUTPUTS in needs and instance.ephemeral:
-        raise RequirementError(
-            f"executor {executor_def.name!r} passes outputs between processes through files "
-            "under COREEXEC_HOME or at COREEXEC_IO_URL; use a durable instance "
-            "(Instance.from_env())" + hint
-        )
-
-
-def run_io_url(instance: Instance, exec_config: BaseModel | None) -> str | None:
-    """Where a new run's outputs go: the executor config's ``io_url``, else the
-    instance's (None: files under the instance's home)."""
-    io_url = getattr(exec_config, "io_url", None)
-    return io_url if isinstance(io_url, str) and io_url else instance.io_url
-
-
-def _resolve_job(job: JobDefinition | str) -> JobDefinition:
-    return load_job(job) if isinstance(job, str) else job
-
-
-def create_run(
-    job: JobDefinition | str,
-    *,
-    run_config: Mapping[str, Any] | None = None,
-    tags: Mapping[str, TagValue] | None = None,
-    instance: Instance,
-    executor_def: ExecutorDefinition | None = None,
-) -> RunRecord:
-    """Validate everything and store a QUEUED run; nothing runs yet.
-
-    Raises ConfigError, JobReferenceError, RequirementError before any record is made.
-    """
-    definition = _resolve_job(job)
-    config = check_run_config(definition, run_config)
-    chosen = executor_def or resolve_executor_def(definition)
-    exec_config = chosen.resolve_config(execution_config(config))
-    reference = definition.reference or infer_reference(definition)
-    check_requirements(chosen, definition, reference, instance, exec_config)
-    now = time.time()
-    run_tags = {**definition.tags, **normalize_tags(tags, owner="run tags")}
-    io_url = run_io_url(instance, exec_config)
-    if io_url:
-        run_tags[IO_URL_TAG] = io_url
-    record = RunRecord(
-        run_id=uuid.uuid4().hex,
-        job_name=definition.name,
-        status=RunStatus.QUEUED,
-        job_reference=reference,
-        tags=run_tags,
-        run_config=config,
-        created_at=now,
-        updated_at=now,
-    )
-    instance.storage.add_run(record)
-    return record
-
-
-def _done_steps(instance: Instance, run_id: str) -> tuple[frozenset[str], dict[str, int]]:
-    """Steps that already succeeded in a run (for resume) and attempts made so far."""
-    succeeded: set[str] = set()
-    attempts: dict[str, int] = {}
-    for _, event in instance.storage.events(run_id):
-        if event.step_key is None:
-            continue
-        if event.kind is EventKind.STEP_SUCCESS:
-            succeeded.add(event.step_key)
-        elif event.kind is EventKind.STEP_QUEUED and event.attempt is not None:
-            attempts[event.step_key] = max(attempts.get(event.step_key, 0), event.attempt)
-    return frozenset(succeeded), attempts
+from coreexec.tags import TagValue
 
 
 def _run_event(run_id: str, kind: EventKind, message: str = "", **data: Any) -> Event:
@@ -192,7 +88,7 @@ def execute_run(
     except BaseException as exc:
         _fail_start(instance, run_id, exc)
         raise
-    succeeded, attempts = _done_steps(instance, run_id) if resume else (frozenset(), {})
+    succeeded, attempts = done_steps(instance, run_id) if resume else (frozenset(), {})
     context = RunContext(
         run_id=run_id,
         job=job,

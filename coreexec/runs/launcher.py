@@ -13,11 +13,15 @@ from __future__ import annotations
 
 import importlib
 import os
+import time
 from collections.abc import Sequence
 from importlib.metadata import EntryPoint, entry_points
 from typing import Protocol, runtime_checkable
 
-from coreexec.errors import ConfigError
+from coreexec.errors import ConfigError, CoreExecError
+from coreexec.events import Event, EventKind
+from coreexec.instance import Instance
+from coreexec.storage.base import RunStatus
 
 RUN_LAUNCHER_ENV = "COREEXEC_RUN_LAUNCHER"
 ENTRY_POINT_GROUP = "coreexec.run_launchers"
@@ -130,3 +134,37 @@ def get_run_launcher(name: str | None = None) -> RunLauncher:
             path=RUN_LAUNCHER_ENV,
         )
     return launcher
+
+
+def event_redis_url(instance: Instance, launcher: RunLauncher | None = None) -> str | None:
+    """The Redis of the run event streams: the instance's (``COREEXEC_REDIS_URL``), else
+    the launcher's (given, else the configured one when it loads), else None."""
+    if instance.redis_url:
+        return instance.redis_url
+    if launcher is None:
+        try:
+            launcher = get_run_launcher()
+        except CoreExecError:
+            return None
+    url = getattr(launcher, "redis_url", None)
+    return url if isinstance(url, str) else None
+
+
+def mark_launch_failed(
+    instance: Instance, run_id: str, launcher_name: str, exc: BaseException
+) -> None:
+    """Record why a run never reached a coordinator: status FAILURE and a RUN_FAILURE event."""
+    message = f"could not hand the run to the {launcher_name!r} run launcher: {exc}"
+    instance.storage.append_events(
+        run_id,
+        [
+            Event(
+                kind=EventKind.RUN_FAILURE,
+                run_id=run_id,
+                timestamp=time.time(),
+                message=message,
+                data={"reason": "launch_failed", "error": type(exc).__name__},
+            )
+        ],
+    )
+    instance.storage.set_status(run_id, RunStatus.FAILURE, expected=(RunStatus.QUEUED,))

@@ -21,7 +21,9 @@ import redis
 from coreexec.errors import CoreExecError
 from coreexec.events import Event, EventKind
 from coreexec.instance import Instance
-from coreexec.run_launcher import RunLauncher
+from coreexec.runs.launcher import RunLauncher
+from coreexec.runs.resume import resume_run
+from coreexec.runs.resume_prep import missing_step_events
 from coreexec.storage.base import RunRecord, RunStatus
 from coreexec.transport import keys
 from coreexec.transport.attempts import add_finish_commands
@@ -122,8 +124,6 @@ class OrphanReaper:
         who = status.info.describe() if status.info is not None else "its coordinator"
         reason = f"coordinator lost: nothing from {who} for {silent:.0f}s"
         if status.info is not None and status.info.launched and self.launcher is not None:
-            from coreexec.coordination import resume_run
-
             try:
                 outcome = resume_run(
                     record.run_id,
@@ -168,7 +168,6 @@ class OrphanReaper:
     def _save_unsaved(self, run_id: str, stream: RedisEventStream) -> None:
         """Store the step events the dead coordinator heard but had not written yet, so
         the run's steps show where they got to."""
-        from coreexec.resume import missing_step_events
 
         try:
             entries = stream.history()

@@ -5,12 +5,13 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from coreexec.execution.runs import create_run, execute_run, raise_for, result_of
 from coreexec.executors.in_process import in_process_executor
 from coreexec.instance import Instance
 from coreexec.io_managers import InMemoryIOManager
 from coreexec.job import JobDefinition
 from coreexec.result import ExecutionResult
+from coreexec.runs.create import create_run
+from coreexec.runs.execute import execute_run, raise_for, result_of
 from coreexec.tags import TagValue
 
 

@@ -1,32 +1,20 @@
-"""Programmatic submission: store a run, hand it to a run launcher, follow it by handle.
-
-``submit_job`` returns as soon as the run is handed over; the run's coordinator runs
-elsewhere (with the Celery launcher: as a task on the ``coreexec.runs`` queue). The
-:class:`RunHandle` reads the run storage for the truth and blocks on the run's Redis
-event stream to learn, without polling, when to read it again.
-"""
+"""A run handle: follow a submitted run from any process (status, events, wait, cancel)."""
 
 from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable, Iterator, Mapping
-from pathlib import Path
-from typing import Any
+from collections.abc import Callable, Iterator
 
 import redis
 
-from coreexec.errors import BrokerConnectionError, CoreExecError, LauncherError, RequirementError
-from coreexec.events import Event, EventKind
+from coreexec.errors import BrokerConnectionError, RunWaitTimeout
+from coreexec.events import Event
 from coreexec.execution.dispatcher import STREAMED_STORAGE_FLUSH_S
-from coreexec.execution.runs import create_run
-from coreexec.instance import Instance, home_from_env
-from coreexec.job import JobDefinition
-from coreexec.reference import infer_reference, load_job
-from coreexec.run_launcher import RunLauncher, get_run_launcher, terminator_for
+from coreexec.instance import Instance
+from coreexec.runs.cancel import CancelOutcome, request_cancel
+from coreexec.runs.launcher import RunLauncher, terminator_for
 from coreexec.storage.base import RunRecord, RunStatus
-from coreexec.tags import TagValue
-from coreexec.transport.cancel import CancelOutcome, request_cancel
 from coreexec.transport.coordinator_heartbeat import CoordinatorStatus, coordinator_status
 from coreexec.transport.redis_events import RedisEventStream, redis_client, wrap_redis_error
 
@@ -36,22 +24,15 @@ MAX_BLOCK_S = 2.0
 """Longest single blocking read while waiting: the storage is read again at least this
 often, so a run whose coordinator cannot reach Redis is still seen to end."""
 
+
 FOLLOW_SETTLE_S = STREAMED_STORAGE_FLUSH_S + 0.1
 """After a stream entry, the coordinator writes its events to storage within
 ``STREAMED_STORAGE_FLUSH_S``; a follower that found nothing new reads again after at
 most this long."""
 
+
 NO_REDIS_INTERVAL_S = 0.5
 """How often a handle without Redis reads the run storage (the only way it can learn)."""
-
-
-class RunWaitTimeout(CoreExecError, TimeoutError):
-    """A run did not end within the time given to :meth:`RunHandle.wait`."""
-
-    def __init__(self, message: str, *, run_id: str, status: RunStatus) -> None:
-        super().__init__(message)
-        self.run_id = run_id
-        self.status = status
 
 
 class RunHandle:
@@ -238,100 +219,3 @@ class RunHandle:
         if self._stream is not None:
             self._stream.client.close()
             self._stream = None
-
-
-def event_redis_url(instance: Instance, launcher: RunLauncher | None = None) -> str | None:
-    """The Redis of the run event streams: the instance's (``COREEXEC_REDIS_URL``), else
-    the launcher's (given, else the configured one when it loads), else None."""
-    if instance.redis_url:
-        return instance.redis_url
-    if launcher is None:
-        try:
-            launcher = get_run_launcher()
-        except CoreExecError:
-            return None
-    url = getattr(launcher, "redis_url", None)
-    return url if isinstance(url, str) else None
-
-
-def _reference_of(job: JobDefinition) -> str:
-    reference = job.reference or infer_reference(job)
-    if reference is None:
-        raise RequirementError(
-            f"submit_job hands job {job.name!r} to a coordinator in another process, which "
-            "loads it by reference: define it at module level in an importable module and "
-            "submit it as 'package.module:attribute'"
-        )
-    return reference
-
-
-def mark_launch_failed(
-    instance: Instance, run_id: str, launcher_name: str, exc: BaseException
-) -> None:
-    """Record why a run never reached a coordinator: status FAILURE and a RUN_FAILURE event."""
-    message = f"could not hand the run to the {launcher_name!r} run launcher: {exc}"
-    instance.storage.append_events(
-        run_id,
-        [
-            Event(
-                kind=EventKind.RUN_FAILURE,
-                run_id=run_id,
-                timestamp=time.time(),
-                message=message,
-                data={"reason": "launch_failed", "error": type(exc).__name__},
-            )
-        ],
-    )
-    instance.storage.set_status(run_id, RunStatus.FAILURE, expected=(RunStatus.QUEUED,))
-
-
-def submit_job(
-    ref: JobDefinition | str,
-    run_config: Mapping[str, Any] | None = None,
-    *,
-    tags: Mapping[str, TagValue] | None = None,
-    instance: Instance | None = None,
-    launcher: RunLauncher | None = None,
-) -> RunHandle:
-    """Store a run of ``ref`` and hand it to the run launcher; returns its handle at once.
-
-    ``ref`` is a ``"package.module:attribute"`` reference (or a job defined at module
-    level, whose reference is found). The run config, tags and job are validated before
-    anything is stored. The launcher is ``launcher``, else the configured one
-    (``$COREEXEC_RUN_LAUNCHER``, default Celery: the coordinator runs as a task on the
-    ``coreexec.runs`` queue). When the hand-over fails (e.g. the broker is down) the
-    stored run is marked FAILURE with an event saying why, and the error is raised:
-    :class:`~coreexec.errors.BrokerConnectionError` names the broker URL.
-    """
-    chosen_instance = instance or Instance.from_env()
-    if chosen_instance.ephemeral:
-        raise RequirementError(
-            "submit_job needs run storage the coordinator's process can read; use "
-            "Instance.from_env() (COREEXEC_HOME), not an ephemeral instance"
-        )
-    if Path(chosen_instance.home).resolve() != home_from_env().resolve():
-        log.warning(
-            "submitting to an instance at %s while COREEXEC_HOME is %s: coordinators read "
-            "the instance their own COREEXEC_HOME names",
-            chosen_instance.home,
-            home_from_env(),
-        )
-    job = load_job(ref) if isinstance(ref, str) else ref
-    _reference_of(job)
-    chosen_launcher = launcher or get_run_launcher()
-    record = create_run(job, run_config=run_config, tags=tags, instance=chosen_instance)
-    try:
-        chosen_launcher.launch(record.run_id)
-    except BaseException as exc:
-        mark_launch_failed(chosen_instance, record.run_id, chosen_launcher.name, exc)
-        if isinstance(exc, CoreExecError) or not isinstance(exc, Exception):
-            raise
-        raise LauncherError(
-            f"run launcher {chosen_launcher.name!r} failed to launch run {record.run_id}: {exc!r}"
-        ) from exc
-    return RunHandle(
-        record.run_id,
-        chosen_instance,
-        event_redis_url(chosen_instance, chosen_launcher),
-        chosen_launcher,
-    )

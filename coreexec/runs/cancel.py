@@ -24,8 +24,8 @@ from coreexec.errors import CoreExecError
 from coreexec.events import Event, EventKind
 from coreexec.instance import Instance
 from coreexec.redis_urls import safe_url
-from coreexec.resume import OpenAttempt, open_attempts
-from coreexec.run_launcher import AttemptTerminator, terminator_for
+from coreexec.runs.launcher import AttemptTerminator, terminator_for
+from coreexec.runs.resume_prep import OpenAttempt, open_attempts
 from coreexec.storage.base import RunStatus
 from coreexec.transport.attempts import AttemptClaims
 from coreexec.transport.coordinator_heartbeat import CoordinatorState, coordinator_status
@@ -150,7 +150,7 @@ def request_cancel(
     is left as it is. A running run whose coordinator is known dead (its heartbeat
     lapsed) is marked CANCELED here, since nobody else would: its queued attempts are
     fenced, and those a worker had taken are terminated through the run launcher that
-    ``find_terminator`` gives (see :class:`~coreexec.run_launcher.AttemptTerminator`).
+    ``find_terminator`` gives (see :class:`~coreexec.runs.launcher.AttemptTerminator`).
     """
     storage = instance.storage
     before = storage.get_run(run_id).status

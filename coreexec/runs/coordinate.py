@@ -8,16 +8,15 @@ canceled while queued, does nothing. A message redelivered after its coordinator
 coordinates it keeps a heartbeat in Redis; at the end it announces the run's final
 event on the run's stream, which wakes every :meth:`RunHandle.wait`.
 
-:func:`resume_run` is the same with a resume first (``coreexec runs resume``): in this
-process by default, or handed to the run launcher with ``submit=True``.
+:func:`~coreexec.runs.resume.resume_run` is the same with a resume first
+(``coreexec runs resume``).
 """
 
 from __future__ import annotations
 
 import logging
-import os
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import redis
@@ -25,18 +24,10 @@ import redis
 from coreexec.errors import CoreExecError
 from coreexec.events import Event, EventKind
 from coreexec.execution.run_context import EventListener, RunContext
-from coreexec.execution.runs import execute_run
 from coreexec.instance import Instance
-from coreexec.resume import (
-    DEFAULT_IN_FLIGHT_TIMEOUT_S,
-    ResumeError,
-    ResumePreparation,
-    check_resumable,
-    prepare_resume,
-)
-from coreexec.run_launcher import RunLauncher, get_run_launcher
-from coreexec.storage.base import RunRecord, RunStatus, RunStorage
-from coreexec.submission import event_redis_url, mark_launch_failed
+from coreexec.runs.execute import execute_run
+from coreexec.runs.resume_prep import DEFAULT_IN_FLIGHT_TIMEOUT_S, ResumePreparation, prepare_resume
+from coreexec.storage.base import RunStatus, RunStorage
 from coreexec.transport.coordinator_heartbeat import (
     COORDINATOR_TTL_MS,
     CoordinatorHeartbeat,
@@ -128,7 +119,7 @@ def _announce_end(stream: RedisEventStream, run_id: str, final: Event | None) ->
         log.warning("could not announce the end of run %s: %s", run_id, exc)
 
 
-def _coordinate(
+def coordinate_claimed_run(
     instance: Instance,
     run_id: str,
     client: redis.Redis | None,
@@ -205,7 +196,7 @@ def _coordinator_dead(client: redis.Redis, run_id: str) -> bool:
     return state is CoordinatorState.DEAD
 
 
-def _client(redis_url: str | None) -> redis.Redis | None:
+def redis_client_for(redis_url: str | None) -> redis.Redis | None:
     return redis_client(redis_url) if redis_url else None
 
 
@@ -226,7 +217,7 @@ def coordinate_launched_run(
     :class:`~coreexec.errors.BrokerConnectionError` when Redis is unreachable.
     """
     storage = instance.storage
-    client = _client(redis_url)
+    client = redis_client_for(redis_url)
     try:
         before_claim = last_event_id(storage, run_id)
         claimed = storage.set_status(run_id, RunStatus.STARTING, expected=(RunStatus.QUEUED,))
@@ -245,7 +236,7 @@ def coordinate_launched_run(
                     False,
                     f"run {run_id} is {status}: nothing for this coordinator to do",
                 )
-        return _coordinate(
+        return coordinate_claimed_run(
             instance,
             run_id,
             client,
@@ -255,74 +246,6 @@ def coordinate_launched_run(
             listeners=listeners,
             in_flight_timeout_s=in_flight_timeout_s,
             launched=True,
-        )
-    finally:
-        if client is not None:
-            client.close()
-
-
-def resume_run(
-    run_id: str,
-    *,
-    instance: Instance | None = None,
-    redis_url: str | None = None,
-    force: bool = False,
-    submit: bool = False,
-    launcher: RunLauncher | None = None,
-    listeners: Sequence[EventListener] = (),
-    in_flight_timeout_s: float = DEFAULT_IN_FLIGHT_TIMEOUT_S,
-    on_resuming: Callable[[RunRecord], None] | None = None,
-) -> CoordinationOutcome:
-    """Re-execute a failed, canceled or orphaned run without re-running its succeeded steps.
-
-    In this process (until the run ends) by default; with ``submit`` the resume is handed
-    to the run launcher and this returns at once. Raises :class:`ResumeError` when the
-    run cannot be resumed (it succeeded, or its coordinator is alive, ...).
-    ``on_resuming(record)`` is called once the run is checked and claimed, just before
-    this process coordinates it (so an announcement is never followed by a refusal).
-    """
-    chosen_instance = instance or Instance.from_env()
-    url = redis_url or event_redis_url(chosen_instance, launcher)
-    client = _client(url)
-    try:
-        record = check_resumable(chosen_instance, run_id, client, force=force)
-        storage = chosen_instance.storage
-        if submit:
-            chosen_launcher = launcher or get_run_launcher()
-            if not storage.set_status(run_id, RunStatus.QUEUED, expected=(record.status,)):
-                raise ResumeError(
-                    f"run {run_id} changed status while being resumed; look at it again",
-                    run_id=run_id,
-                )
-            try:
-                chosen_launcher.launch(run_id, resume=True)
-            except BaseException as exc:
-                mark_launch_failed(chosen_instance, run_id, chosen_launcher.name, exc)
-                raise
-            return CoordinationOutcome(
-                run_id,
-                RunStatus.QUEUED,
-                False,
-                f"resume of run {run_id} handed to the {chosen_launcher.name!r} run launcher",
-                resumed=True,
-            )
-        before_claim = last_event_id(storage, run_id)
-        if not storage.set_status(run_id, RunStatus.STARTING, expected=(record.status,)):
-            raise ResumeError(
-                f"run {run_id} changed status while being resumed; look at it again",
-                run_id=run_id,
-            )
-        if on_resuming is not None:
-            on_resuming(record)
-        return _coordinate(
-            chosen_instance,
-            run_id,
-            client,
-            claimed_after_id=before_claim,
-            resume=True,
-            owner=f"coreexec runs resume (pid {os.getpid()})",
-            listeners=listeners,
-            in_flight_timeout_s=in_flight_timeout_s,
         )
     finally:
         if client is not None:
