@@ -22,7 +22,8 @@ from typing import TYPE_CHECKING, Any
 from celery.exceptions import Ignore, Reject
 
 from celery_app.task_outcome import StepAttemptFailed, StepTask
-from coreexec.attempt_runner import AttemptIds, ClaimUnavailableError
+from coreexec.attempt_runner import AttemptIds
+from coreexec.errors import ClaimUnavailableError
 from workers.supervisor import supervise
 
 if TYPE_CHECKING:

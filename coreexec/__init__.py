@@ -3,14 +3,14 @@ or on a Celery worker fleet, with priorities and global tag-concurrency limits."
 
 from coreexec.context import StepContext
 from coreexec.definitions import Definitions
-from coreexec.errors import CoreExecError
+from coreexec.errors import CoreExecError, Failure, RetryRequested
 from coreexec.events import Event, EventKind
 from coreexec.instance import Instance
 from coreexec.job import JobDefinition, job
 from coreexec.plan import ExecutionPlan
 from coreexec.reference import load_job
 from coreexec.result import ExecutionResult
-from coreexec.retry import Backoff, Failure, FailureClass, Jitter, RetryPolicy, RetryRequested
+from coreexec.retry import Backoff, FailureClass, Jitter, RetryPolicy
 from coreexec.runs.execute import execute_job
 from coreexec.runs.handle import RunHandle
 from coreexec.runs.submit import submit_job

@@ -29,7 +29,7 @@ from typing import Any
 from coreexec.active_execution import StepAttempt
 from coreexec.attempt_runtime import AttemptRuntime, RunInfo
 from coreexec.context import EventSink
-from coreexec.errors import BrokerConnectionError, CoreExecError
+from coreexec.errors import BrokerConnectionError, ClaimUnavailableError, CoreExecError
 from coreexec.events import STEP_ATTEMPT_ENDINGS, Event, EventKind
 from coreexec.job import JobDefinition
 from coreexec.plan import PlannedStep
@@ -55,11 +55,6 @@ class AttemptIds:
     @property
     def attempt(self) -> StepAttempt:
         return StepAttempt(self.step_key, self.attempt_number, self.attempt_id)
-
-
-class ClaimUnavailableError(BrokerConnectionError):
-    """The attempt could not be claimed because Redis is unreachable: nothing ran, so
-    the message should go back to the broker rather than be acknowledged."""
 
 
 @dataclass(frozen=True)

@@ -130,3 +130,50 @@ class RunWaitTimeout(CoreExecError, TimeoutError):
         super().__init__(message)
         self.run_id = run_id
         self.status = status
+
+
+class RetryRequested(Exception):
+    """Raise inside a step to ask for another attempt after ``seconds_to_wait``.
+
+    Logged as information, not as an error: the step is retried while the attempt
+    number is within ``max_retries``.
+    """
+
+    def __init__(self, max_retries: int = 1, seconds_to_wait: float = 0.0) -> None:
+        super().__init__(f"retry requested (max_retries={max_retries}, wait {seconds_to_wait}s)")
+        self.max_retries = max_retries
+        self.seconds_to_wait = seconds_to_wait
+
+
+class Failure(Exception):
+    """Raise inside a step to fail it with ``description``; retried only if allowed."""
+
+    def __init__(self, description: str = "", *, allow_retries: bool = False) -> None:
+        super().__init__(description)
+        self.description = description
+        self.allow_retries = allow_retries
+
+
+class AttemptDroppedError(CoreExecError):
+    """A Dask worker got an attempt that was claimed before (Dask ran it again after its
+    first worker was lost, or the coordinator fenced it): nothing ran."""
+
+
+class ClaimUnavailableError(BrokerConnectionError):
+    """The attempt could not be claimed because Redis is unreachable: nothing ran, so
+    the message should go back to the broker rather than be acknowledged."""
+
+
+class InvalidIdError(CoreExecError, ValueError):
+    """A run id, attempt id or queue name that cannot name a Redis key (empty, too long,
+    braces or control characters); ``what`` says which kind of id it is."""
+
+    def __init__(self, message: str, *, what: str, value: object) -> None:
+        super().__init__(message)
+        self.what = what
+        self.value = value
+
+
+class MalformedEventError(TransportError, ValueError):
+    """A run event that does not decode (a forged or damaged message, or a newer
+    coreexec's format); it is reported and skipped, never applied."""

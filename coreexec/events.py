@@ -7,6 +7,8 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
 
+from coreexec.errors import MalformedEventError
+
 
 class EventKind(StrEnum):
     RUN_STARTING = "RUN_STARTING"
@@ -72,13 +74,14 @@ class Event:
 
     @classmethod
     def from_dict(cls, body: Mapping[str, Any]) -> Event:
-        """Rebuild an event; raises ValueError naming the problem when ``body`` is malformed."""
+        """Rebuild an event; raises :class:`~coreexec.errors.MalformedEventError` naming the
+        problem when ``body`` is malformed."""
         try:
             kind = EventKind(body["kind"])
             run_id = str(body["run_id"])
             timestamp = float(body["ts"])
         except (KeyError, ValueError, TypeError) as exc:
-            raise ValueError(f"malformed event {dict(body)!r}: {exc!r}") from exc
+            raise MalformedEventError(f"malformed event {dict(body)!r}: {exc!r}") from exc
         attempt = body.get("attempt")
         return cls(
             kind=kind,

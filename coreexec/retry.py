@@ -6,6 +6,8 @@ import random
 from dataclasses import dataclass, field
 from enum import StrEnum
 
+from coreexec.errors import ConfigError
+
 
 class Backoff(StrEnum):
     """How the delay grows with each attempt."""
@@ -53,11 +55,19 @@ class RetryPolicy:
 
     def __post_init__(self) -> None:
         if self.max_retries < 0:
-            raise ValueError(f"RetryPolicy.max_retries must be >= 0, got {self.max_retries}")
+            raise ConfigError(
+                f"RetryPolicy.max_retries must be >= 0, got {self.max_retries}",
+                path="max_retries",
+            )
         if self.delay is not None and self.delay < 0:
-            raise ValueError(f"RetryPolicy.delay must be >= 0 seconds, got {self.delay}")
+            raise ConfigError(
+                f"RetryPolicy.delay must be >= 0 seconds, got {self.delay}", path="delay"
+            )
         if FailureClass.CANCELLED in self.retry_on:
-            raise ValueError("RetryPolicy.retry_on cannot include CANCELLED: cancellation is final")
+            raise ConfigError(
+                "RetryPolicy.retry_on cannot include CANCELLED: cancellation is final",
+                path="retry_on",
+            )
 
     def retries(self, failure_class: FailureClass) -> bool:
         return failure_class in self.retry_on
@@ -77,25 +87,3 @@ class RetryPolicy:
         elif self.jitter is Jitter.PLUS_MINUS:
             wait = max(0.0, wait + draw(-base, base))
         return wait
-
-
-class RetryRequested(Exception):
-    """Raise inside a step to ask for another attempt after ``seconds_to_wait``.
-
-    Logged as information, not as an error: the step is retried while the attempt
-    number is within ``max_retries``.
-    """
-
-    def __init__(self, max_retries: int = 1, seconds_to_wait: float = 0.0) -> None:
-        super().__init__(f"retry requested (max_retries={max_retries}, wait {seconds_to_wait}s)")
-        self.max_retries = max_retries
-        self.seconds_to_wait = seconds_to_wait
-
-
-class Failure(Exception):
-    """Raise inside a step to fail it with ``description``; retried only if allowed."""
-
-    def __init__(self, description: str = "", *, allow_retries: bool = False) -> None:
-        super().__init__(description)
-        self.description = description
-        self.allow_retries = allow_retries

@@ -27,12 +27,12 @@ from typing import Any
 from coreexec.active_execution import StepAttempt
 from coreexec.clock import SYSTEM_CLOCK, Clock
 from coreexec.context import EventSink, StepContext, StepLogger
-from coreexec.errors import CoreExecError, IOManagerError
+from coreexec.errors import CoreExecError, Failure, IOManagerError, RetryRequested
 from coreexec.events import Event, EventKind
 from coreexec.io_managers import IOManager, OutputKey
 from coreexec.job import JobDefinition
 from coreexec.plan import PlannedStep
-from coreexec.retry import Failure, FailureClass, RetryRequested
+from coreexec.retry import FailureClass
 from coreexec.run_config import step_config
 
 _HOST = socket.gethostname()

@@ -32,7 +32,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from coreexec.attempt_runner import AttemptIds, run_attempt
 from coreexec.attempt_runtime import AttemptRuntime
-from coreexec.errors import ConfigError, CoreExecError, RequirementError
+from coreexec.errors import AttemptDroppedError, ConfigError, RequirementError
 from coreexec.events import Event
 from coreexec.execution.dispatcher import StepDispatcher
 from coreexec.execution.run_context import RunContext
@@ -171,11 +171,6 @@ class DaskConfig(BaseModel):
 
 
 # -- inside the Dask worker -----------------------------------------------------------
-
-
-class AttemptDroppedError(CoreExecError):
-    """A Dask worker got an attempt that was claimed before (Dask ran it again after its
-    first worker was lost, or the coordinator fenced it): nothing ran."""
 
 
 class _DaskRuntime(AttemptRuntime):

@@ -22,6 +22,8 @@ Keys of the tag limiter are in :mod:`coreexec.limits.keys`.
 
 from __future__ import annotations
 
+from coreexec.errors import InvalidIdError
+
 PREFIX = "coreexec"
 """First component of every coreexec Redis key."""
 
@@ -44,14 +46,19 @@ MAX_ID_LENGTH = 128
 
 
 def check_id(value: str, *, what: str) -> str:
-    """Return ``value`` or raise ValueError when it cannot sit inside a key's hash tag
-    (empty, longer than :data:`MAX_ID_LENGTH`, braces or control characters)."""
+    """Return ``value`` or raise :class:`~coreexec.errors.InvalidIdError` when it cannot
+    sit inside a key's hash tag (empty, longer than :data:`MAX_ID_LENGTH`, braces or
+    control characters)."""
     if not isinstance(value, str) or not value or len(value) > MAX_ID_LENGTH:
-        raise ValueError(
-            f"{what} {str(value)[:40]!r} must be a string of 1 to {MAX_ID_LENGTH} characters"
+        raise InvalidIdError(
+            f"{what} {str(value)[:40]!r} must be a string of 1 to {MAX_ID_LENGTH} characters",
+            what=what,
+            value=value,
         )
     if any(ch in value for ch in "{}") or not value.isprintable():
-        raise ValueError(f"{what} {value[:40]!r} must be printable, without braces")
+        raise InvalidIdError(
+            f"{what} {value[:40]!r} must be printable, without braces", what=what, value=value
+        )
     return value
 
 

@@ -359,3 +359,25 @@ def test_intervals_env_is_restored(tmp_path: Path) -> None:
     with intervals_directory(tmp_path) as directory:
         assert os.environ[INTERVALS_DIR_ENV] == str(directory)
     assert os.environ.get(INTERVALS_DIR_ENV) == before
+
+
+def test_revision_comparison_takes_each_rounds_cell_and_shows_after_over_before() -> None:
+    from bench.revisions import collect, comparison_table
+
+    def report(w1: float, w2: float | None) -> dict[str, object]:
+        return {
+            "cells": [
+                {"workload": "W1", "system": "coreexec-celery", "overhead_per_step_s": w1},
+                {"workload": "W2", "system": "coreexec-celery", "overhead_per_step_s": w2},
+            ]
+        }
+
+    before = collect("old", [report(0.004, 0.005), report(0.002, 0.006), report(0.003, None)])
+    after = collect("new", [report(0.003, 0.005), report(0.003, 0.005)])
+    table = comparison_table(before, after).splitlines()
+
+    assert table[0] == "| workload | system | old ms/step | new ms/step | after / before |"
+    assert table[2] == (
+        "| W1 | coreexec-celery | 3.00 (4.00, 2.00, 3.00) | 3.00 (3.00, 3.00) | 1.00 |"
+    )
+    assert table[3] == "| W2 | coreexec-celery | 5.50 (5.00, 6.00) | 5.00 (5.00, 5.00) | 0.91 |"
