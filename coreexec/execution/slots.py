@@ -17,8 +17,14 @@ from coreexec.active_execution import new_attempt_id
 from coreexec.errors import BrokerConnectionError, LimiterError
 from coreexec.events import Event, EventKind
 from coreexec.execution.run_context import RunContext
-from coreexec.limits.base import AcquireResult, Lease, SlotBlock, SlotRequest, TagLimiter
-from coreexec.limits.rules import TagConcurrencyLimit, slots_for
+from coreexec.limits.base import (
+    AcquireResult,
+    Lease,
+    SlotBlock,
+    SlotRequest,
+    TagLimiter,
+)
+from coreexec.limits.rules import SlotSpec, TagConcurrencyLimit, slots_for
 from coreexec.plan import PlannedStep
 
 logger = logging.getLogger(__name__)
@@ -59,6 +65,7 @@ class StepSlots:
         self._next_refresh_at: float | None = None
         self._outages_seen = 0
         self._next_try_at: float | None = None
+        self._slots_by_step: dict[str, tuple[tuple[SlotSpec, ...], frozenset[str]]] = {}
 
     # -- asking -------------------------------------------------------------------------
 
@@ -69,12 +76,23 @@ class StepSlots:
 
     def acquire(self, step: PlannedStep, pass_slots: SlotPass) -> str | None:
         """A lease id for ``step`` (its future attempt id), or None while it must wait."""
+        # Called for every ready step in every pass: the checks stay inline, and a step's
+        # slots (fixed by the rules and its tags) are worked out once.
         if self.limiter is None:
             return new_attempt_id()
-        specs = slots_for(self.rules, step.tags)
+        known = self._slots_by_step.get(step.key)
+        if known is None:
+            specs = slots_for(self.rules, step.tags)
+            known = self._slots_by_step[step.key] = (specs, frozenset(spec.name for spec in specs))
+        specs, names = known
         if not specs:
             return new_attempt_id()
-        if self._need_not_ask(step.key, {spec.name for spec in specs}, pass_slots):
+        if step.key not in self._waiting:
+            if names & (pass_slots.blocked | pass_slots.full):
+                # A step ahead of it in this pass waits for one of these slots, or took
+                # its last unit: the release to come wakes this run.
+                return None
+        elif names & pass_slots.full and not self._must_ask_again(step.key):
             return None
         request = self._waiting.get(step.key) or SlotRequest(
             run_id=self.context.run_id,
@@ -91,14 +109,6 @@ class StepSlots:
         pass_slots.full.update(result.full)
         self._granted(request, result.lease)
         return request.lease_id
-
-    def _need_not_ask(self, step_key: str, names: set[str], pass_slots: SlotPass) -> bool:
-        """Whether the pass already knows the answer for a step wanting slots ``names``."""
-        if step_key not in self._waiting:
-            # A step ahead of it in this pass waits for one of these slots, or took its
-            # last unit: the release to come wakes this run.
-            return bool(names & (pass_slots.blocked | pass_slots.full))
-        return bool(names & pass_slots.full) and not self._must_ask_again(step_key)
 
     def _refused(
         self,
