@@ -123,9 +123,7 @@ def _cluster(stack: ExitStack, home: Path, redis_url: str, image: str | None) ->
             "environment": {"PYTHONPATH": REPO_ROOT}, "working_dir": REPO_ROOT,
         })  # fmt: skip
     cluster = stack.enter_context(TestCluster(home / "cluster", backend))
-    cluster.kubelet.secrets = {
-        SECRET: {"COREEXEC_REDIS_URL": redis_url, "COREEXEC_HOME": str(home)}
-    }
+    cluster.add_secret(SECRET, {"COREEXEC_REDIS_URL": redis_url, "COREEXEC_HOME": str(home)})
     return cluster
 
 

@@ -71,7 +71,7 @@ class CeleryCluster:
 def _wait_for_consumer(url: str) -> None:
     from celery_app.queue_presence import QueuePresence
     from celery_app.queues import DEFAULT_QUEUE
-    from coreexec.transport.redis_events import redis_client
+    from coreexec.redis_clients import redis_client
 
     presence = QueuePresence(redis_client(url))
     deadline = time.monotonic() + READY_TIMEOUT_S
@@ -135,7 +135,7 @@ class CeleryRunner:
         from bench.workloads import job_reference
         from celery_app import celery_executor
         from coreexec.instance import Instance
-        from coreexec.transport.redis_events import redis_client
+        from coreexec.redis_clients import redis_client
 
         self.workload = workload
         self.reference = job_reference(workload)

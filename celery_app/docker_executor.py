@@ -15,10 +15,15 @@ from pydantic import Field
 
 from celery_app.executor import CeleryExecutor, CeleryExecutorConfig, build_executor
 from coreexec.execution.run_context import RunContext
-from coreexec.executors.base import Executor, ExecutorRequirement, InitExecutorContext, executor
+from coreexec.executors.base import (
+    OUT_OF_PROCESS_REQUIREMENTS,
+    Executor,
+    InitExecutorContext,
+    executor,
+)
 from coreexec.transport.run_settings import RunSettings
 from workers.docker.config import DockerConfig, check_steps
-from workers.registry import DOCKER, check_launchers, launcher_name
+from workers.registry import DOCKER, steps_launched_by
 
 
 class CeleryDockerExecutorConfig(CeleryExecutorConfig):
@@ -33,10 +38,7 @@ class CeleryDockerExecutor(CeleryExecutor):
     def launch_settings(self, run: RunContext) -> RunSettings:
         assert isinstance(self.config, CeleryDockerExecutorConfig)
         docker = self.config.docker
-        check_launchers(run.plan.steps, DOCKER)
-        docker_steps = {
-            step.key for step in run.plan.steps if launcher_name(step, DOCKER) == DOCKER
-        }
+        docker_steps = steps_launched_by(run.plan.steps, DOCKER, DOCKER)
         check_steps(list(run.plan.steps), docker, docker_steps)
         return RunSettings(
             default_launcher=DOCKER, launcher_config={DOCKER: docker.model_dump(mode="json")}
@@ -46,14 +48,8 @@ class CeleryDockerExecutor(CeleryExecutor):
 @executor(
     name="celery_docker",
     config_schema=CeleryDockerExecutorConfig,
-    requirements=(
-        ExecutorRequirement.RECONSTRUCTABLE_JOB,
-        ExecutorRequirement.NON_EPHEMERAL_INSTANCE,
-        ExecutorRequirement.PERSISTENT_OUTPUTS,
-    ),
+    requirements=OUT_OF_PROCESS_REQUIREMENTS,
 )
 def celery_docker_executor(context: InitExecutorContext) -> Executor:
     """Runs each step as a Celery task whose worker starts a container for it."""
-    config = context.config
-    assert isinstance(config, CeleryDockerExecutorConfig)
-    return build_executor(config, CeleryDockerExecutor)
+    return build_executor(context.config_as(CeleryDockerExecutorConfig), CeleryDockerExecutor)

@@ -14,7 +14,6 @@ import json
 import threading
 from typing import Any
 
-import redis
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
 
 from celery_app.app import CoreexecApp, check_json_only, make_app
@@ -28,24 +27,22 @@ from coreexec.errors import ConfigError
 from coreexec.execution.dispatcher import StepDispatcher
 from coreexec.execution.run_context import RunContext
 from coreexec.executors.base import (
+    OUT_OF_PROCESS_REQUIREMENTS,
     DispatchingExecutor,
     Executor,
-    ExecutorRequirement,
     InitExecutorContext,
     RetriesConfig,
     executor,
 )
 from coreexec.limits.base import DEFAULT_LEASE_TTL_MS
-from coreexec.limits.global_rules import GlobalRules
 from coreexec.limits.keys import DEFAULT_NAMESPACE
-from coreexec.limits.redis_limiter import RedisTagLimiter
-from coreexec.limits.rules import TagConcurrencyLimit, parse_limits
+from coreexec.limits.setup import NO_LIMITS, RunLimits, build_limiter
+from coreexec.redis_clients import Redis, redis_client
 from coreexec.transport.outage import DEFAULT_OUTAGE_TOLERANCE_S
-from coreexec.transport.redis_events import redis_client
 from coreexec.transport.run_settings import RunSettings
 from workers.docker.config import DockerConfig, check_steps
 from workers.in_process import IN_PROCESS
-from workers.registry import DOCKER, check_launchers, launcher_name
+from workers.registry import DOCKER, steps_launched_by
 
 CONFIG_PATH = "celery_executor"
 
@@ -112,7 +109,7 @@ class CeleryExecutorConfig(BaseModel):
 
 
 _apps: dict[str, CoreexecApp] = {}
-_clients: dict[str, redis.Redis] = {}
+_clients: dict[str, Redis] = {}
 _cache_lock = threading.Lock()
 
 
@@ -127,7 +124,7 @@ def _app_for(settings: CelerySettings) -> CoreexecApp:
         return app
 
 
-def _client_for(url: str) -> redis.Redis:
+def _client_for(url: str) -> Redis:
     with _cache_lock:
         client = _clients.get(url)
     if client is None:
@@ -158,9 +155,9 @@ class CeleryExecutor(DispatchingExecutor):
         config: CeleryExecutorConfig,
         *,
         app: CoreexecApp,
-        client: redis.Redis,
+        client: Redis,
         redis_url: str,
-        limits: tuple[TagConcurrencyLimit, ...] = (),
+        limits: RunLimits = NO_LIMITS,
     ) -> None:
         self.config = config
         self.app = app
@@ -179,22 +176,12 @@ class CeleryExecutor(DispatchingExecutor):
             outage_tolerance_s=config.redis_outage_tolerance_s,
         )
         self.presence = QueuePresence(client, url=redis_url)
-        self.tag_concurrency_limits = limits
-        if limits:
-            self.tag_limiter = RedisTagLimiter(
-                client,
-                namespace=config.limiter_namespace,
-                lease_ttl_ms=round(config.slot_lease_ttl_s * 1000),
-                url=redis_url,
-            )
+        self.tag_limiter, self.tag_concurrency_limits = limits.limiter, limits.rules
 
     def launch_settings(self, run: RunContext) -> RunSettings:
         """Where the run's steps run: in the worker's process unless a step's
         ``coreexec/launcher`` tag says otherwise (checked here, before anything runs)."""
-        check_launchers(run.plan.steps, IN_PROCESS)
-        docker_steps = {
-            step.key for step in run.plan.steps if launcher_name(step, IN_PROCESS) == DOCKER
-        }
+        docker_steps = steps_launched_by(run.plan.steps, IN_PROCESS, DOCKER)
         if not docker_steps:
             return RunSettings()
         check_steps(list(run.plan.steps), DockerConfig(), docker_steps)
@@ -213,30 +200,14 @@ class CeleryExecutor(DispatchingExecutor):
         )
 
 
-def _limits(
-    config: CeleryExecutorConfig, client: redis.Redis, url: str
-) -> tuple[TagConcurrencyLimit, ...]:
-    configured = parse_limits(
-        config.tag_concurrency_limits, path=f"{CONFIG_PATH}.tag_concurrency_limits"
-    )
-    stored = GlobalRules(client, namespace=config.limiter_namespace, url=url)
-    return stored.effective_limits(configured)
-
-
 @executor(
     name="celery",
     config_schema=CeleryExecutorConfig,
-    requirements=(
-        ExecutorRequirement.RECONSTRUCTABLE_JOB,
-        ExecutorRequirement.NON_EPHEMERAL_INSTANCE,
-        ExecutorRequirement.PERSISTENT_OUTPUTS,
-    ),
+    requirements=OUT_OF_PROCESS_REQUIREMENTS,
 )
 def celery_executor(context: InitExecutorContext) -> Executor:
     """Runs each step as a Celery task on the workers consuming its queue."""
-    config = context.config
-    assert isinstance(config, CeleryExecutorConfig)
-    return build_executor(config, CeleryExecutor)
+    return build_executor(context.config_as(CeleryExecutorConfig), CeleryExecutor)
 
 
 def build_executor(
@@ -252,5 +223,12 @@ def build_executor(
         app=_app_for(settings),
         client=client,
         redis_url=redis_url,
-        limits=_limits(config, client, redis_url),
+        limits=build_limiter(
+            config.tag_concurrency_limits,
+            path=f"{CONFIG_PATH}.tag_concurrency_limits",
+            redis_url=redis_url,
+            client=client,
+            namespace=config.limiter_namespace,
+            lease_ttl_ms=round(config.slot_lease_ttl_s * 1000),
+        ),
     )

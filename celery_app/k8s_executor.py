@@ -15,13 +15,18 @@ from pydantic import Field
 
 from celery_app.executor import CeleryExecutor, CeleryExecutorConfig, build_executor
 from coreexec.execution.run_context import RunContext
-from coreexec.executors.base import Executor, ExecutorRequirement, InitExecutorContext, executor
+from coreexec.executors.base import (
+    OUT_OF_PROCESS_REQUIREMENTS,
+    Executor,
+    InitExecutorContext,
+    executor,
+)
 from coreexec.transport.run_settings import RunSettings
 from workers.docker.config import DockerConfig
 from workers.docker.config import check_steps as check_docker_steps
 from workers.k8s.config import K8sConfig
 from workers.k8s.steps import check_steps
-from workers.registry import DOCKER, K8S, check_launchers, launcher_name
+from workers.registry import DOCKER, K8S, steps_launched_by
 
 
 class CeleryK8sJobExecutorConfig(CeleryExecutorConfig):
@@ -39,12 +44,9 @@ class CeleryK8sJobExecutor(CeleryExecutor):
         assert isinstance(self.config, CeleryK8sJobExecutorConfig)
         k8s, docker = self.config.k8s, self.config.docker
         steps = list(run.plan.steps)
-        check_launchers(steps, K8S)
-        chosen = {step.key: launcher_name(step, K8S) for step in steps}
-        k8s_steps = {key for key, name in chosen.items() if name == K8S}
-        check_steps(run.job, steps, k8s, k8s_steps)
+        check_steps(run.job, steps, k8s, steps_launched_by(steps, K8S, K8S))
         config = {K8S: k8s.model_dump(mode="json")}
-        docker_steps = {key for key, name in chosen.items() if name == DOCKER}
+        docker_steps = steps_launched_by(steps, K8S, DOCKER)
         if docker_steps:
             check_docker_steps(steps, docker, docker_steps)
             config[DOCKER] = docker.model_dump(mode="json")
@@ -54,14 +56,8 @@ class CeleryK8sJobExecutor(CeleryExecutor):
 @executor(
     name="celery_k8s_job",
     config_schema=CeleryK8sJobExecutorConfig,
-    requirements=(
-        ExecutorRequirement.RECONSTRUCTABLE_JOB,
-        ExecutorRequirement.NON_EPHEMERAL_INSTANCE,
-        ExecutorRequirement.PERSISTENT_OUTPUTS,
-    ),
+    requirements=OUT_OF_PROCESS_REQUIREMENTS,
 )
 def celery_k8s_job_executor(context: InitExecutorContext) -> Executor:
     """Runs each step as a Celery task whose worker creates a Kubernetes Job for it."""
-    config = context.config
-    assert isinstance(config, CeleryK8sJobExecutorConfig)
-    return build_executor(config, CeleryK8sJobExecutor)
+    return build_executor(context.config_as(CeleryK8sJobExecutorConfig), CeleryK8sJobExecutor)

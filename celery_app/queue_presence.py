@@ -17,12 +17,9 @@ import logging
 import threading
 from collections.abc import Callable, Iterable, Sequence
 
-import redis
-
 from coreexec.errors import CoreExecError
-from coreexec.redis_urls import client_url
+from coreexec.redis_clients import Redis, RedisError, client_url, text, wrap_redis_error
 from coreexec.transport import keys
-from coreexec.transport.redis_events import wrap_redis_error
 
 log = logging.getLogger(__name__)
 
@@ -30,18 +27,14 @@ PRESENCE_REFRESH_S = 1.0
 PRESENCE_TTL_S = 5
 
 
-def _text(value: object) -> str:
-    return value.decode("utf-8") if isinstance(value, bytes) else str(value)
-
-
 class QueuePresence:
     """Announcements of queue consumers on one Redis."""
 
-    def __init__(self, client: redis.Redis, *, url: str | None = None) -> None:
+    def __init__(self, client: Redis, *, url: str | None = None) -> None:
         self.client = client
         self._url = url or client_url(client)
 
-    def _fail(self, exc: redis.RedisError, what: str) -> CoreExecError:
+    def _fail(self, exc: RedisError, what: str) -> CoreExecError:
         return wrap_redis_error(exc, url=self._url, what=what)
 
     def announce(self, worker: str, queues: Iterable[str], ttl_s: int = PRESENCE_TTL_S) -> None:
@@ -55,7 +48,7 @@ class QueuePresence:
                     pipe.sadd(keys.queue_consumers(queue), worker)
                     pipe.set(keys.queue_consumer(queue, worker), "1", ex=ttl_s)
                 pipe.execute()
-        except redis.RedisError as exc:
+        except RedisError as exc:
             raise self._fail(exc, f"announce consumer {worker}") from exc
 
     def withdraw(self, worker: str, queues: Iterable[str]) -> None:
@@ -69,13 +62,13 @@ class QueuePresence:
                     pipe.srem(keys.queue_consumers(queue), worker)
                     pipe.delete(keys.queue_consumer(queue, worker))
                 pipe.execute()
-        except redis.RedisError as exc:
+        except RedisError as exc:
             raise self._fail(exc, f"withdraw consumer {worker}") from exc
 
     def consumers(self, queue: str) -> list[str]:
         """Workers whose announcement for ``queue`` is live (stale members are pruned)."""
         try:
-            members = sorted(_text(m) for m in self.client.smembers(keys.queue_consumers(queue)))
+            members = sorted(text(m) for m in self.client.smembers(keys.queue_consumers(queue)))
             if not members:
                 return []
             with self.client.pipeline(transaction=False) as pipe:
@@ -85,7 +78,7 @@ class QueuePresence:
             dead = [w for w, ok in zip(members, alive, strict=True) if not ok]
             if dead:
                 self.client.srem(keys.queue_consumers(queue), *dead)
-        except redis.RedisError as exc:
+        except RedisError as exc:
             raise self._fail(exc, f"list consumers of queue {queue}") from exc
         return [w for w, ok in zip(members, alive, strict=True) if ok]
 

@@ -19,8 +19,8 @@ from celery_app.app import COORDINATOR_TASK_NAME
 from celery_app.queue_presence import QueuePresence
 from celery_app.queues import RUNS_QUEUE
 from coreexec.errors import BrokerConnectionError, ConfigError, CoreExecError, LauncherError
+from coreexec.redis_clients import redis_client
 from coreexec.redis_urls import safe_url
-from coreexec.transport.redis_events import redis_client
 
 if TYPE_CHECKING:
     from celery_app.app import CoreexecApp

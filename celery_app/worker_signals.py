@@ -13,8 +13,8 @@ from celery.signals import worker_ready, worker_shutdown
 
 from celery_app.queue_presence import PresenceAnnouncer, QueuePresence
 from coreexec.errors import CoreExecError
+from coreexec.redis_clients import redis_client
 from coreexec.runs.orphans import OrphanReaper, ReaperLoop
-from coreexec.transport.redis_events import redis_client
 
 log = logging.getLogger(__name__)
 

@@ -15,20 +15,19 @@ import threading
 from collections import OrderedDict
 from dataclasses import dataclass
 
-import redis
-
 from coreexec.errors import ConfigError
 from coreexec.heartbeats import Heartbeats
 from coreexec.instance import HOME_ENV, Instance
 from coreexec.io_managers import IOManager
 from coreexec.job import JobDefinition
 from coreexec.plan import ExecutionPlan
+from coreexec.redis_clients import Redis, RedisError, redis_client, wrap_redis_error
 from coreexec.reference import load_job
 from coreexec.settings import Settings
 from coreexec.storage.base import RunRecord
 from coreexec.transport import keys
 from coreexec.transport.attempts import AttemptClaims
-from coreexec.transport.redis_events import RedisEventStream, redis_client, wrap_redis_error
+from coreexec.transport.redis_events import RedisEventStream
 from coreexec.transport.run_settings import RunSettings
 
 RUN_CACHE_SIZE = 256
@@ -58,7 +57,7 @@ class AttemptRuntime:
         self.redis_url = redis_url
         self.home = home
         self.core_settings = settings
-        self._client: redis.Redis | None = None
+        self._client: Redis | None = None
         self._instance: Instance | None = None
         self._io_manager: IOManager | None = None
         self._claims: AttemptClaims | None = None
@@ -68,7 +67,7 @@ class AttemptRuntime:
         self._lock = threading.Lock()
 
     @property
-    def client(self) -> redis.Redis:
+    def client(self) -> Redis:
         if self._client is None:
             self._client = redis_client(self.redis_url)
         return self._client
@@ -121,7 +120,7 @@ class AttemptRuntime:
         record = self.instance.storage.get_run(run_id)
         try:
             raw = self.client.hgetall(keys.run_settings(run_id))
-        except redis.RedisError as exc:
+        except RedisError as exc:
             raise wrap_redis_error(exc, url=self.redis_url, what="read run settings") from exc
         info = RunInfo(
             record=record,

@@ -13,9 +13,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from urllib.parse import urlsplit
 
-import redis
-
 from coreexec.errors import CoreExecError
+from coreexec.redis_clients import RedisError, redis_client
 from coreexec.settings import Settings, is_redis_url
 from coreexec.storage.from_url import storage_from_url
 from coreexec.urls import masked_url
@@ -58,7 +57,7 @@ def _io(settings: Settings) -> str:
 
 
 def _ping_redis(url: str) -> str:
-    client = redis.Redis.from_url(url, socket_connect_timeout=TIMEOUT_S, socket_timeout=TIMEOUT_S)
+    client = redis_client(url, check=False, timeout_s=TIMEOUT_S)
     try:
         client.ping()
     finally:
@@ -85,7 +84,7 @@ def _reach(url: str) -> str:
 def _one(part: str, url: str, check: Callable[[], str]) -> CheckResult:
     try:
         return CheckResult(part, masked_url(url), True, check())
-    except (CoreExecError, OSError, redis.RedisError, ValueError) as exc:
+    except (CoreExecError, OSError, RedisError, ValueError) as exc:
         return CheckResult(part, masked_url(url), False, _reason(exc))
 
 

@@ -39,7 +39,9 @@ from tests.support.processes import (
 # pytester runs inner pytest sessions; the fixture tests use it to watch teardown.
 # docker_plugin: the docker_engine / step_image / step_container fixtures and the rule
 # that CI fails when a docker or postgres test was skipped.
-pytest_plugins = ["pytester", "tests.support.docker_plugin"]
+# k8s_cluster_plugin: --k8s-cluster, tests/k8s against a real cluster instead of the
+# test API server.
+pytest_plugins = ["pytester", "tests.support.docker_plugin", "tests.support.k8s_cluster_plugin"]
 
 _TESTS_DIR = Path(__file__).resolve().parent
 _MARKER_BY_DIR = {

@@ -74,6 +74,12 @@ def check_launchers(steps: Iterable[PlannedStep], default: str) -> None:
         launcher_name(step, default)
 
 
+def steps_launched_by(steps: Iterable[PlannedStep], default: str, name: str) -> set[str]:
+    """Keys of the steps that run with launcher ``name`` (``default`` where a step has
+    no tag); raises like :func:`check_launchers` when a step names an unknown one."""
+    return {step.key for step in steps if launcher_name(step, default) == name}
+
+
 def launcher_for(runtime: AttemptRuntime, prepared: PreparedAttempt) -> StepLauncher:
     """The launcher of a prepared attempt (the run's settings give the default)."""
     name = launcher_name(prepared.step, prepared.info.settings.default_launcher)

@@ -6,7 +6,6 @@ import datetime as dt
 from collections.abc import Sequence
 
 import click
-import redis
 
 from coreexec.cli.exit_codes import fail
 from coreexec.cli.options import instance_from_env
@@ -14,14 +13,14 @@ from coreexec.cli.progress import format_summary
 from coreexec.errors import CoreExecError
 from coreexec.events import EventKind
 from coreexec.instance import Instance
+from coreexec.redis_clients import Redis, redis_client
 from coreexec.runs.launcher import event_redis_url
 from coreexec.runs.orphans import RUNNING, lost_note
 from coreexec.runs.summary import summarize
 from coreexec.storage.base import RunRecord, RunStatus
-from coreexec.transport.redis_events import redis_client
 
 
-def _notes_client(instance: Instance, records: Sequence[RunRecord]) -> redis.Redis | None:
+def _notes_client(instance: Instance, records: Sequence[RunRecord]) -> Redis | None:
     """A client of the event Redis when a listed run may have lost its coordinator."""
     if not any(record.status in RUNNING for record in records):
         return None

@@ -13,16 +13,20 @@ every step has ended.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from enum import StrEnum
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
-from pydantic import BaseModel, ConfigDict, model_validator
+from pydantic import BaseModel, ConfigDict, Field
 
 from coreexec.errors import ConfigError
-from coreexec.limits.base import TagLimiter
+from coreexec.executors.one_of import OneOfConfig
+from coreexec.limits.base import DEFAULT_LEASE_TTL_MS, TagLimiter
+from coreexec.limits.keys import DEFAULT_NAMESPACE
 from coreexec.limits.rules import TagConcurrencyLimit
+from coreexec.limits.setup import RunLimits, build_limiter
 from coreexec.run_config import parse_model
 
 if TYPE_CHECKING:
@@ -43,31 +47,57 @@ class ExecutorRequirement(StrEnum):
     """Outputs stored where other processes can load them (filesystem IO manager)."""
 
 
-class RetriesConfig(BaseModel):
+OUT_OF_PROCESS_REQUIREMENTS = frozenset(
+    {
+        ExecutorRequirement.RECONSTRUCTABLE_JOB,
+        ExecutorRequirement.NON_EPHEMERAL_INSTANCE,
+        ExecutorRequirement.PERSISTENT_OUTPUTS,
+    }
+)
+"""What an executor needs whose steps run in other processes (pools, fleets, containers)."""
+
+
+class RetriesConfig(OneOfConfig):
     """``retries: {enabled: {}}`` (the default) or ``retries: {disabled: {}}``."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    choices = ("enabled", "disabled")
 
     enabled: dict[str, Any] | None = None
     disabled: dict[str, Any] | None = None
 
-    @model_validator(mode="before")
-    @classmethod
-    def _null_means_selected(cls, value: Any) -> Any:
-        # YAML ``disabled:`` with nothing after it is None; it must still disable.
-        if isinstance(value, dict):
-            return {key: ({} if item is None else item) for key, item in value.items()}
-        return value
-
-    @model_validator(mode="after")
-    def _one_of(self) -> RetriesConfig:
-        if self.enabled is not None and self.disabled is not None:
-            raise ValueError("give either enabled: {} or disabled: {}, not both")
-        return self
-
     @property
     def is_enabled(self) -> bool:
         return self.disabled is None
+
+
+class TagLimitsConfig(BaseModel):
+    """The tag limit fields of an executor config whose coordinator builds its limiter
+    for each run (``multiprocess``, ``dask``)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    tag_concurrency_limits: list[TagConcurrencyLimit] | None = None
+    """Rules such as ``{key: database, value: warehouse, limit: 2}``; per run unless
+    ``redis_url`` is given, then shared by every run using that Redis."""
+    redis_url: str | None = None
+    """Redis holding the tag limiter's slots, so the limits hold across runs."""
+    limiter_namespace: str = Field(default=DEFAULT_NAMESPACE, min_length=1)
+    """Runs share limits only within one namespace of one Redis."""
+    slot_lease_ttl_s: float = Field(default=DEFAULT_LEASE_TTL_MS / 1000, gt=0)
+    """Slots of a coordinator that stops refreshing them come back after this long."""
+
+    def run_limits(self) -> RunLimits:
+        """The limits of one run (its own in-memory limiter, or the global Redis one)."""
+        return build_limiter(
+            self.tag_concurrency_limits,
+            path="run_config.execution.config.tag_concurrency_limits",
+            redis_url=self.redis_url,
+            namespace=self.limiter_namespace,
+            lease_ttl_ms=round(self.slot_lease_ttl_s * 1000),
+        )
+
+
+M = TypeVar("M", bound=BaseModel)
 
 
 @dataclass(frozen=True)
@@ -77,6 +107,12 @@ class InitExecutorContext:
     job: JobDefinition
     config: BaseModel | None
     instance: Instance
+
+    def config_as(self, schema: type[M]) -> M:
+        """The parsed config, which the definition's ``config_schema`` made a ``schema``."""
+        config = self.config
+        assert isinstance(config, schema), f"{type(config).__name__} is not {schema.__name__}"
+        return config
 
 
 class Executor(ABC):
@@ -90,25 +126,37 @@ class Executor(ABC):
 
 
 class DispatchingExecutor(Executor):
-    """An executor made of a dispatcher driven by the shared coordinator."""
+    """An executor made of a dispatcher driven by the shared coordinator.
+
+    Limits fixed when the executor is made go in ``tag_limiter`` and
+    ``tag_concurrency_limits``; an executor that holds something for one run only (a
+    limiter, a connection, a cluster) opens it in :meth:`run_scope` instead.
+    """
 
     tag_limiter: TagLimiter | None = None
     tag_concurrency_limits: tuple[TagConcurrencyLimit, ...] = ()
 
     @abstractmethod
     def create_dispatcher(self, run: RunContext) -> StepDispatcher:
-        """A fresh dispatcher for one run."""
+        """A fresh dispatcher for one run (called inside :meth:`run_scope`)."""
+
+    @contextmanager
+    def run_scope(self, run: RunContext) -> Iterator[RunLimits]:
+        """What the executor holds while ``run`` is coordinated, closed when it ends;
+        yields the limits the coordinator enforces."""
+        yield RunLimits(self.tag_limiter, self.tag_concurrency_limits)
 
     def execute(self, run: RunContext) -> None:
         from coreexec.execution.coordinator import Coordinator
 
-        Coordinator(
-            run,
-            self.create_dispatcher(run),
-            retries_enabled=self.retries_enabled,
-            limiter=self.tag_limiter,
-            limit_rules=self.tag_concurrency_limits,
-        ).run()
+        with self.run_scope(run) as limits:
+            Coordinator(
+                run,
+                self.create_dispatcher(run),
+                retries_enabled=self.retries_enabled,
+                limiter=limits.limiter,
+                limit_rules=limits.rules,
+            ).run()
 
 
 ExecutorFactory = Callable[[InitExecutorContext], Executor]

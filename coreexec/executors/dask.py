@@ -37,10 +37,12 @@ from coreexec.events import Event
 from coreexec.execution.dispatcher import StepDispatcher
 from coreexec.execution.run_context import RunContext
 from coreexec.executors.base import (
+    OUT_OF_PROCESS_REQUIREMENTS,
     DispatchingExecutor,
     Executor,
     InitExecutorContext,
     RetriesConfig,
+    TagLimitsConfig,
     executor,
 )
 from coreexec.executors.dask_attempt import (
@@ -50,13 +52,12 @@ from coreexec.executors.dask_attempt import (
     run_attempt_here,
 )
 from coreexec.executors.dask_dispatcher import RESOURCES_TAG, DaskDispatcher, RedisChannel
-from coreexec.executors.multiprocess import MULTIPROCESS_REQUIREMENTS
+from coreexec.executors.one_of import OneOfConfig
 from coreexec.instance import Instance
-from coreexec.limits.base import DEFAULT_LEASE_TTL_MS, TagLimiter
-from coreexec.limits.rules import TagConcurrencyLimit
-from coreexec.limits.setup import build_limiter
+from coreexec.limits.setup import RunLimits
+from coreexec.redis_clients import redis_client
 from coreexec.transport.attempts import AttemptClaims
-from coreexec.transport.redis_events import RedisEventStream, redis_client
+from coreexec.transport.redis_events import RedisEventStream
 
 try:
     import distributed
@@ -71,12 +72,6 @@ __all__ = ["RESOURCES_TAG", "DaskConfig", "DaskExecutor", "dask_executor", "run_
 
 
 # -- config ---------------------------------------------------------------------------
-
-
-def _null_means_selected(value: Any) -> Any:
-    if isinstance(value, dict):
-        return {key: ({} if item is None else item) for key, item in value.items()}
-    return value
 
 
 class ExistingCluster(BaseModel):
@@ -98,10 +93,10 @@ class LocalClusterConfig(BaseModel):
     processes: bool = True
 
 
-class ClusterConfig(BaseModel):
+class ClusterConfig(OneOfConfig):
     """One of ``existing``, ``local`` (the default) or ``cluster_class`` (+ ``kwargs``)."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    choices = ("existing", "local", "cluster_class")
 
     existing: ExistingCluster | None = None
     local: LocalClusterConfig | None = None
@@ -109,18 +104,8 @@ class ClusterConfig(BaseModel):
     """Import path of any Dask cluster class, e.g. ``dask_kubernetes.KubeCluster``."""
     kwargs: dict[str, Any] | None = None
 
-    @model_validator(mode="before")
-    @classmethod
-    def _selected(cls, value: Any) -> Any:
-        return _null_means_selected(value)
-
     @model_validator(mode="after")
-    def _one_of(self) -> ClusterConfig:
-        chosen = [n for n in ("existing", "local", "cluster_class") if getattr(self, n)]
-        if self.local is not None and "local" not in chosen:
-            chosen.append("local")
-        if len(chosen) > 1:
-            raise ValueError(f"give one of existing, local or cluster_class, not {chosen}")
+    def _kwargs_with_class(self) -> ClusterConfig:
         if self.kwargs is not None and self.cluster_class is None:
             raise ValueError("kwargs go with cluster_class; for local give its keys under local")
         return self
@@ -141,10 +126,8 @@ class AdaptConfig(BaseModel):
         return self
 
 
-class DaskConfig(BaseModel):
+class DaskConfig(TagLimitsConfig):
     """Config of ``dask_executor``."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
 
     cluster: ClusterConfig = Field(default_factory=ClusterConfig)
     adapt: AdaptConfig | None = None
@@ -152,13 +135,10 @@ class DaskConfig(BaseModel):
     max_concurrent: int | None = Field(default=None, ge=1)
     """Attempts submitted at once; None: every ready step (Dask's scheduler queues them
     by priority)."""
-    tag_concurrency_limits: list[TagConcurrencyLimit] | None = None
     redis_url: str | None = None
     """Redis of the run's events and attempt claims (the attempt runner, as on Celery
     workers) and of global tag limits; default ``COREEXEC_REDIS_URL``. Without one,
     attempts report on a Dask event topic and the tag limits hold per run."""
-    limiter_namespace: str = Field(default="default", min_length=1)
-    slot_lease_ttl_s: float = Field(default=DEFAULT_LEASE_TTL_MS / 1000, gt=0)
 
     @model_validator(mode="after")
     def _adapt_needs_own_cluster(self) -> DaskConfig:
@@ -304,11 +284,11 @@ class DaskExecutor(DispatchingExecutor):
             redis=self._redis,
         )
 
-    def execute(self, run: RunContext) -> None:
-        from coreexec.execution.coordinator import Coordinator
-
-        redis_url = self.config.redis_url or run.instance.redis_url
-        limiter, rules = self._limiter()
+    @contextlib.contextmanager
+    def run_scope(self, run: RunContext) -> Iterator[RunLimits]:
+        config = self.config
+        redis_url = config.redis_url or run.instance.redis_url
+        limits = config.run_limits()
         client = None
         try:
             if redis_url is not None:
@@ -318,38 +298,21 @@ class DaskExecutor(DispatchingExecutor):
                     RedisEventStream(client, run.run_id, url=redis_url),
                     AttemptClaims(client, url=redis_url),
                 )
-            with connect(self.config) as dask_client:
+            with connect(config) as dask_client:
                 self._client = dask_client
-                Coordinator(
-                    run,
-                    self.create_dispatcher(run),
-                    retries_enabled=self.retries_enabled,
-                    limiter=limiter,
-                    limit_rules=rules,
-                ).run()
+                yield limits
         finally:
             self._client = None
             self._redis = None
             if client is not None:
                 client.close()
-            close = getattr(limiter, "close", None)
-            if close is not None:
-                close()
-
-    def _limiter(self) -> tuple[TagLimiter | None, tuple[TagConcurrencyLimit, ...]]:
-        return build_limiter(
-            self.config.tag_concurrency_limits,
-            path="run_config.execution.config.tag_concurrency_limits",
-            redis_url=self.config.redis_url,
-            namespace=self.config.limiter_namespace,
-            lease_ttl_ms=round(self.config.slot_lease_ttl_s * 1000),
-        )
+            limits.close()
 
 
 @executor(
     name="dask",
     config_schema=DaskConfig,
-    requirements=MULTIPROCESS_REQUIREMENTS,
+    requirements=OUT_OF_PROCESS_REQUIREMENTS,
     description=(
         "Runs each step attempt as a Dask future on an existing, local or any Dask "
         "cluster; the coordinator keeps priorities, retries and tag limits."
@@ -357,6 +320,4 @@ class DaskExecutor(DispatchingExecutor):
 )
 def dask_executor(context: InitExecutorContext) -> Executor:
     """Runs steps on a dask.distributed cluster."""
-    config = context.config
-    assert isinstance(config, DaskConfig)
-    return DaskExecutor(config)
+    return DaskExecutor(context.config_as(DaskConfig))

@@ -32,9 +32,7 @@ from coreexec.executors.base import (
     RetriesConfig,
     executor,
 )
-from coreexec.limits.base import TagLimiter
-from coreexec.limits.rules import TagConcurrencyLimit
-from coreexec.limits.setup import build_limiter
+from coreexec.limits.setup import NO_LIMITS, RunLimits, build_limiter
 from coreexec.plan import PlannedStep
 
 
@@ -134,13 +132,11 @@ class InProcessExecutor(DispatchingExecutor):
         self,
         *,
         retries_enabled: bool,
-        limiter: TagLimiter | None = None,
-        limits: tuple[TagConcurrencyLimit, ...] = (),
+        limits: RunLimits = NO_LIMITS,
         max_concurrent_async: int = DEFAULT_MAX_CONCURRENT_ASYNC,
     ) -> None:
         self.retries_enabled = retries_enabled
-        self.tag_limiter = limiter
-        self.tag_concurrency_limits = limits
+        self.tag_limiter, self.tag_concurrency_limits = limits.limiter, limits.rules
         self.max_concurrent_async = max_concurrent_async
 
     def create_dispatcher(self, run: RunContext) -> StepDispatcher:
@@ -151,16 +147,13 @@ class InProcessExecutor(DispatchingExecutor):
 def in_process_executor(context: InitExecutorContext) -> Executor:
     """Runs every step serially in the coordinating process (async steps side by side
     on an event loop beside the sync ones)."""
-    config = context.config
-    assert isinstance(config, InProcessConfig)
-    limiter, rules = build_limiter(
-        config.tag_concurrency_limits,
-        path="run_config.execution.config.tag_concurrency_limits",
-        redis_url=config.redis_url,
-    )
+    config = context.config_as(InProcessConfig)
     return InProcessExecutor(
         retries_enabled=config.retries.is_enabled,
-        limiter=limiter,
-        limits=rules,
+        limits=build_limiter(
+            config.tag_concurrency_limits,
+            path="run_config.execution.config.tag_concurrency_limits",
+            redis_url=config.redis_url,
+        ),
         max_concurrent_async=config.max_concurrent_async,
     )

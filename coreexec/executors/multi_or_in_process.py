@@ -13,21 +13,19 @@ from __future__ import annotations
 
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, model_validator
+from pydantic import BaseModel, model_validator
 from pydantic_core import PydanticCustomError
 
 from coreexec.executors.base import (
+    OUT_OF_PROCESS_REQUIREMENTS,
     Executor,
     ExecutorDefinition,
     ExecutorRequirement,
     InitExecutorContext,
 )
 from coreexec.executors.in_process import InProcessConfig, in_process_executor
-from coreexec.executors.multiprocess import (
-    MULTIPROCESS_REQUIREMENTS,
-    MultiprocessConfig,
-    MultiprocessExecutor,
-)
+from coreexec.executors.multiprocess import MultiprocessConfig, MultiprocessExecutor
+from coreexec.executors.one_of import OneOfConfig
 
 _SELECTORS = ("multiprocess", "in_process")
 
@@ -50,39 +48,30 @@ def _refuse_misplaced(value: dict[str, Any]) -> None:
         raise PydanticCustomError("misplaced_key", message)
 
 
-class MultiOrInProcessConfig(BaseModel):
+class MultiOrInProcessConfig(OneOfConfig):
     """``{multiprocess: {...}}`` (the default) or ``{in_process: {...}}``."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    choices = _SELECTORS
 
     multiprocess: MultiprocessConfig | None = None
     in_process: InProcessConfig | None = None
 
     @model_validator(mode="before")
     @classmethod
-    def _selected(cls, value: Any) -> Any:
-        # ``in_process:`` with nothing after it (None in YAML) selects it with defaults.
+    def _misplaced(cls, value: Any) -> Any:
         if isinstance(value, dict):
             _refuse_misplaced(value)
-            return {key: ({} if item is None else item) for key, item in value.items()}
         return value
-
-    @model_validator(mode="after")
-    def _one_of(self) -> MultiOrInProcessConfig:
-        if self.multiprocess is not None and self.in_process is not None:
-            raise ValueError("give either multiprocess: {...} or in_process: {...}, not both")
-        return self
 
 
 def _requirements(config: BaseModel | None) -> frozenset[ExecutorRequirement]:
     if isinstance(config, MultiOrInProcessConfig) and config.in_process is not None:
         return frozenset()
-    return MULTIPROCESS_REQUIREMENTS
+    return OUT_OF_PROCESS_REQUIREMENTS
 
 
 def _create(context: InitExecutorContext) -> Executor:
-    config = context.config
-    assert isinstance(config, MultiOrInProcessConfig)
+    config = context.config_as(MultiOrInProcessConfig)
     if config.in_process is not None:
         chosen = InitExecutorContext(
             job=context.job, config=config.in_process, instance=context.instance
@@ -95,7 +84,7 @@ multi_or_in_process_executor = ExecutorDefinition(
     name="multi_or_in_process",
     factory=_create,
     config_schema=MultiOrInProcessConfig,
-    requirements=MULTIPROCESS_REQUIREMENTS,
+    requirements=OUT_OF_PROCESS_REQUIREMENTS,
     requirements_fn=_requirements,
     description=(
         "The default executor: the multiprocess executor, or the in-process one when the "

@@ -22,6 +22,8 @@ executor. The dispatcher that drives the pool is in
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
@@ -30,36 +32,22 @@ from coreexec.execution.dispatcher import StepDispatcher
 from coreexec.execution.run_context import RunContext
 from coreexec.executors.async_lane import DEFAULT_MAX_CONCURRENT_ASYNC
 from coreexec.executors.base import (
+    OUT_OF_PROCESS_REQUIREMENTS,
     DispatchingExecutor,
     Executor,
-    ExecutorRequirement,
     InitExecutorContext,
     RetriesConfig,
+    TagLimitsConfig,
     executor,
 )
 from coreexec.executors.multiprocess_dispatcher import MultiprocessDispatcher, runs_in_process
+from coreexec.executors.one_of import OneOfConfig
 from coreexec.executors.process_pool import PoolSpec, StartMethod
-from coreexec.limits.base import DEFAULT_LEASE_TTL_MS, TagLimiter
-from coreexec.limits.rules import TagConcurrencyLimit
+from coreexec.limits.redis_limiter import RedisTagLimiter
+from coreexec.limits.setup import RunLimits
 from coreexec.limits.wake_listener import RedisWakeListener
 
-MULTIPROCESS_REQUIREMENTS = frozenset(
-    {
-        ExecutorRequirement.RECONSTRUCTABLE_JOB,
-        ExecutorRequirement.NON_EPHEMERAL_INSTANCE,
-        ExecutorRequirement.PERSISTENT_OUTPUTS,
-    }
-)
-
-
 # -- config ---------------------------------------------------------------------------
-
-
-def _null_means_selected(value: Any) -> Any:
-    # YAML ``spawn:`` with nothing after it is None, and means "spawn with defaults".
-    if isinstance(value, dict):
-        return {key: ({} if item is None else item) for key, item in value.items()}
-    return value
 
 
 class ForkserverConfig(BaseModel):
@@ -72,23 +60,16 @@ class ForkserverConfig(BaseModel):
     worker and the job's own module."""
 
 
-class StartMethodConfig(BaseModel):
+class StartMethodConfig(OneOfConfig):
     """``start_method: {forkserver: {...}}`` (the default) or ``{spawn: {}}``."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    choices = ("forkserver", "spawn")
 
     forkserver: ForkserverConfig | None = None
     spawn: dict[str, Any] | None = None
 
-    @model_validator(mode="before")
-    @classmethod
-    def _selected(cls, value: Any) -> Any:
-        return _null_means_selected(value)
-
     @model_validator(mode="after")
-    def _one_of(self) -> StartMethodConfig:
-        if self.forkserver is not None and self.spawn is not None:
-            raise ValueError("give either forkserver: {...} or spawn: {}, not both")
+    def _spawn_bare(self) -> StartMethodConfig:
         if self.spawn:
             raise ValueError("spawn takes no options; write spawn: {}")
         return self
@@ -98,24 +79,13 @@ class StartMethodConfig(BaseModel):
         return StartMethod.SPAWN if self.spawn is not None else StartMethod.FORKSERVER
 
 
-class MultiprocessConfig(BaseModel):
+class MultiprocessConfig(TagLimitsConfig):
     """Config of ``multiprocess_executor``."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
 
     max_concurrent: int | None = Field(default=None, ge=0)
     """Steps running at once (worker processes); None or 0: the number of usable CPUs."""
     max_concurrent_async: int = Field(default=DEFAULT_MAX_CONCURRENT_ASYNC, ge=1)
     """``async def`` steps running at once on the coordinating process's event loop."""
-    tag_concurrency_limits: list[TagConcurrencyLimit] | None = None
-    """Rules such as ``{key: database, value: warehouse, limit: 2}``; per run unless
-    ``redis_url`` is given, then shared by every run using that Redis."""
-    redis_url: str | None = None
-    """Redis holding the tag limiter's slots, so the limits hold across runs."""
-    limiter_namespace: str = Field(default="default", min_length=1)
-    """Runs share limits only within one namespace of one Redis."""
-    slot_lease_ttl_s: float = Field(default=DEFAULT_LEASE_TTL_MS / 1000, gt=0)
-    """Slots of a coordinator that stops refreshing them come back after this long."""
     retries: RetriesConfig = Field(default_factory=RetriesConfig)
     start_method: StartMethodConfig = Field(default_factory=StartMethodConfig)
 
@@ -153,9 +123,7 @@ class MultiprocessExecutor(DispatchingExecutor):
     def __init__(self, config: MultiprocessConfig) -> None:
         self.config = config
         self.retries_enabled = config.retries.is_enabled
-        self.tag_concurrency_limits = tuple(config.tag_concurrency_limits or ())
         self._wake_listener: RedisWakeListener | None = None
-        self._lease_ttl_ms = round(config.slot_lease_ttl_s * 1000)
 
     def create_dispatcher(self, run: RunContext) -> StepDispatcher:
         for step in run.plan.steps:
@@ -180,58 +148,24 @@ class MultiprocessExecutor(DispatchingExecutor):
             preload = default_preload(run.plan.job_reference or "")
         return PoolSpec(start_method=method, preload_modules=preload)
 
-    def execute(self, run: RunContext) -> None:
-        from coreexec.execution.coordinator import Coordinator
-
-        limiter, closer = self._make_limiter(run)
+    @contextmanager
+    def run_scope(self, run: RunContext) -> Iterator[RunLimits]:
+        limits = self.config.run_limits()
+        if isinstance(limits.limiter, RedisTagLimiter):
+            self._wake_listener = RedisWakeListener(
+                limits.limiter, run.run_id, self.config.limiter_namespace
+            )
         try:
-            Coordinator(
-                run,
-                self.create_dispatcher(run),
-                retries_enabled=self.retries_enabled,
-                limiter=limiter,
-                limit_rules=self.tag_concurrency_limits,
-            ).run()
+            yield limits
         finally:
             self._wake_listener = None
-            if closer is not None:
-                closer()
-
-    def _make_limiter(self, run: RunContext) -> tuple[TagLimiter | None, Any]:
-        if self.config.redis_url is not None:
-            # Limits set for everyone (`coreexec limits set`) hold here too.
-            from coreexec.limits.global_rules import GlobalRules
-
-            stored = GlobalRules.from_url(
-                self.config.redis_url, namespace=self.config.limiter_namespace
-            )
-            try:
-                self.tag_concurrency_limits = stored.effective_limits(
-                    tuple(self.config.tag_concurrency_limits or ())
-                )
-            finally:
-                stored.close()
-        if not self.tag_concurrency_limits:
-            return None, None
-        if self.config.redis_url is None:
-            from coreexec.limits.memory import InMemoryTagLimiter
-
-            return InMemoryTagLimiter(lease_ttl_ms=self._lease_ttl_ms), None
-        from coreexec.limits.redis_limiter import RedisTagLimiter
-
-        limiter = RedisTagLimiter.from_url(
-            self.config.redis_url,
-            namespace=self.config.limiter_namespace,
-            lease_ttl_ms=self._lease_ttl_ms,
-        )
-        self._wake_listener = RedisWakeListener(limiter, run.run_id, self.config.limiter_namespace)
-        return limiter, limiter.close
+            limits.close()
 
 
 @executor(
     name="multiprocess",
     config_schema=MultiprocessConfig,
-    requirements=MULTIPROCESS_REQUIREMENTS,
+    requirements=OUT_OF_PROCESS_REQUIREMENTS,
     description=(
         "Runs steps in a pool of worker processes kept for the run, at most max_concurrent "
         "at once, with per-run or (with redis_url) global tag concurrency limits."
@@ -239,6 +173,4 @@ class MultiprocessExecutor(DispatchingExecutor):
 )
 def multiprocess_executor(context: InitExecutorContext) -> Executor:
     """Runs steps in a reused pool of worker processes."""
-    config = context.config
-    assert isinstance(config, MultiprocessConfig)
-    return MultiprocessExecutor(config)
+    return MultiprocessExecutor(context.config_as(MultiprocessConfig))

@@ -14,17 +14,21 @@ from __future__ import annotations
 import json
 from collections.abc import Sequence
 
-import redis
 from pydantic import ValidationError
 
-from coreexec.errors import LimiterError
+from coreexec.errors import BrokerConnectionError, CoreExecError, LimiterError
 from coreexec.limits.keys import DEFAULT_NAMESPACE, LimiterKeys
-from coreexec.limits.redis_limiter import (
-    redis_command,
+from coreexec.limits.redis_limiter import redis_command
+from coreexec.limits.rules import PerUniqueValue, TagConcurrencyLimit
+from coreexec.redis_clients import (
+    Redis,
+    RedisError,
+    client_url,
+    redis_client,
+    text,
     wrap_redis_error,
 )
-from coreexec.limits.rules import PerUniqueValue, TagConcurrencyLimit
-from coreexec.redis_urls import client_url, safe_url
+from coreexec.redis_urls import safe_url
 
 RuleValue = str | PerUniqueValue | None
 
@@ -89,7 +93,7 @@ class GlobalRules:
     """The rules stored for one limiter namespace (a Redis hash, one field per rule)."""
 
     def __init__(
-        self, client: redis.Redis, *, namespace: str = DEFAULT_NAMESPACE, url: str | None = None
+        self, client: Redis, *, namespace: str = DEFAULT_NAMESPACE, url: str | None = None
     ) -> None:
         self.client = client
         self.keys = LimiterKeys(namespace)
@@ -99,38 +103,36 @@ class GlobalRules:
     def from_url(cls, url: str, *, namespace: str = DEFAULT_NAMESPACE) -> GlobalRules:
         """Stored rules of ``namespace`` on the Redis at ``url``."""
         try:
-            client = redis.Redis.from_url(url, decode_responses=True)
-        except ValueError as exc:
-            raise LimiterError(
-                f"bad Redis URL {safe_url(url)!r} for limits: {exc}; use redis://host:port/db"
-            ) from exc
+            client = redis_client(url, check=False)
+        except BrokerConnectionError as exc:
+            raise LimiterError(f"bad Redis URL for limits: {exc}") from exc
         return cls(client, namespace=namespace, url=url)
+
+    def _fail(self, exc: RedisError, what: str) -> CoreExecError:
+        return wrap_redis_error(exc, url=self.url, what=what, refused=LimiterError)
 
     def set_limit(self, rule: TagConcurrencyLimit) -> None:
         """Store ``rule``, replacing a stored rule of the same key and value."""
         identity = rule_identity(rule.key, rule.value)
         try:
             redis_command(self.client, "HSET", self.keys.rules, identity, rule.model_dump_json())
-        except redis.RedisError as exc:
-            raise wrap_redis_error(
-                exc, url=self.url, what=f"storing limit {rule.describe()}"
-            ) from exc
+        except RedisError as exc:
+            raise self._fail(exc, f"store limit {rule.describe()}") from exc
 
     def list_limits(self) -> tuple[TagConcurrencyLimit, ...]:
         """Every stored rule, ordered by key then value."""
         try:
             raw = redis_command(self.client, "HGETALL", self.keys.rules)
-        except redis.RedisError as exc:
-            raise wrap_redis_error(exc, url=self.url, what="listing stored limits") from exc
+        except RedisError as exc:
+            raise self._fail(exc, "list stored limits") from exc
         rules = []
-        for identity, text in sorted(dict(raw).items()):
+        for identity, body in sorted(dict(raw).items()):
             try:
-                rules.append(TagConcurrencyLimit.model_validate_json(text))
+                rules.append(TagConcurrencyLimit.model_validate_json(body))
             except ValidationError as exc:
-                name = identity.decode() if isinstance(identity, bytes) else identity
                 raise LimiterError(
-                    f"stored limit {name} in {self.keys.rules} at {self.url} is not a valid "
-                    f"rule ({exc.errors()[0]['msg']}); delete it and set it again"
+                    f"stored limit {text(identity)} in {self.keys.rules} at {self.url} is not a "
+                    f"valid rule ({exc.errors()[0]['msg']}); delete it and set it again"
                 ) from exc
         return tuple(rules)
 
@@ -139,8 +141,8 @@ class GlobalRules:
         identity = rule_identity(key, value)
         try:
             removed = redis_command(self.client, "HDEL", self.keys.rules, identity)
-        except redis.RedisError as exc:
-            raise wrap_redis_error(exc, url=self.url, what=f"deleting limit {key}") from exc
+        except RedisError as exc:
+            raise self._fail(exc, f"delete limit {key}") from exc
         return int(removed) == 1
 
     def effective_limits(

@@ -16,10 +16,14 @@ one cluster slot and a Lua script may touch any of them::
 
 A waiter member is ``<16-digit arrival number>:<lease id>``: members with the same
 score sort by member, so a queue is ordered by priority (higher first), then arrival.
-Wake-up streams (``SlotRequest.wake_key``) belong to their owners (usually a run's event
-stream) and are not in this module: they are written outside the scripts, and never
-trimmed by the limiter (the owner bounds and expires them; a run's event stream holds
-events its coordinator may not have read yet).
+
+Wake-up streams (``SlotRequest.wake_key``) belong to their owners, are written outside
+the scripts, and never trimmed by the limiter (the owner bounds and expires them; a run's
+event stream, in :mod:`coreexec.transport.keys`, holds events its coordinator may not
+have read yet). The one named here belongs to a run of the multiprocess executor, whose
+``RedisWakeListener`` reads and deletes it::
+
+    coreexec:<ns>:wake:<run_id>             STREAM  slot wake-ups for that run
 """
 
 from __future__ import annotations
@@ -36,13 +40,8 @@ DEFAULT_NAMESPACE = "default"
 """Namespace shared by every run and coordinator unless configured otherwise."""
 
 WAKE_FIELD = "wake"
-"""Field of the stream entry a wake-up adds; its value is the slot that freed."""
-
-NAMESPACE_KEY_COUNT = 6
-"""Namespace-wide keys passed first to every limiter script (see ``script_keys``)."""
-
-KEYS_PER_SLOT = 3
-"""Per-slot keys passed after them: holders, queue, waiting."""
+"""Field of the stream entry a wake-up adds; its value is the slot that freed. The same
+field as :data:`coreexec.transport.keys.WAKE_FIELD`: a run's event stream reads these."""
 
 
 def check_namespace(namespace: str) -> str:
@@ -102,6 +101,11 @@ class LimiterKeys:
 
     def waiting(self, slot_name: str) -> str:
         return f"{self.base}:slot:{slot_name}:waiting"
+
+    def wake_stream(self, run_id: str) -> str:
+        """The wake-up stream of a run that has no event stream on this Redis (the
+        multiprocess executor's runs)."""
+        return f"{PREFIX}:{self.namespace}:wake:{run_id}"
 
     def namespace_keys(self) -> tuple[str, ...]:
         """The namespace-wide keys in the order the scripts expect them as KEYS[1..6]."""

@@ -23,7 +23,7 @@ import redis
 from redis.client import Pipeline
 from redis.commands.core import Script
 
-from coreexec.errors import BrokerConnectionError, LimiterError
+from coreexec.errors import BrokerConnectionError, CoreExecError, LimiterError
 from coreexec.limits.base import (
     DEFAULT_LEASE_TTL_MS,
     DEFAULT_WAITER_TTL_MS,
@@ -43,7 +43,14 @@ from coreexec.limits.keys import (
     lease_id_of_member,
 )
 from coreexec.limits.rules import SlotSpec
-from coreexec.redis_urls import blocking_read_slice_s, client_url, safe_url
+from coreexec.redis_clients import (
+    blocking_read_slice_s,
+    client_url,
+    redis_client,
+    text,
+    wrap_redis_error,
+)
+from coreexec.redis_urls import safe_url
 
 log = logging.getLogger(__name__)
 
@@ -66,23 +73,8 @@ def redis_command(client: redis.Redis | Pipeline, *args: str | int | float) -> A
     return client.execute_command(*args)  # type: ignore[no-untyped-call]
 
 
-def wrap_redis_error(exc: redis.RedisError, *, url: str, what: str) -> Exception:
-    """The coreexec error for a redis-py error met while doing ``what``."""
-    if isinstance(exc, (redis.ConnectionError, redis.TimeoutError)):
-        return BrokerConnectionError(
-            f"cannot reach Redis at {url} for {what} ({exc}); start redis-server there, or "
-            "set COREEXEC_REDIS_URL to the URL of a running Redis",
-            url=url,
-        )
-    return LimiterError(f"Redis at {url} failed {what}: {exc}")
-
-
-def _text(value: Any) -> str:
-    return value.decode("utf-8") if isinstance(value, bytes) else str(value)
-
-
 def _pairs(flat: Sequence[Any]) -> WakeList:
-    return [(_text(flat[i]), _text(flat[i + 1])) for i in range(0, len(flat) - 1, 2)]
+    return [(text(flat[i]), text(flat[i + 1])) for i in range(0, len(flat) - 1, 2)]
 
 
 def _newest_id(reply: Any) -> str | None:
@@ -91,7 +83,7 @@ def _newest_id(reply: Any) -> str | None:
     newest: str | None = None
     for entries in streams:
         for entry in entries:
-            newest = _text(entry[0])
+            newest = text(entry[0])
     return newest
 
 
@@ -144,12 +136,9 @@ class RedisTagLimiter:
     ) -> RedisTagLimiter:
         """A limiter with its own client for ``url`` (``redis://host:port/db``)."""
         try:
-            client = redis.Redis.from_url(url, decode_responses=True)
-        except ValueError as exc:
-            raise LimiterError(
-                f"bad Redis URL {safe_url(url)!r} for the tag limiter: {exc}; "
-                "use redis://host:port/db"
-            ) from exc
+            client = redis_client(url, check=False)
+        except BrokerConnectionError as exc:
+            raise LimiterError(f"bad Redis URL for the tag limiter: {exc}") from exc
         limiter = cls(
             client,
             namespace=namespace,
@@ -219,7 +208,7 @@ class RedisTagLimiter:
         try:
             return self._do_slots()
         except redis.RedisError as exc:
-            raise wrap_redis_error(exc, url=self.url, what="listing slots") from exc
+            raise self._fail(exc, "list slots") from exc
 
     # -- wake-ups -------------------------------------------------------------------------
 
@@ -232,8 +221,8 @@ class RedisTagLimiter:
         try:
             reply = redis_command(self.client, "XREVRANGE", wake_key, "+", "-", "COUNT", 1)
         except redis.RedisError as exc:
-            raise wrap_redis_error(exc, url=self.url, what=f"reading stream {wake_key}") from exc
-        return _text(reply[0][0]) if reply else "0-0"
+            raise self._fail(exc, f"read stream {wake_key}") from exc
+        return text(reply[0][0]) if reply else "0-0"
 
     def wait_for_wake(self, wake_key: str, last_id: str, timeout_s: float) -> str | None:
         """Block until stream ``wake_key`` has an entry after ``last_id``, or ``timeout_s``.
@@ -266,8 +255,8 @@ class RedisTagLimiter:
                     last_id,
                 )
             except redis.RedisError as exc:
-                what = f"waiting on stream {wake_key}"
-                raise wrap_redis_error(exc, url=self.url, what=what) from exc
+                what = f"wait on stream {wake_key}"
+                raise self._fail(exc, what) from exc
             if reply:
                 return _newest_id(reply)
 
@@ -292,13 +281,16 @@ class RedisTagLimiter:
 
     # -- the Redis work -------------------------------------------------------------------
 
+    def _fail(self, exc: redis.RedisError, what: str) -> CoreExecError:
+        return wrap_redis_error(exc, url=self.url, what=what, refused=LimiterError)
+
     def _run(
         self, script: Script, keys: Sequence[str], args: Sequence[str | int], what: str
     ) -> Any:
         try:
             return script(keys=keys, args=args)
         except redis.RedisError as exc:
-            raise wrap_redis_error(exc, url=self.url, what=what) from exc
+            raise self._fail(exc, what) from exc
 
     def _do_acquire(self, request: SlotRequest, place_only: bool) -> tuple[AcquireResult, WakeList]:
         names = tuple(slot.name for slot in request.slots)
@@ -317,14 +309,14 @@ class RedisTagLimiter:
             self._acquire,
             self.keys.script_keys(names),
             args,
-            f"acquiring slots {list(names)} for lease {request.lease_id}",
+            f"acquire slots {list(names)} for lease {request.lease_id}",
         )
         wakes = _pairs(reply[3:])
         if int(reply[0]) == 1:
-            full = tuple(request.slots[int(i) - 1].name for i in json.loads(_text(reply[2])))
+            full = tuple(request.slots[int(i) - 1].name for i in json.loads(text(reply[2])))
             return AcquireResult(lease=self._lease(request, int(reply[1])), full=full), wakes
         blocks = []
-        for index, ahead, holders in json.loads(_text(reply[2])):
+        for index, ahead, holders in json.loads(text(reply[2])):
             blocks.append(
                 SlotBlock(
                     slot=request.slots[int(index) - 1],
@@ -346,7 +338,7 @@ class RedisTagLimiter:
             self._release,
             self.keys.script_keys(names),
             [lease.lease_id, *_slot_args(lease.slots)],
-            f"releasing lease {lease.lease_id}",
+            f"release lease {lease.lease_id}",
         )
         return int(reply[0]) == 1, _pairs(reply[1:])
 
@@ -358,7 +350,7 @@ class RedisTagLimiter:
             self._refresh,
             self.keys.script_keys(names),
             args,
-            f"refreshing lease {lease.lease_id}",
+            f"refresh lease {lease.lease_id}",
         )
         return int(reply[0]) == 1, _pairs(reply[1:])
 
@@ -368,7 +360,7 @@ class RedisTagLimiter:
             self._withdraw,
             self.keys.script_keys(names),
             [request.lease_id, *_slot_args(request.slots)],
-            f"withdrawing waiter {request.lease_id}",
+            f"withdraw waiter {request.lease_id}",
         )
         return _pairs(reply[1:])
 
@@ -384,9 +376,9 @@ class RedisTagLimiter:
         per_slot: list[tuple[str, list[str], list[str]]] = []
         for i, name in enumerate(names):
             holders_reply, queue_reply, waiting_reply = replies[3 * i : 3 * i + 3]
-            holder_ids = [_text(m) for m, expiry in holders_reply if expiry > now_ms]
-            waiting = {_text(m) for m, expiry in waiting_reply if expiry > now_ms}
-            queued = [lease_id_of_member(_text(m)) for m in queue_reply if _text(m) in waiting]
+            holder_ids = [text(m) for m, expiry in holders_reply if expiry > now_ms]
+            waiting = {text(m) for m, expiry in waiting_reply if expiry > now_ms}
+            queued = [lease_id_of_member(text(m)) for m in queue_reply if text(m) in waiting]
             if holder_ids or queued:
                 per_slot.append((name, holder_ids, queued))
         lease_ids = sorted({h for _, holders, _ in per_slot for h in holders})
@@ -418,7 +410,7 @@ class RedisTagLimiter:
             pipe.zrange(keys.queue(name), 0, -1)
             pipe.zrange(keys.waiting(name), 0, -1, withscores=True)
         registry_reply, time_reply, *replies = pipe.execute()
-        registry = {_text(k): int(v) for k, v in dict(registry_reply).items()}
+        registry = {text(k): int(v) for k, v in dict(registry_reply).items()}
         now_ms = int(time_reply[0]) * 1000 + int(time_reply[1]) // 1000
         return registry, now_ms, replies
 
@@ -426,7 +418,7 @@ class RedisTagLimiter:
         if not ids:
             return {}
         values = redis_command(self.client, "HMGET", hash_key, *ids)
-        return {i: json.loads(_text(v)) for i, v in zip(ids, values, strict=True) if v is not None}
+        return {i: json.loads(text(v)) for i, v in zip(ids, values, strict=True) if v is not None}
 
     def _lease(self, request: SlotRequest, ttl_ms: int | None = None) -> Lease:
         return Lease(

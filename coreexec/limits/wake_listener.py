@@ -1,7 +1,7 @@
 """Slot wake-ups from the Redis tag limiter, handed to a run's dispatcher.
 
 A run waiting for a slot held by another run learns that the slot is free from an entry
-in its wake-up stream (``<prefix>:<namespace>:wake:<run id>``); :class:`RedisWakeListener`
+in its wake-up stream (:meth:`LimiterKeys.wake_stream`); :class:`RedisWakeListener`
 reads that stream in a thread and wakes the dispatcher.
 """
 
@@ -13,7 +13,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from coreexec.errors import CoreExecError
-from coreexec.limits.keys import PREFIX
+from coreexec.limits.keys import LimiterKeys
 
 if TYPE_CHECKING:
     from coreexec.limits.redis_limiter import RedisTagLimiter
@@ -34,7 +34,7 @@ class RedisWakeListener:
 
     def __init__(self, limiter: RedisTagLimiter, run_id: str, namespace: str) -> None:
         self.limiter = limiter
-        self.wake_key = f"{PREFIX}:{namespace}:wake:{run_id}"
+        self.wake_key = LimiterKeys(namespace).wake_stream(run_id)
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 

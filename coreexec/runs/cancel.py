@@ -18,18 +18,17 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
-import redis
-
 from coreexec.errors import CoreExecError
 from coreexec.events import Event, EventKind
 from coreexec.instance import Instance
+from coreexec.redis_clients import RedisError, redis_client
 from coreexec.redis_urls import safe_url
 from coreexec.runs.launcher import AttemptTerminator, terminator_for
 from coreexec.runs.resume_prep import OpenAttempt, open_attempts
 from coreexec.storage.base import RunStatus
 from coreexec.transport.attempts import AttemptClaims
 from coreexec.transport.coordinator_heartbeat import CoordinatorState, coordinator_status
-from coreexec.transport.redis_events import RedisEventStream, redis_client
+from coreexec.transport.redis_events import RedisEventStream
 
 log = logging.getLogger(__name__)
 
@@ -101,7 +100,7 @@ def _cancel_orphan(
         fenced = AttemptClaims(client, url=redis_url).fence(
             run_id, [attempt.attempt_id for attempt in open_ones], "run canceled"
         )
-    except (redis.RedisError, CoreExecError) as exc:
+    except (RedisError, CoreExecError) as exc:
         log.warning("cancel of run %s: cannot settle its dead coordinator's work: %s", run_id, exc)
         if not instance.storage.get_run(run_id).status.is_finished:
             return None

@@ -19,23 +19,22 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-import redis
-
 from coreexec.errors import CoreExecError
 from coreexec.events import Event, EventKind
 from coreexec.execution.run_context import EventListener, RunContext
 from coreexec.instance import Instance
+from coreexec.redis_clients import Redis, RedisError, redis_client
 from coreexec.runs.execute import execute_run
 from coreexec.runs.resume_prep import DEFAULT_IN_FLIGHT_TIMEOUT_S, ResumePreparation, prepare_resume
 from coreexec.storage.base import RunStatus, RunStorage
+from coreexec.transport import keys
 from coreexec.transport.coordinator_heartbeat import (
     COORDINATOR_TTL_MS,
     CoordinatorHeartbeat,
     CoordinatorState,
-    coordinator_key,
     coordinator_status,
 )
-from coreexec.transport.redis_events import RedisEventStream, redis_client
+from coreexec.transport.redis_events import RedisEventStream
 
 log = logging.getLogger(__name__)
 
@@ -122,7 +121,7 @@ def _announce_end(stream: RedisEventStream, run_id: str, final: Event | None) ->
 def coordinate_claimed_run(
     instance: Instance,
     run_id: str,
-    client: redis.Redis | None,
+    client: Redis | None,
     *,
     claimed_after_id: int,
     resume: bool,
@@ -176,7 +175,7 @@ def coordinate_claimed_run(
     return CoordinationOutcome(run_id, status, True, message, resume, preparation)
 
 
-def _coordinator_dead(client: redis.Redis, run_id: str) -> bool:
+def _coordinator_dead(client: Redis, run_id: str) -> bool:
     """Whether the run's coordinator is dead, waiting out its heartbeat's TTL once.
 
     A coordinator's task comes back to the queue when its process dies; on another host
@@ -186,17 +185,17 @@ def _coordinator_dead(client: redis.Redis, run_id: str) -> bool:
     try:
         state = coordinator_status(client, run_id).state
         if state is CoordinatorState.ALIVE:
-            ttl_ms = client.pttl(coordinator_key(run_id))
+            ttl_ms = client.pttl(keys.run_coordinator(run_id))
             if 0 < ttl_ms <= COORDINATOR_TTL_MS:
                 time.sleep(ttl_ms / 1000 + 0.05)
                 state = coordinator_status(client, run_id).state
-    except redis.RedisError as exc:
+    except RedisError as exc:
         log.warning("cannot tell whether run %s has a live coordinator: %s", run_id, exc)
         return False
     return state is CoordinatorState.DEAD
 
 
-def redis_client_for(redis_url: str | None) -> redis.Redis | None:
+def redis_client_for(redis_url: str | None) -> Redis | None:
     return redis_client(redis_url) if redis_url else None
 
 

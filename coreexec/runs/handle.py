@@ -6,17 +6,16 @@ import logging
 import time
 from collections.abc import Callable, Iterator
 
-import redis
-
 from coreexec.errors import BrokerConnectionError, RunWaitTimeout
 from coreexec.events import Event
 from coreexec.execution.dispatcher import STREAMED_STORAGE_FLUSH_S
 from coreexec.instance import Instance
+from coreexec.redis_clients import RedisError, redis_client, wrap_redis_error
 from coreexec.runs.cancel import CancelOutcome, request_cancel
 from coreexec.runs.launcher import RunLauncher, terminator_for
 from coreexec.storage.base import RunRecord, RunStatus
 from coreexec.transport.coordinator_heartbeat import CoordinatorStatus, coordinator_status
-from coreexec.transport.redis_events import RedisEventStream, redis_client, wrap_redis_error
+from coreexec.transport.redis_events import RedisEventStream
 
 log = logging.getLogger(__name__)
 
@@ -173,7 +172,7 @@ class RunHandle:
             return None
         try:
             return coordinator_status(stream.client, self.run_id)
-        except redis.RedisError as exc:
+        except RedisError as exc:
             raise wrap_redis_error(
                 exc, url=self.redis_url or "", what="read the coordinator heartbeat"
             ) from exc

@@ -16,22 +16,17 @@ import threading
 import time
 from dataclasses import dataclass
 
-import redis
-
 from coreexec.errors import CoreExecError
 from coreexec.events import Event, EventKind
 from coreexec.instance import Instance
+from coreexec.redis_clients import Redis, RedisError
 from coreexec.runs.launcher import RunLauncher
 from coreexec.runs.resume import resume_run
 from coreexec.runs.resume_prep import missing_step_events
 from coreexec.storage.base import RunRecord, RunStatus
 from coreexec.transport import keys
 from coreexec.transport.attempts import add_finish_commands
-from coreexec.transport.coordinator_heartbeat import (
-    CoordinatorState,
-    coordinator_status,
-    silence_s,
-)
+from coreexec.transport.coordinator_heartbeat import CoordinatorState, coordinator_status, silence_s
 from coreexec.transport.redis_events import RedisEventStream
 
 log = logging.getLogger(__name__)
@@ -39,7 +34,6 @@ log = logging.getLogger(__name__)
 DEFAULT_GRACE_S = 300.0
 """How long a lost run waits before it is reaped (``COREEXEC_ORPHAN_GRACE_S``)."""
 
-LOCK_KEY = f"{keys.PREFIX}:orphan-reaper:lock"
 RUNNING = (RunStatus.STARTING, RunStatus.STARTED, RunStatus.CANCELING)
 
 
@@ -51,7 +45,7 @@ def _ago(seconds: float) -> str:
     return f"{seconds / 3600:.1f} h ago"
 
 
-def lost_note(client: redis.Redis, record: RunRecord) -> str | None:
+def lost_note(client: Redis, record: RunRecord) -> str | None:
     """ "coordinator lost 5 min ago; `coreexec runs resume ID`" for a running run whose
     coordinator stopped beating, else None (also when Redis cannot say)."""
     if record.status not in RUNNING:
@@ -60,7 +54,7 @@ def lost_note(client: redis.Redis, record: RunRecord) -> str | None:
         if coordinator_status(client, record.run_id).state is not CoordinatorState.DEAD:
             return None
         silent = silence_s(client, record.run_id)
-    except redis.RedisError:
+    except RedisError:
         return None
     when = _ago(silent) if silent is not None else "some time ago"
     return f"coordinator lost {when}; `coreexec runs resume {record.run_id}`"
@@ -81,7 +75,7 @@ class OrphanReaper:
     def __init__(
         self,
         instance: Instance,
-        client: redis.Redis,
+        client: Redis,
         *,
         redis_url: str,
         grace_s: float = DEFAULT_GRACE_S,
@@ -97,7 +91,7 @@ class OrphanReaper:
 
     def sweep(self) -> list[Reaped]:
         """One pass over the running runs, unless another reaper is sweeping now."""
-        lock = self.client.lock(LOCK_KEY, timeout=self.lock_ttl_s, blocking=False)
+        lock = self.client.lock(keys.ORPHAN_REAPER_LOCK, timeout=self.lock_ttl_s, blocking=False)
         if not lock.acquire():
             return []
         try:
@@ -111,7 +105,7 @@ class OrphanReaper:
         finally:
             try:
                 lock.release()
-            except redis.RedisError as exc:
+            except RedisError as exc:
                 log.debug("releasing the reaper lock: %r", exc)
 
     def _reap(self, record: RunRecord) -> Reaped | None:
@@ -161,7 +155,7 @@ class OrphanReaper:
                 add_finish_commands(pipe, record.run_id)
                 pipe.execute()
             stream.expire()
-        except (redis.RedisError, CoreExecError) as exc:
+        except (RedisError, CoreExecError) as exc:
             log.warning("could not let the keys of run %s expire: %s", record.run_id, exc)
         return Reaped(record.run_id, "failed", message)
 
@@ -197,7 +191,7 @@ class ReaperLoop:
         while not self._stop.wait(self.interval_s):
             try:
                 self.reaper.sweep()
-            except (redis.RedisError, CoreExecError) as exc:
+            except (RedisError, CoreExecError) as exc:
                 log.warning("sweeping for lost runs failed: %s", exc)
 
     def stop(self) -> None:

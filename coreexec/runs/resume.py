@@ -15,12 +15,10 @@ from __future__ import annotations
 import os
 from collections.abc import Callable, Sequence
 
-import redis
-
 from coreexec.errors import ResumeError
 from coreexec.execution.run_context import EventListener
 from coreexec.instance import Instance
-from coreexec.redis_urls import client_url
+from coreexec.redis_clients import Redis, RedisError, client_url, wrap_redis_error
 from coreexec.runs.coordinate import (
     CoordinationOutcome,
     coordinate_claimed_run,
@@ -36,13 +34,12 @@ from coreexec.runs.launcher import (
 from coreexec.runs.resume_prep import DEFAULT_IN_FLIGHT_TIMEOUT_S
 from coreexec.storage.base import RunRecord, RunStatus, RunStorage
 from coreexec.transport.coordinator_heartbeat import CoordinatorState, coordinator_status
-from coreexec.transport.redis_events import wrap_redis_error
 
 FINISHED = frozenset({RunStatus.FAILURE, RunStatus.CANCELED})
 
 
 def check_resumable(
-    instance: Instance, run_id: str, client: redis.Redis | None, *, force: bool = False
+    instance: Instance, run_id: str, client: Redis | None, *, force: bool = False
 ) -> RunRecord:
     """The run, if it may be resumed now; else :class:`ResumeError` saying why.
 
@@ -69,7 +66,7 @@ def check_resumable(
     return record
 
 
-def _check_coordinator_gone(record: RunRecord, client: redis.Redis | None) -> None:
+def _check_coordinator_gone(record: RunRecord, client: Redis | None) -> None:
     """A run whose status says it runs may resume once its heartbeat shows that its
     coordinator died; else :class:`ResumeError` saying what is known of it."""
     run_id, status = record.run_id, record.status
@@ -81,7 +78,7 @@ def _check_coordinator_gone(record: RunRecord, client: redis.Redis | None) -> No
         )
     try:
         seen = coordinator_status(client, run_id)
-    except redis.RedisError as exc:
+    except RedisError as exc:
         raise wrap_redis_error(
             exc, url=client_url(client), what="read the coordinator heartbeat"
         ) from exc
@@ -180,7 +177,7 @@ def _hand_to_launcher(
 def _resume_here(
     instance: Instance,
     record: RunRecord,
-    client: redis.Redis | None,
+    client: Redis | None,
     *,
     listeners: Sequence[EventListener],
     in_flight_timeout_s: float,

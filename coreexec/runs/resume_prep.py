@@ -24,19 +24,13 @@ import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
-import redis
-
 from coreexec.errors import ResumeError
 from coreexec.events import STEP_ATTEMPT_ENDINGS, TRANSIENT_KINDS, Event, EventKind
 from coreexec.instance import Instance
-from coreexec.redis_urls import client_url
+from coreexec.redis_clients import Redis, RedisError, client_url, wrap_redis_error
 from coreexec.transport import keys
 from coreexec.transport.attempts import FENCE_PREFIX, AttemptClaims
-from coreexec.transport.redis_events import (
-    RedisEventStream,
-    StreamEntry,
-    wrap_redis_error,
-)
+from coreexec.transport.redis_events import RedisEventStream, StreamEntry
 
 log = logging.getLogger(__name__)
 
@@ -93,7 +87,7 @@ def open_attempts(events: Iterable[Event]) -> list[OpenAttempt]:
 
 
 def _started_elsewhere(
-    client: redis.Redis, run_id: str, attempts: Sequence[OpenAttempt]
+    client: Redis, run_id: str, attempts: Sequence[OpenAttempt]
 ) -> tuple[list[OpenAttempt], list[OpenAttempt]]:
     """(abandoned, claimed): fence the attempts no worker has claimed, so a late delivery
     of their messages is dropped; the others a worker took (it may still run them)."""
@@ -110,7 +104,7 @@ def _started_elsewhere(
     return abandoned, claimed
 
 
-def attempt_silence(client: redis.Redis, run_id: str) -> float:
+def attempt_silence(client: Redis, run_id: str) -> float:
     """How long an attempt of this run may be silent before it counts as lost: a few of
     the heartbeat intervals its dispatcher told workers to keep."""
     raw = client.hget(keys.run_settings(run_id), "heartbeat_interval_s")
@@ -126,7 +120,7 @@ def _entry_ms(entry_id: str) -> int:
     return int(entry_id.split("-", 1)[0])
 
 
-def _redis_now_ms(client: redis.Redis) -> int:
+def _redis_now_ms(client: Redis) -> int:
     seconds, micros = client.time()
     return int(seconds) * 1000 + int(micros) // 1000
 
@@ -266,7 +260,7 @@ def prepare_resume(
             silence_s=attempt_silence_s or attempt_silence(stream.client, run_id),
         )
         missing = missing_step_events(stored, stream.history())
-    except redis.RedisError as exc:
+    except RedisError as exc:
         raise wrap_redis_error(
             exc, url=client_url(stream.client), what="drain the run's stream"
         ) from exc

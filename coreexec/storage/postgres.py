@@ -12,20 +12,19 @@ one ``UPDATE ... WHERE status = ANY(expected)``, a compare-and-set.
 
 from __future__ import annotations
 
-import json
 import os
 import threading
 import time
-from collections.abc import Callable, Collection, Sequence
+from collections.abc import Callable, Sequence
 from typing import Any, TypeVar
 
 import psycopg
 from psycopg_pool import ConnectionPool, PoolTimeout
 
-from coreexec.errors import RunNotFoundError, StorageError
+from coreexec.errors import StorageError
 from coreexec.events import Event
-from coreexec.storage.base import RunRecord, RunStatus, event_row
 from coreexec.storage.migrations import migrations
+from coreexec.storage.sql import SqlRunStorage
 from coreexec.urls import masked_url
 
 T = TypeVar("T")
@@ -34,10 +33,6 @@ DEFAULT_POOL_SIZE = 4
 CONNECT_TIMEOUT_S = 10
 _MIGRATION_LOCK = 0x636F726565786563  # "coreexec": one bigint key for schema changes
 _RUN_LOCK_SPACE = 0x636F7265  # "core": the first int4 key of per-run event locks
-_COLUMNS = (
-    "run_id, job_name, job_reference, status, tags, run_config, created_at, updated_at,"
-    " started_at, ended_at, parent_run_id"
-)
 
 _VERSION_TABLE = """
 CREATE TABLE IF NOT EXISTS coreexec_schema_version (
@@ -98,24 +93,12 @@ def _oneline(exc: BaseException) -> str:
     return " ".join(str(exc).split())
 
 
-def _record(row: tuple[Any, ...]) -> RunRecord:
-    return RunRecord(
-        run_id=row[0],
-        job_name=row[1],
-        job_reference=row[2],
-        status=RunStatus(row[3]),
-        tags=row[4],
-        run_config=row[5],
-        created_at=row[6],
-        updated_at=row[7],
-        started_at=row[8],
-        ended_at=row[9],
-        parent_run_id=row[10],
-    )
-
-
-class PostgresRunStorage:
+class PostgresRunStorage(SqlRunStorage):
     """Runs and events in a PostgreSQL database, safe for many writers on many machines."""
+
+    runs_table = "coreexec_runs"
+    events_table = "coreexec_events"
+    param = "%s"
 
     def __init__(self, url: str, *, pool_size: int = DEFAULT_POOL_SIZE) -> None:
         self.url = url
@@ -185,76 +168,23 @@ class PostgresRunStorage:
                 raise self._error(exc, doing) from exc
         raise AssertionError("unreachable")
 
-    def add_run(self, record: RunRecord) -> None:
-        params = (
-            record.run_id,
-            record.job_name,
-            record.job_reference,
-            record.status.value,
-            json.dumps(dict(record.tags)),
-            json.dumps(dict(record.run_config)),
-            record.created_at,
-            record.updated_at,
-            record.started_at,
-            record.ended_at,
-            record.parent_run_id,
-        )
-        sql = f"INSERT INTO coreexec_runs ({_COLUMNS}) VALUES (%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s)"
-        self._run(f"add run {record.run_id}", lambda conn: conn.execute(sql, params))
+    def _fetch(self, doing: str, sql: str, params: Sequence[Any]) -> list[tuple[Any, ...]]:
+        return self._run(doing, lambda conn: conn.execute(sql, params).fetchall(), reads=True)
 
-    def get_run(self, run_id: str) -> RunRecord:
-        sql = f"SELECT {_COLUMNS} FROM coreexec_runs WHERE run_id = %s"
-        row = self._run(
-            f"read run {run_id}", lambda conn: conn.execute(sql, (run_id,)).fetchone(), reads=True
-        )
-        if row is None:
-            raise RunNotFoundError(run_id)
-        return _record(row)
+    def _write(self, doing: str, sql: str, params: Sequence[Any]) -> int:
+        return self._run(doing, lambda conn: conn.execute(sql, params).rowcount)
 
-    def list_runs(
-        self, *, limit: int = 50, statuses: Collection[RunStatus] | None = None
-    ) -> list[RunRecord]:
-        sql = f"SELECT {_COLUMNS} FROM coreexec_runs"
-        params: list[Any] = []
-        if statuses is not None:
-            sql += " WHERE status = ANY(%s)"
-            params.append([status.value for status in statuses])
-        sql += " ORDER BY created_at DESC LIMIT %s"
-        params.append(limit)
-        rows = self._run("list runs", lambda conn: conn.execute(sql, params).fetchall(), reads=True)
-        return [_record(row) for row in rows]
+    def _one_of(self, column: str, values: list[str]) -> tuple[str, list[Any]]:
+        return f"{column} = ANY(%s)", [values]
 
-    def set_status(
-        self,
-        run_id: str,
-        status: RunStatus,
-        *,
-        expected: Collection[RunStatus] | None = None,
-        at: float | None = None,
-    ) -> bool:
-        when = at if at is not None else time.time()
-        sql = (
-            "UPDATE coreexec_runs SET status = %s, updated_at = %s,"
-            " started_at = CASE WHEN %s THEN %s ELSE started_at END,"
-            " ended_at = CASE WHEN %s THEN %s ELSE ended_at END"
-            " WHERE run_id = %s"
-        )
-        params: list[Any] = [status.value, when, status is RunStatus.STARTED, when]
-        params += [status.is_finished, when, run_id]
-        if expected is not None:
-            sql += " AND status = ANY(%s)"
-            params.append([item.value for item in expected])
-        changed = self._run(
-            f"set the status of run {run_id}", lambda conn: conn.execute(sql, params).rowcount
-        )
-        if changed == 0:
-            self.get_run(run_id)  # raises RunNotFoundError for an unknown run
-        return bool(changed)
+    def _from_json(self, value: Any) -> Any:
+        return value  # jsonb columns come back decoded
 
     def append_events(self, run_id: str, events: Sequence[Event]) -> None:
         if not events:
             return
-        rows = [event_row(run_id, event) for event in events]
+        rows = self._event_rows(run_id, events)
+        insert = self._insert_events_sql()
 
         def work(conn: psycopg.Connection[Any]) -> None:
             # One round trip: BEGIN, the lock, the inserts and COMMIT go out together.
@@ -262,28 +192,9 @@ class PostgresRunStorage:
                 cursor.execute(
                     "SELECT pg_advisory_xact_lock(%s, hashtext(%s))", (_RUN_LOCK_SPACE, run_id)
                 )
-                cursor.executemany(
-                    "INSERT INTO coreexec_events (run_id, kind, step_key, timestamp, body)"
-                    " VALUES (%s, %s, %s, %s, %s)",
-                    rows,
-                )
+                cursor.executemany(insert, rows)
 
         self._run(f"append events to run {run_id}", work)
-
-    def events(
-        self, run_id: str, *, after: int = 0, limit: int | None = None
-    ) -> list[tuple[int, Event]]:
-        sql = "SELECT id, body FROM coreexec_events WHERE run_id = %s AND id > %s ORDER BY id"
-        params: list[Any] = [run_id, after]
-        if limit is not None:
-            sql += " LIMIT %s"
-            params.append(limit)
-        rows = self._run(
-            f"read the events of run {run_id}",
-            lambda conn: conn.execute(sql, params).fetchall(),
-            reads=True,
-        )
-        return [(int(row[0]), Event.from_dict(json.loads(row[1]))) for row in rows]
 
     def close(self) -> None:
         with self._lock:

@@ -12,13 +12,13 @@ import os
 import sqlite3
 import threading
 import time
-from collections.abc import Callable, Collection, Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
-from coreexec.errors import RunNotFoundError, StorageError
+from coreexec.errors import StorageError
 from coreexec.events import Event
-from coreexec.storage.base import RunRecord, RunStatus, event_row
+from coreexec.storage.sql import SqlRunStorage
 
 T = TypeVar("T")
 
@@ -66,8 +66,12 @@ def _create_private(path: Path) -> None:
     os.close(fd)
 
 
-class SqliteRunStorage:
+class SqliteRunStorage(SqlRunStorage):
     """Runs and events in one SQLite file, safe across threads and processes."""
+
+    runs_table = "runs"
+    events_table = "events"
+    param = "?"
 
     def __init__(self, path: Path | str) -> None:
         self.path = Path(path)
@@ -125,128 +129,34 @@ class SqliteRunStorage:
                 delay_s *= 2
         raise AssertionError("unreachable")
 
-    def add_run(self, record: RunRecord) -> None:
-        def work(conn: sqlite3.Connection) -> None:
-            conn.execute(
-                "INSERT INTO runs VALUES (?,?,?,?,?,?,?,?,?,?,?)",
-                (
-                    record.run_id,
-                    record.job_name,
-                    record.job_reference,
-                    record.status.value,
-                    json.dumps(dict(record.tags)),
-                    json.dumps(dict(record.run_config)),
-                    record.created_at,
-                    record.updated_at,
-                    record.started_at,
-                    record.ended_at,
-                    record.parent_run_id,
-                ),
-            )
+    def _fetch(self, doing: str, sql: str, params: Sequence[Any]) -> list[tuple[Any, ...]]:
+        return self._with_retries(lambda conn: conn.execute(sql, params).fetchall())
 
-        self._with_retries(work)
+    def _write(self, doing: str, sql: str, params: Sequence[Any]) -> int:
+        return self._with_retries(lambda conn: conn.execute(sql, params).rowcount)
 
-    @staticmethod
-    def _record(row: tuple[Any, ...]) -> RunRecord:
-        return RunRecord(
-            run_id=row[0],
-            job_name=row[1],
-            job_reference=row[2],
-            status=RunStatus(row[3]),
-            tags=json.loads(row[4]),
-            run_config=json.loads(row[5]),
-            created_at=row[6],
-            updated_at=row[7],
-            started_at=row[8],
-            ended_at=row[9],
-            parent_run_id=row[10],
-        )
+    def _one_of(self, column: str, values: list[str]) -> tuple[str, list[Any]]:
+        return f"{column} IN ({','.join('?' for _ in values)})", list(values)
 
-    def get_run(self, run_id: str) -> RunRecord:
-        row = self._with_retries(
-            lambda conn: conn.execute("SELECT * FROM runs WHERE run_id = ?", (run_id,)).fetchone()
-        )
-        if row is None:
-            raise RunNotFoundError(run_id)
-        return self._record(row)
-
-    def list_runs(
-        self, *, limit: int = 50, statuses: Collection[RunStatus] | None = None
-    ) -> list[RunRecord]:
-        query = "SELECT * FROM runs"
-        params: list[Any] = []
-        if statuses is not None:
-            query += f" WHERE status IN ({','.join('?' for _ in statuses)})"
-            params.extend(status.value for status in statuses)
-        query += " ORDER BY created_at DESC LIMIT ?"
-        params.append(limit)
-        rows = self._with_retries(lambda conn: conn.execute(query, params).fetchall())
-        return [self._record(row) for row in rows]
-
-    def set_status(
-        self,
-        run_id: str,
-        status: RunStatus,
-        *,
-        expected: Collection[RunStatus] | None = None,
-        at: float | None = None,
-    ) -> bool:
-        when = at if at is not None else time.time()
-        query = (
-            "UPDATE runs SET status = ?, updated_at = ?,"
-            # A resumed run keeps its first start; it has no end until it ends again.
-            " started_at = CASE WHEN ? AND started_at IS NULL THEN ? ELSE started_at END,"
-            " ended_at = CASE WHEN ? THEN ? WHEN ? THEN NULL ELSE ended_at END"
-            " WHERE run_id = ?"
-        )
-        params: list[Any] = [
-            status.value,
-            when,
-            status is RunStatus.STARTED,
-            when,
-            status.is_finished,
-            when,
-            status is RunStatus.STARTED,
-            run_id,
-        ]
-        if expected is not None:
-            query += f" AND status IN ({','.join('?' for _ in expected)})"
-            params.extend(item.value for item in expected)
-        changed = self._with_retries(lambda conn: conn.execute(query, params).rowcount)
-        if changed == 0:
-            self.get_run(run_id)  # raises RunNotFoundError for an unknown run
-        return bool(changed)
+    def _from_json(self, value: Any) -> Any:
+        return json.loads(value)
 
     def append_events(self, run_id: str, events: Sequence[Event]) -> None:
         if not events:
             return
-        rows = [event_row(run_id, event) for event in events]
+        rows = self._event_rows(run_id, events)
+        insert = self._insert_events_sql()
 
         def work(conn: sqlite3.Connection) -> None:
             conn.execute("BEGIN IMMEDIATE")
             try:
-                conn.executemany(
-                    "INSERT INTO events (run_id, kind, step_key, timestamp, body)"
-                    " VALUES (?,?,?,?,?)",
-                    rows,
-                )
+                conn.executemany(insert, rows)
             except BaseException:
                 conn.execute("ROLLBACK")
                 raise
             conn.execute("COMMIT")
 
         self._with_retries(work)
-
-    def events(
-        self, run_id: str, *, after: int = 0, limit: int | None = None
-    ) -> list[tuple[int, Event]]:
-        query = "SELECT id, body FROM events WHERE run_id = ? AND id > ? ORDER BY id"
-        params: list[Any] = [run_id, after]
-        if limit is not None:
-            query += " LIMIT ?"
-            params.append(limit)
-        rows = self._with_retries(lambda conn: conn.execute(query, params).fetchall())
-        return [(row[0], Event.from_dict(json.loads(row[1]))) for row in rows]
 
     def close(self) -> None:
         conn: sqlite3.Connection | None = getattr(self._local, "conn", None)

@@ -6,7 +6,7 @@ knows about Celery.
 
 from coreexec.errors import TransportError
 from coreexec.transport.keys import attempt_claim, run_events, run_settings
-from coreexec.transport.redis_events import RedisEventStream, StreamEntry, events_of, redis_client
+from coreexec.transport.redis_events import RedisEventStream, StreamEntry, events_of
 
 __all__ = [
     "RedisEventStream",
@@ -14,7 +14,6 @@ __all__ = [
     "TransportError",
     "attempt_claim",
     "events_of",
-    "redis_client",
     "run_events",
     "run_settings",
 ]

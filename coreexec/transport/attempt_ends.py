@@ -18,14 +18,12 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from importlib import resources
 
-import redis
-
 from coreexec.errors import CoreExecError
 from coreexec.events import Event
-from coreexec.redis_urls import client_url
+from coreexec.redis_clients import Redis, RedisError, client_url, text, wrap_redis_error
 from coreexec.transport import keys
 from coreexec.transport.attempts import DEFAULT_CLAIM_TTL_S
-from coreexec.transport.redis_events import encode_event, wrap_redis_error
+from coreexec.transport.redis_events import encode_event
 
 
 @dataclass(frozen=True)
@@ -44,15 +42,14 @@ class PublishedEnd:
 
 
 def _decode(raw: object) -> Event:
-    text = raw.decode("utf-8") if isinstance(raw, bytes) else str(raw)
-    return Event.from_dict(json.loads(text))
+    return Event.from_dict(json.loads(text(raw)))
 
 
 class AttemptEnds:
     """Held ends of supervised attempts on one Redis."""
 
     def __init__(
-        self, client: redis.Redis, *, ttl_s: int = DEFAULT_CLAIM_TTL_S, url: str | None = None
+        self, client: Redis, *, ttl_s: int = DEFAULT_CLAIM_TTL_S, url: str | None = None
     ) -> None:
         self.client = client
         self.ttl_s = ttl_s
@@ -72,7 +69,7 @@ class AttemptEnds:
                 pipe.rpush(key, *[encode_event(event) for event in events])
                 pipe.expire(key, self.ttl_s)
                 pipe.execute()
-        except redis.RedisError as exc:
+        except RedisError as exc:
             raise wrap_redis_error(
                 exc, url=self._url, what=f"hold the end of {attempt_id}"
             ) from exc
@@ -81,7 +78,7 @@ class AttemptEnds:
         """The events held for an attempt (empty when none)."""
         try:
             raw = self.client.lrange(keys.attempt_end(run_id, attempt_id), 0, -1)
-        except redis.RedisError as exc:
+        except RedisError as exc:
             raise wrap_redis_error(
                 exc, url=self._url, what=f"read the end of {attempt_id}"
             ) from exc
@@ -112,7 +109,7 @@ class AttemptEnds:
         ]
         try:
             reply = self._publish(keys=script_keys, args=args)
-        except redis.RedisError as exc:
+        except RedisError as exc:
             raise wrap_redis_error(
                 exc, url=self._url, what=f"publish the end of {attempt_id}"
             ) from exc

@@ -23,13 +23,11 @@ from dataclasses import dataclass
 from importlib import resources
 from typing import Any, Protocol
 
-import redis
-
 from coreexec.errors import CoreExecError
 from coreexec.events import Event
-from coreexec.redis_urls import client_url
+from coreexec.redis_clients import Redis, RedisError, client_url, text, wrap_redis_error
 from coreexec.transport import keys
-from coreexec.transport.redis_events import encode_event, wrap_redis_error
+from coreexec.transport.redis_events import encode_event
 
 DEFAULT_CLAIM_TTL_S = 24 * 3600
 """How long a claim or fence is kept: far longer than a broker takes to redeliver
@@ -134,7 +132,7 @@ class AttemptClaims:
     """Claims of step attempts on one Redis."""
 
     def __init__(
-        self, client: redis.Redis, *, ttl_s: int = DEFAULT_CLAIM_TTL_S, url: str | None = None
+        self, client: Redis, *, ttl_s: int = DEFAULT_CLAIM_TTL_S, url: str | None = None
     ) -> None:
         if ttl_s <= 0:
             raise ValueError(f"ttl_s must be positive, got {ttl_s}")
@@ -147,7 +145,7 @@ class AttemptClaims:
             .read_text(encoding="utf-8")
         )
 
-    def _fail(self, exc: redis.RedisError, what: str) -> CoreExecError:
+    def _fail(self, exc: RedisError, what: str) -> CoreExecError:
         return wrap_redis_error(exc, url=self._url, what=what)
 
     def claim_and_start(
@@ -169,15 +167,15 @@ class AttemptClaims:
         run_keys = [keys.run_events(run_id), keys.run_issued(run_id), keys.run_settings(run_id)]
         try:
             won, holder, *claimed_by = self._claim_and_start(keys=[claim_key, *run_keys], args=args)
-        except redis.RedisError as exc:
+        except RedisError as exc:
             raise self._fail(exc, f"claim attempt {attempt_id}") from exc
         if int(won) == 1:
             return ClaimResult(claimed=True, holder=owner)
         if int(won) < 0:
             # A refused attempt of a finished run may have been fenced by its cancel.
-            previous = _text(claimed_by[0]) if claimed_by and claimed_by[0] else None
-            return ClaimResult(claimed=False, holder=previous, refused=_text(holder))
-        return ClaimResult(claimed=False, holder=_text(holder))
+            previous = text(claimed_by[0]) if claimed_by and claimed_by[0] else None
+            return ClaimResult(claimed=False, holder=previous, refused=text(holder))
+        return ClaimResult(claimed=False, holder=text(holder))
 
     def issue(self, run_id: str, attempts: Sequence[AttemptIds]) -> None:
         """Record ``attempts`` as issued, in a pipeline of their own (where the publish
@@ -188,7 +186,7 @@ class AttemptClaims:
             with self.client.pipeline(transaction=False) as pipe:
                 add_issue_commands(pipe, run_id, attempts, self.ttl_s)
                 pipe.execute()
-        except redis.RedisError as exc:
+        except RedisError as exc:
             raise self._fail(
                 exc, f"record {len(attempts)} issued attempts of run {run_id}"
             ) from exc
@@ -207,7 +205,7 @@ class AttemptClaims:
                 for attempt_id in attempt_ids:
                     pipe.set(keys.attempt_claim(run_id, attempt_id), value, nx=True, ex=self.ttl_s)
                 replies = pipe.execute()
-        except redis.RedisError as exc:
+        except RedisError as exc:
             raise self._fail(exc, f"fence {len(attempt_ids)} attempts of run {run_id}") from exc
         return [bool(reply) for reply in replies]
 
@@ -218,20 +216,14 @@ class AttemptClaims:
                 for attempt_id in attempt_ids:
                     pipe.get(keys.attempt_claim(run_id, attempt_id))
                 replies = pipe.execute()
-        except redis.RedisError as exc:
+        except RedisError as exc:
             raise self._fail(exc, f"read the claims of {len(attempt_ids)} attempts") from exc
-        return [_text(reply) for reply in replies]
+        return [None if reply is None else text(reply) for reply in replies]
 
     def holder(self, run_id: str, attempt_id: str) -> str | None:
         """Who claimed the attempt (a fence starts with ``fenced:``), or None."""
         try:
             value = self.client.get(keys.attempt_claim(run_id, attempt_id))
-        except redis.RedisError as exc:
+        except RedisError as exc:
             raise self._fail(exc, f"read the claim of attempt {attempt_id}") from exc
-        return _text(value)
-
-
-def _text(value: object) -> str | None:
-    if value is None:
-        return None
-    return value.decode("utf-8") if isinstance(value, bytes) else str(value)
+        return None if value is None else text(value)

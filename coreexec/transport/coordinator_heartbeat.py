@@ -1,7 +1,7 @@
 """The coordinator's heartbeat: how another process tells a live coordinator from a dead one.
 
 A coordinator started by a run launcher (and one started by ``coreexec runs resume``)
-keeps two keys in Redis while it runs::
+keeps two keys in Redis while it runs (named in :mod:`coreexec.transport.keys`)::
 
     coreexec:run:{<run_id>}:coordinator        STRING  JSON CoordinatorInfo, PX ttl_ms
     coreexec:run:{<run_id>}:coordinator:seen   STRING  the same JSON, kept for a day
@@ -26,8 +26,7 @@ from enum import StrEnum
 from pathlib import Path
 from types import TracebackType
 
-import redis
-
+from coreexec.redis_clients import Redis, RedisError
 from coreexec.transport import keys
 
 log = logging.getLogger(__name__)
@@ -37,16 +36,6 @@ COORDINATOR_TTL_MS = 15_000
 
 SEEN_TTL_S = keys.FINISHED_RUN_TTL_S
 _HOST = socket.gethostname()
-
-
-def coordinator_key(run_id: str) -> str:
-    """The liveness key of a run's coordinator (lapses when the beats stop)."""
-    return f"{keys.PREFIX}:run:{{{keys.check_id(run_id, what='run id')}}}:coordinator"
-
-
-def coordinator_seen_key(run_id: str) -> str:
-    """The long-lived record that a heartbeating coordinator ran this run."""
-    return coordinator_key(run_id) + ":seen"
 
 
 class CoordinatorState(StrEnum):
@@ -116,11 +105,11 @@ def _pid_exists(pid: int) -> bool:
     return True
 
 
-def coordinator_status(client: redis.Redis, run_id: str) -> CoordinatorStatus:
+def coordinator_status(client: Redis, run_id: str) -> CoordinatorStatus:
     """Whether a coordinator is alive for ``run_id`` (raises redis errors as they are)."""
     with client.pipeline(transaction=False) as pipe:
-        pipe.get(coordinator_key(run_id))
-        pipe.get(coordinator_seen_key(run_id))
+        pipe.get(keys.run_coordinator(run_id))
+        pipe.get(keys.run_coordinator_seen(run_id))
         alive_raw, seen_raw = pipe.execute()
     if alive_raw is not None:
         info = CoordinatorInfo.from_json(alive_raw)
@@ -132,10 +121,10 @@ def coordinator_status(client: redis.Redis, run_id: str) -> CoordinatorStatus:
     return CoordinatorStatus(CoordinatorState.UNKNOWN)
 
 
-def silence_s(client: redis.Redis, run_id: str) -> float | None:
+def silence_s(client: Redis, run_id: str) -> float | None:
     """Seconds since the run's coordinator last beat (from the TTL its seen key has
     left), or None when no heartbeating coordinator ran it (raises redis errors)."""
-    ttl_ms = int(client.pttl(coordinator_seen_key(run_id)))
+    ttl_ms = int(client.pttl(keys.run_coordinator_seen(run_id)))
     if ttl_ms < 0:
         return None
     return max(0.0, SEEN_TTL_S - ttl_ms / 1000)
@@ -160,7 +149,7 @@ class CoordinatorHeartbeat:
 
     def __init__(
         self,
-        client: redis.Redis,
+        client: Redis,
         run_id: str,
         *,
         owner: str,
@@ -180,8 +169,8 @@ class CoordinatorHeartbeat:
         """Write both keys once (also called by the thread every ``ttl_ms / 3``)."""
         body = self.info.to_json()
         with self.client.pipeline(transaction=False) as pipe:
-            pipe.set(coordinator_key(self.run_id), body, px=self.ttl_ms)
-            pipe.set(coordinator_seen_key(self.run_id), body, ex=SEEN_TTL_S)
+            pipe.set(keys.run_coordinator(self.run_id), body, px=self.ttl_ms)
+            pipe.set(keys.run_coordinator_seen(self.run_id), body, ex=SEEN_TTL_S)
             pipe.execute()
 
     def _loop(self) -> None:
@@ -189,7 +178,7 @@ class CoordinatorHeartbeat:
         while not self._stop.wait(interval_s):
             try:
                 self.beat()
-            except redis.RedisError as exc:
+            except RedisError as exc:
                 log.warning("coordinator heartbeat of run %s failed: %s", self.run_id, exc)
 
     def start(self) -> CoordinatorHeartbeat:
@@ -212,8 +201,8 @@ class CoordinatorHeartbeat:
         with _beating_lock:
             _beating.discard(self.run_id)
         try:
-            self.client.delete(coordinator_key(self.run_id))
-        except redis.RedisError as exc:
+            self.client.delete(keys.run_coordinator(self.run_id))
+        except RedisError as exc:
             log.warning("could not drop the heartbeat of run %s: %s", self.run_id, exc)
 
     def __enter__(self) -> CoordinatorHeartbeat:

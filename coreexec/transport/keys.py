@@ -10,12 +10,17 @@ and attempt claims live in one cluster slot and one MULTI or Lua script may touc
     coreexec:run:{<run_id>}:issued                  HASH    attempt id -> ``<n>:<step key>``
                                                             of every attempt the coordinator
                                                             published (claims check it)
+    coreexec:run:{<run_id>}:coordinator             STRING  the coordinator's heartbeat
+                                                            (lapses when the beats stop)
+    coreexec:run:{<run_id>}:coordinator:seen        STRING  the same, kept for a day
     coreexec:attempt:{<run_id>}:<attempt_id>:claim  STRING  who runs the attempt (SET NX)
     coreexec:attempt:{<run_id>}:<attempt_id>:end    LIST    a supervised attempt's ending
                                                             events, held for its supervisor
     coreexec:attempt:{<run_id>}:<attempt_id>:end:published  STRING  its end was published
     coreexec:queue:{<queue>}:consumers              SET     workers consuming the queue
     coreexec:queue:{<queue>}:consumers:<worker>     STRING  a worker's presence (with TTL)
+    coreexec:orphan-reaper:lock                     STRING  held by the one orphan reaper
+                                                            at work (a redis-py lock)
 
 Keys of the tag limiter are in :mod:`coreexec.limits.keys`.
 """
@@ -77,6 +82,17 @@ def run_issued(run_id: str) -> str:
     return f"{PREFIX}:run:{{{check_id(run_id, what='run id')}}}:issued"
 
 
+def run_coordinator(run_id: str) -> str:
+    """The liveness key of the run's coordinator: set with a TTL on every beat, so it
+    lapses when the beats stop."""
+    return f"{PREFIX}:run:{{{check_id(run_id, what='run id')}}}:coordinator"
+
+
+def run_coordinator_seen(run_id: str) -> str:
+    """The long-lived record that a heartbeating coordinator ran the run."""
+    return f"{run_coordinator(run_id)}:seen"
+
+
 def attempt_claim(run_id: str, attempt_id: str) -> str:
     """The claim of one step attempt; set once by the worker that runs it."""
     run = check_id(run_id, what="run id")
@@ -104,3 +120,7 @@ def attempt_end_published(run_id: str, attempt_id: str) -> str:
     """Set once the end of a supervised attempt is on the run's stream (one supervisor
     publishes it, however many adopted the attempt)."""
     return f"{attempt_end(run_id, attempt_id)}:published"
+
+
+ORPHAN_REAPER_LOCK = f"{PREFIX}:orphan-reaper:lock"
+"""The lock one orphan reaper holds while it looks for runs that lost their coordinator."""

@@ -14,51 +14,23 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-import redis
-
-from coreexec.errors import BrokerConnectionError, CoreExecError, TransportError
+from coreexec.errors import CoreExecError
 from coreexec.events import Event
-from coreexec.redis_urls import blocking_read_slice_s, client_url, safe_url
+from coreexec.redis_clients import (
+    Redis,
+    RedisError,
+    blocking_read_slice_s,
+    client_url,
+    text,
+    wrap_redis_error,
+)
+from coreexec.redis_urls import safe_url
 from coreexec.transport import keys
 
 log = logging.getLogger(__name__)
 
 _EVENT_FIELDS = (keys.EVENT_FIELD, keys.EVENT_FIELD.encode())
 _WAKE_FIELDS = (keys.WAKE_FIELD, keys.WAKE_FIELD.encode())
-
-
-def wrap_redis_error(exc: redis.RedisError, *, url: str, what: str) -> CoreExecError:
-    """The coreexec error for a redis-py error met while doing ``what``."""
-    if isinstance(exc, redis.ConnectionError | redis.TimeoutError):
-        return BrokerConnectionError(
-            f"cannot reach Redis at {safe_url(url)} to {what} ({exc}); start redis-server "
-            "there, or set COREEXEC_REDIS_URL to the URL of a running Redis",
-            url=safe_url(url),
-        )
-    return TransportError(f"Redis at {safe_url(url)} refused to {what}: {exc}")
-
-
-def redis_client(url: str, *, check: bool = True) -> redis.Redis:
-    """A client for ``url`` (``redis://``, ``rediss://`` or ``unix://``).
-
-    With ``check`` it PINGs once, so a wrong URL fails here, as a
-    :class:`~coreexec.errors.BrokerConnectionError` naming the URL, rather than at the
-    first event. Replies are bytes (``decode_responses=False``); readers here accept both.
-    """
-    try:
-        client = redis.Redis.from_url(url, health_check_interval=30)
-    except ValueError as exc:
-        raise BrokerConnectionError(
-            f"{safe_url(url)!r} is not a Redis URL ({exc}); use redis://host:port/db",
-            url=safe_url(url),
-        ) from exc
-    if check:
-        try:
-            client.ping()
-        except redis.RedisError as exc:
-            client.close()
-            raise wrap_redis_error(exc, url=url, what="connect") from exc
-    return client
 
 
 @dataclass(frozen=True)
@@ -72,10 +44,6 @@ class StreamEntry:
     entry_id: str
     event: Event | None = None
     wake: str | None = None
-
-
-def _text(value: Any) -> str:
-    return value.decode("utf-8") if isinstance(value, bytes) else str(value)
 
 
 def _field(fields: Mapping[Any, Any], names: tuple[str, bytes]) -> Any:
@@ -96,7 +64,7 @@ class RedisEventStream:
     Safe to share between threads: redis-py clients are thread-safe.
     """
 
-    def __init__(self, client: redis.Redis, run_id: str, *, url: str | None = None) -> None:
+    def __init__(self, client: Redis, run_id: str, *, url: str | None = None) -> None:
         self.client = client
         self.run_id = run_id
         self._key = keys.run_events(run_id)
@@ -112,7 +80,7 @@ class RedisEventStream:
         """The stream's Redis key (also the tag limiter's ``wake_key`` for this run)."""
         return self._key
 
-    def _fail(self, exc: redis.RedisError, what: str) -> CoreExecError:
+    def _fail(self, exc: RedisError, what: str) -> CoreExecError:
         return wrap_redis_error(exc, url=self._url, what=f"{what} stream {self._key}")
 
     def publish(self, event: Event, *, create: bool = True) -> str | None:
@@ -127,9 +95,9 @@ class RedisEventStream:
                 approximate=True,
                 nomkstream=not create,
             )
-        except redis.RedisError as exc:
+        except RedisError as exc:
             raise self._fail(exc, "append to") from exc
-        return None if entry_id is None else _text(entry_id)
+        return None if entry_id is None else text(entry_id)
 
     def publish_many(self, events: Iterable[Event]) -> list[str]:
         """Append several events in one round trip (a pipeline, in order)."""
@@ -148,9 +116,9 @@ class RedisEventStream:
                         approximate=True,
                     )
                 ids = pipe.execute()
-        except redis.RedisError as exc:
+        except RedisError as exc:
             raise self._fail(exc, "append to") from exc
-        return [_text(entry_id) for entry_id in ids]
+        return [text(entry_id) for entry_id in ids]
 
     def publish_wake(self, reason: str) -> None:
         """Append a wake-up, so a reader blocked in :meth:`read` returns at once."""
@@ -161,7 +129,7 @@ class RedisEventStream:
                 maxlen=keys.EVENT_STREAM_MAXLEN,
                 approximate=True,
             )
-        except redis.RedisError as exc:
+        except RedisError as exc:
             raise self._fail(exc, "wake readers of") from exc
 
     def last_id(self) -> str:
@@ -169,9 +137,9 @@ class RedisEventStream:
         so a reader can start from "now"."""
         try:
             newest = self.client.xrevrange(self._key, count=1)
-        except redis.RedisError as exc:
+        except RedisError as exc:
             raise self._fail(exc, "read") from exc
-        return _text(newest[0][0]) if newest else "0-0"
+        return text(newest[0][0]) if newest else "0-0"
 
     def read(self, last_id: str, block_ms: int | None, count: int = 500) -> list[StreamEntry]:
         """Entries after ``last_id``, oldest first.
@@ -179,7 +147,7 @@ class RedisEventStream:
         ``block_ms`` None returns at once; otherwise waits up to that many milliseconds
         for a first entry (0 as long as the client's socket timeout allows). A wait
         longer than that timeout returns nothing after a slice inside it (see
-        :func:`~coreexec.redis_urls.blocking_read_slice_s`): callers loop to their own
+        :func:`~coreexec.redis_clients.blocking_read_slice_s`): callers loop to their own
         deadline. A malformed entry is logged with the stream and entry id and returned as
         a ``StreamEntry`` with neither event nor wake-up.
         """
@@ -190,7 +158,7 @@ class RedisEventStream:
                 block_ms = slice_ms if block_ms == 0 else min(block_ms, slice_ms)
         try:
             reply = self.client.xread({self._key: last_id}, count=count, block=block_ms)
-        except redis.RedisError as exc:
+        except RedisError as exc:
             raise self._fail(exc, "read") from exc
         return self._decode(reply)
 
@@ -208,12 +176,12 @@ class RedisEventStream:
 
     def decode_entry(self, raw_id: Any, fields: Mapping[Any, Any] | None) -> StreamEntry:
         """One raw XREAD/XRANGE entry as a :class:`StreamEntry` (never raises)."""
-        entry_id = _text(raw_id)
+        entry_id = text(raw_id)
         fields = fields or {}
         body = _field(fields, _EVENT_FIELDS)
         if body is not None:
             try:
-                return StreamEntry(entry_id, event=Event.from_dict(json.loads(_text(body))))
+                return StreamEntry(entry_id, event=Event.from_dict(json.loads(text(body))))
             except (ValueError, TypeError, AttributeError) as exc:
                 log.warning(
                     "skipping malformed event %s on stream %s: %s", entry_id, self._key, exc
@@ -221,7 +189,7 @@ class RedisEventStream:
                 return StreamEntry(entry_id)
         wake = _field(fields, _WAKE_FIELDS)
         if wake is not None:
-            return StreamEntry(entry_id, wake=_text(wake))
+            return StreamEntry(entry_id, wake=text(wake))
         log.warning(
             "skipping entry %s on stream %s: it has neither an %r nor a %r field",
             entry_id,
@@ -235,7 +203,7 @@ class RedisEventStream:
         """Every entry from the start (XRANGE), for late watchers and tests."""
         try:
             items = self.client.xrange(self._key, count=count)
-        except redis.RedisError as exc:
+        except RedisError as exc:
             raise self._fail(exc, "read") from exc
         return [self.decode_entry(raw_id, fields) for raw_id, fields in items or ()]
 
@@ -246,7 +214,7 @@ class RedisEventStream:
                 pipe.expire(self._key, ttl_s)
                 pipe.expire(keys.run_settings(self.run_id), ttl_s)
                 pipe.execute()
-        except redis.RedisError as exc:
+        except RedisError as exc:
             raise self._fail(exc, "set the expiry of") from exc
 
 

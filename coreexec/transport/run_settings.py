@@ -14,6 +14,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from coreexec.redis_clients import text
 from coreexec.transport.outage import DEFAULT_OUTAGE_TOLERANCE_S
 
 DEFAULT_HEARTBEAT_INTERVAL_S = 2.0
@@ -21,10 +22,6 @@ DEFAULT_HEARTBEAT_INTERVAL_S = 2.0
 
 DEFAULT_LAUNCHER = "in_process"
 """Where a step runs when neither its tag nor its executor names a launcher."""
-
-
-def _text(value: Any) -> str:
-    return value.decode() if isinstance(value, bytes) else str(value)
 
 
 @dataclass(frozen=True)
@@ -41,7 +38,7 @@ class RunSettings:
     @classmethod
     def from_hash(cls, raw: Mapping[Any, Any]) -> RunSettings:
         """Settings from the hash; fields that are missing or unreadable keep defaults."""
-        values = {_text(k): _text(v) for k, v in raw.items()}
+        values = {text(k): text(v) for k, v in raw.items()}
         interval = DEFAULT_HEARTBEAT_INTERVAL_S
         with contextlib.suppress(ValueError):
             interval = float(values.get("heartbeat_interval_s") or interval)

@@ -21,7 +21,8 @@ from celery_app.queues import STEP_QUEUES
 from coreexec import RunHandle, RunStatus
 from coreexec.events import Event, EventKind
 from coreexec.instance import Instance
-from coreexec.transport.redis_events import RedisEventStream, redis_client
+from coreexec.redis_clients import redis_client
+from coreexec.transport.redis_events import RedisEventStream
 from tests.jobs.celery_jobs import RunWatcher, marks, open_gate
 from tests.jobs.launcher_jobs import IN_CONTAINER
 from tests.support.processes import REPO_ROOT, CeleryWorkerProcess

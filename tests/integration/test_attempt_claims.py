@@ -9,10 +9,11 @@ import redis
 
 from coreexec.active_execution import StepAttempt
 from coreexec.events import EventKind
+from coreexec.redis_clients import redis_client
 from coreexec.step_runner import start_event
 from coreexec.transport import keys
 from coreexec.transport.attempts import AttemptClaims, add_finish_commands
-from coreexec.transport.redis_events import RedisEventStream, events_of, redis_client
+from coreexec.transport.redis_events import RedisEventStream, events_of
 
 pytestmark = pytest.mark.integration
 

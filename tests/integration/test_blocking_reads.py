@@ -12,7 +12,7 @@ import redis
 
 from coreexec.limits.redis_limiter import RedisTagLimiter
 from coreexec.limits.wake_listener import RedisWakeListener
-from coreexec.redis_urls import blocking_read_slice_s
+from coreexec.redis_clients import blocking_read_slice_s
 from coreexec.transport.redis_events import RedisEventStream
 
 WAIT_S = 6.5

@@ -21,14 +21,15 @@ from coreexec.active_execution import StepAttempt
 from coreexec.errors import BrokerConnectionError
 from coreexec.events import Event, EventKind
 from coreexec.instance import Instance
+from coreexec.redis_clients import redis_client
 from coreexec.runs.cancel import request_cancel
 from coreexec.runs.create import create_run
 from coreexec.runs.launcher import AttemptTerminator
 from coreexec.step_runner import start_event
 from coreexec.storage.base import RunStatus
+from coreexec.transport import keys
 from coreexec.transport.attempts import AttemptClaims
-from coreexec.transport.coordinator_heartbeat import CoordinatorInfo, coordinator_seen_key
-from coreexec.transport.redis_events import redis_client
+from coreexec.transport.coordinator_heartbeat import CoordinatorInfo
 
 CHAIN = "tests.jobs.submission_jobs:gated_chain"
 
@@ -84,7 +85,7 @@ def orphaned(env: Path, client: redis.Redis) -> OrphanedRun:
     assert claims.claim_and_start(run_id, running, "worker-1:123", start).claimed
     # What a coordinator that ran and died leaves: no heartbeat, only the record it ran.
     gone = CoordinatorInfo(host="elsewhere", pid=1, started_at=time.time(), owner="coord@x")
-    client.set(coordinator_seen_key(run_id), gone.to_json())
+    client.set(keys.run_coordinator_seen(run_id), gone.to_json())
     return OrphanedRun(run_id, running, queued)
 
 

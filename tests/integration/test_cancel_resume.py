@@ -22,13 +22,14 @@ from coreexec import RunHandle, RunStatus, submit_job
 from coreexec.events import Event, EventKind
 from coreexec.instance import Instance
 from coreexec.io_managers import OutputKey
+from coreexec.redis_clients import redis_client
+from coreexec.transport import keys
 from coreexec.transport.coordinator_heartbeat import (
     CoordinatorInfo,
     CoordinatorState,
-    coordinator_key,
     coordinator_status,
 )
-from coreexec.transport.redis_events import RedisEventStream, redis_client
+from coreexec.transport.redis_events import RedisEventStream
 from tests.jobs.submission_jobs import gate_path, pid_path, runs_of, wait_until
 from tests.support.processes import REPO_ROOT, CeleryWorkerProcess, child_env, pid_alive
 
@@ -62,7 +63,7 @@ def _gated_pid() -> int:
 
 def _live_coordinator(redis_url: str, run_id: str) -> CoordinatorInfo:
     with redis_client(redis_url) as client:
-        raw = client.get(coordinator_key(run_id))
+        raw = client.get(keys.run_coordinator(run_id))
     assert raw is not None, "no live coordinator heartbeat"
     info = CoordinatorInfo.from_json(raw)
     assert info is not None
@@ -278,7 +279,7 @@ def test_a_coordinator_process_killed_mid_run_is_resumed_by_its_redelivered_task
 
 def _live_coordinator_pid(redis_url: str, run_id: str) -> int | None:
     with redis_client(redis_url) as client:
-        raw = client.get(coordinator_key(run_id))
+        raw = client.get(keys.run_coordinator(run_id))
     info = CoordinatorInfo.from_json(raw) if raw is not None else None
     return info.pid if info is not None else None
 

@@ -14,9 +14,10 @@ import pytest
 from celery_app.queues import STEP_QUEUES
 from celery_app.step_task import STEP_TASK_NAME
 from coreexec import Event, EventKind, Instance
+from coreexec.redis_clients import redis_client, text
 from coreexec.runs.cancel import request_cancel
 from coreexec.storage.base import RunStatus
-from coreexec.transport.redis_events import RedisEventStream, redis_client
+from coreexec.transport.redis_events import RedisEventStream
 from tests.jobs import celery_jobs
 from tests.jobs.celery_jobs import RunWatcher, marks, open_gate
 from tests.support.processes import CeleryWorkerProcess, pid_alive
@@ -54,10 +55,6 @@ def wait_until(condition: Callable[[], bool], timeout_s: float, what: str) -> No
 def stream_events(redis_url: str, run_id: str) -> list[Event]:
     stream = RedisEventStream(redis_client(redis_url), run_id)
     return [entry.event for entry in stream.history() if entry.event is not None]
-
-
-def _text(value: bytes | str) -> str:
-    return value.decode() if isinstance(value, bytes) else value
 
 
 def dropped_deliveries(events: list[Event], attempt_id: str) -> list[Event]:
@@ -275,4 +272,4 @@ def test_malformed_entries_on_the_run_stream_are_skipped_not_fatal(
     assert result.status is RunStatus.SUCCESS
     warned = "\n".join(record.getMessage() for record in caplog.records)
     for entry_id in junk_ids:
-        assert _text(entry_id) in warned and key in warned
+        assert text(entry_id) in warned and key in warned

@@ -28,7 +28,8 @@ from celery_app.settings import CelerySettings
 from coreexec import Event, EventKind, Instance, RunStatus, submit_job
 from coreexec.limits.base import DEFAULT_LEASE_TTL_MS, SlotState
 from coreexec.limits.redis_limiter import RedisTagLimiter
-from coreexec.transport.redis_events import RedisEventStream, redis_client
+from coreexec.redis_clients import redis_client
+from coreexec.transport.redis_events import RedisEventStream
 from tests.jobs import limit_jobs
 from tests.jobs.celery_jobs import RunWatcher, open_gate
 from tests.support.processes import CeleryWorkerProcess, ManagedProcess

@@ -28,9 +28,11 @@ from coreexec import RunStatus, submit_job
 from coreexec.events import EventKind
 from coreexec.instance import Instance
 from coreexec.io_managers import OutputKey
+from coreexec.redis_clients import redis_client
 from coreexec.storage.postgres import PostgresRunStorage
-from coreexec.transport.coordinator_heartbeat import CoordinatorInfo, coordinator_key
-from coreexec.transport.redis_events import RedisEventStream, redis_client
+from coreexec.transport import keys
+from coreexec.transport.coordinator_heartbeat import CoordinatorInfo
+from coreexec.transport.redis_events import RedisEventStream
 from tests.jobs.fleet_jobs import WIDE_STEPS, key
 from tests.jobs.submission_jobs import wait_until
 from tests.support.postgres import PASSWORD
@@ -146,7 +148,7 @@ def test_resume_after_the_coordinator_is_killed_with_no_shared_home(
     run_id = handle.run_id
     wait_until(lambda: _marks(run_id, "pid", ["gated"]) != [None], 60, "gated to start")
     with redis_client(os.environ["COREEXEC_REDIS_URL"]) as client:
-        raw = client.get(coordinator_key(run_id))
+        raw = client.get(keys.run_coordinator(run_id))
         assert raw is not None
         info = CoordinatorInfo.from_json(raw)
         assert info is not None

@@ -19,7 +19,8 @@ from celery_app.step_task import STEP_TASK_NAME
 from coreexec import RunStatus, execute_job
 from coreexec.instance import Instance
 from coreexec.io_managers import OutputKey
-from coreexec.transport.redis_events import RedisEventStream, redis_client
+from coreexec.redis_clients import redis_client
+from coreexec.transport.redis_events import RedisEventStream
 from tests.jobs.submission_jobs import runs_of, wait_until
 from tests.support.processes import CeleryWorkerProcess
 

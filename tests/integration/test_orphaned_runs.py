@@ -19,8 +19,8 @@ from celery_app.run_launcher import CeleryRunLauncher
 from coreexec import RunStatus, submit_job
 from coreexec.events import EventKind
 from coreexec.instance import Instance
+from coreexec.redis_clients import redis_client
 from coreexec.transport import keys
-from coreexec.transport.redis_events import redis_client
 from tests.jobs.submission_jobs import gate_path, pid_path, runs_of, wait_until
 from tests.support.processes import REPO_ROOT, CeleryWorkerProcess, child_env
 

@@ -20,7 +20,7 @@ from celery_app.step_publisher import (
     redis_list_publisher_for,
 )
 from celery_app.step_task import STEP_TASK_NAME
-from coreexec.transport.redis_events import redis_client
+from coreexec.redis_clients import redis_client
 
 pytestmark = pytest.mark.integration
 

@@ -22,12 +22,14 @@ from coreexec.storage.postgres import PostgresRunStorage, latest_schema_version
 from tests.support.postgres import PASSWORD
 from tests.unit.test_storage import (
     _record,
+    test_a_resumed_run_keeps_its_first_start_and_ends_once_more,
     test_events_are_ordered_and_paged,
     test_runs_round_trip_and_list_newest_first,
     test_status_compare_and_set,
 )
 
 __all__ = [
+    "test_a_resumed_run_keeps_its_first_start_and_ends_once_more",
     "test_events_are_ordered_and_paged",
     "test_runs_round_trip_and_list_newest_first",
     "test_status_compare_and_set",

@@ -23,8 +23,9 @@ from coreexec.errors import BrokerConnectionError, RunWaitTimeout
 from coreexec.events import EventKind
 from coreexec.instance import Instance
 from coreexec.io_managers import OutputKey
-from coreexec.transport.coordinator_heartbeat import CoordinatorInfo, coordinator_seen_key
-from coreexec.transport.redis_events import redis_client
+from coreexec.redis_clients import redis_client
+from coreexec.transport import keys
+from coreexec.transport.coordinator_heartbeat import CoordinatorInfo
 from tests.jobs.submission_jobs import runs_of
 from tests.support.ports import free_port
 from tests.support.processes import REPO_ROOT, CeleryWorkerProcess, child_env
@@ -37,7 +38,7 @@ WorkerFactory = Callable[..., CeleryWorkerProcess]
 
 def _coordinator_info(redis_url: str, run_id: str) -> CoordinatorInfo:
     with redis_client(redis_url) as client:
-        raw = client.get(coordinator_seen_key(run_id))
+        raw = client.get(keys.run_coordinator_seen(run_id))
     assert raw is not None, "the coordinator never recorded a heartbeat"
     info = CoordinatorInfo.from_json(raw)
     assert info is not None
@@ -71,10 +72,10 @@ def test_fan_out_runs_on_a_coordinator_worker_and_a_step_worker(
     assert handle.wait(timeout=90) is RunStatus.SUCCESS
 
     assert instance.io_manager().load(OutputKey(handle.run_id, "join", "result")) == 9
-    keys = ["first", "part_0", "part_1", "part_2", "join"]
-    assert [runs_of(key) for key in keys] == [1] * 5
+    step_keys = ["first", "part_0", "part_1", "part_2", "join"]
+    assert [runs_of(key) for key in step_keys] == [1] * 5
     starts = [e for e in handle.events() if e.kind is EventKind.STEP_START]
-    assert sorted(e.step_key or "" for e in starts) == sorted(keys)
+    assert sorted(e.step_key or "" for e in starts) == sorted(step_keys)
     assert {int(e.data["pid"]) for e in starts} <= set(steps.group_pids())
     info = _coordinator_info(redis_url, handle.run_id)
     assert info.pid in coordinator.group_pids() and info.pid != coordinator.pid

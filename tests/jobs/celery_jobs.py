@@ -3,7 +3,11 @@
 Steps that must be observed from the test write small files under ``$COREEXEC_HOME``
 (shared by the test and its workers): ``marks/<run_id>/<step_key>`` gets one line per
 execution, and gates (``gates/<run_id>/<name>``) let the test hold a step until it is
-ready. Executor settings come from each test's run config.
+ready. Where the steps do not share the test's disk (pods on a real Kubernetes cluster),
+``$COREEXEC_TEST_MARKS_URL`` names a Redis that both reach, and marks and gates are kept
+there instead (keys ``coreexec-test:marks:<run_id>:<step_key>``, a list of pids, and
+``coreexec-test:gates:<run_id>:<name>``). Executor settings come from each test's run
+config.
 """
 
 from __future__ import annotations
@@ -15,6 +19,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
 
+import redis
 from pydantic import BaseModel
 
 from celery_app import celery_executor
@@ -36,14 +41,25 @@ T = TypeVar("T")
 
 GATE_WAIT_S = 30.0
 FANOUT_WIDTH = 6
+MARKS_URL_ENV = "COREEXEC_TEST_MARKS_URL"
 
 
 def home() -> Path:
     return Path(os.environ["COREEXEC_HOME"])
 
 
+def _marks_redis() -> redis.Redis | None:
+    url = os.environ.get(MARKS_URL_ENV)
+    return redis.Redis.from_url(url, decode_responses=True) if url else None
+
+
 def mark(context: StepContext) -> None:
     """Append one line (the pid) to this step's mark file."""
+    client = _marks_redis()
+    if client is not None:
+        with client:
+            client.rpush(f"coreexec-test:marks:{context.run_id}:{context.step_key}", os.getpid())
+        return
     path = home() / "marks" / context.run_id / context.step_key
     path.parent.mkdir(parents=True, exist_ok=True)
     with path.open("a", encoding="utf-8") as out:
@@ -51,6 +67,10 @@ def mark(context: StepContext) -> None:
 
 
 def marks(run_id: str, step_key: str) -> list[str]:
+    client = _marks_redis()
+    if client is not None:
+        with client:
+            return list(client.lrange(f"coreexec-test:marks:{run_id}:{step_key}", 0, -1))
     path = home() / "marks" / run_id / step_key
     return path.read_text(encoding="utf-8").split() if path.exists() else []
 
@@ -59,7 +79,16 @@ def gate_path(run_id: str, name: str) -> Path:
     return home() / "gates" / run_id / name
 
 
+def _gate_key(run_id: str, name: str) -> str:
+    return f"coreexec-test:gates:{run_id}:{name}"
+
+
 def open_gate(run_id: str, name: str) -> None:
+    client = _marks_redis()
+    if client is not None:
+        with client:
+            client.set(_gate_key(run_id, name), 1)
+        return
     path = gate_path(run_id, name)
     path.parent.mkdir(parents=True, exist_ok=True)
     path.touch()
@@ -67,12 +96,23 @@ def open_gate(run_id: str, name: str) -> None:
 
 def wait_for_gate(run_id: str, name: str) -> None:
     """Block until the test opens the gate (a step waiting on the test, not a timer)."""
-    path = gate_path(run_id, name)
+    client = _marks_redis()
+    key = _gate_key(run_id, name)
+    path = None if client else gate_path(run_id, name)
+    where = f"{MARKS_URL_ENV} key {key}" if client else str(path)
+
+    def opened() -> bool:
+        return bool(client.exists(key)) if client else bool(path and path.exists())
+
     deadline = time.monotonic() + GATE_WAIT_S
-    while not path.exists():
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"gate {path} was not opened within {GATE_WAIT_S}s")
-        time.sleep(0.01)
+    try:
+        while not opened():
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"gate {where} was not opened within {GATE_WAIT_S}s")
+            time.sleep(0.01)
+    finally:
+        if client is not None:
+            client.close()
 
 
 # -- fan-out / fan-in ---------------------------------------------------------------

@@ -13,6 +13,9 @@ from workers.k8s.api import ApiCallError, KubeApi
 from workers.k8s.config import K8sConfig
 from workers.launcher import LaunchError
 
+# Overload and refusals are the test server's switches (fail_next) and timings.
+pytestmark = pytest.mark.k8s_test_server
+
 
 def api_for(cluster: TestCluster, **config: Any) -> KubeApi:
     return KubeApi(K8sConfig(kubeconfig_file=str(cluster.kubeconfig), **config))

@@ -22,7 +22,8 @@ from tests.support.kube_api.docker_backend import DockerBackend
 from tests.support.processes import REPO_ROOT, CeleryWorkerProcess
 from workers.k8s.pod_watch import NamespaceWatch
 
-pytestmark = pytest.mark.docker
+# The kubelet stand-in's Docker backend is what these show: only the test server has it.
+pytestmark = [pytest.mark.docker, pytest.mark.k8s_test_server]
 
 REF = "tests.jobs.k8s_jobs"
 SETTINGS_SECRET = "coreexec-settings"
@@ -35,9 +36,9 @@ def docker_cluster(
 ) -> Iterator[TestCluster]:
     backend = DockerBackend(docker_engine.client, step_container.run_kwargs(k8s_env))
     with TestCluster(tmp_path / "cluster", backend) as cluster:
-        cluster.kubelet.secrets = {
-            SETTINGS_SECRET: {"COREEXEC_REDIS_URL": redis_url, "COREEXEC_HOME": str(k8s_env)}
-        }
+        cluster.add_secret(
+            SETTINGS_SECRET, {"COREEXEC_REDIS_URL": redis_url, "COREEXEC_HOME": str(k8s_env)}
+        )
         try:
             yield cluster
         finally:

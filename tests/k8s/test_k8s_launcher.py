@@ -1,5 +1,6 @@
 """The ``k8s`` launcher through the supervisor, the real step entrypoint in the pods, a
-real Redis and the test API server (pods run as local processes by the kubelet stand-in).
+real Redis and the test API server (pods run as local processes by the kubelet stand-in),
+or a real cluster under ``--k8s-cluster``.
 
 What a user relies on: outputs are right and nothing is left behind; a redelivered
 message adopts the Job instead of creating another; every way a pod fails to start or
@@ -7,6 +8,12 @@ ends is reported with its reason (image, scheduler, FailedCreate, OOMKilled with
 limit, eviction, deadline); logs land in the run's events; a watch that gets 410 Gone
 recovers; cancel leaves no Job and no pod; a Job removed by its TTL after success is a
 success.
+
+Each failure is made through the API as it happens on a cluster (an image no registry
+has, a nodeSelector no node matches, a service account that does not exist, a memory
+limit a step exceeds), so these tests run on a real cluster too. Those that need the test
+server's own switches or counters (eviction, 410 Gone, the request log) are marked
+``k8s_test_server``; request counts elsewhere are checked where the server keeps them.
 """
 
 from __future__ import annotations
@@ -29,8 +36,7 @@ from coreexec.transport import keys
 from coreexec.transport.redis_events import RedisEventStream, events_of
 from coreexec.transport.run_settings import RunSettings
 from tests.jobs.celery_jobs import marks, open_gate
-from tests.support.kube_api import TestCluster
-from tests.support.kube_api.store import JOBS, PODS
+from tests.support.kube_target import K8sTarget
 from workers.k8s.api import PERMISSIONS
 from workers.k8s.launcher import K8sLauncher
 from workers.k8s.steps import k8s_config_of
@@ -117,19 +123,22 @@ def wait_until(check: Callable[[], bool], what: str) -> None:
         time.sleep(0.02)
 
 
-def jobs_and_pods(cluster: TestCluster, run_id: str) -> tuple[list[Any], list[Any]]:
-    jobs, _rv = cluster.store.list(JOBS, None)
-    pods, _rv = cluster.store.list(PODS, None)
-    mine = [j for j in jobs if j["metadata"]["labels"].get("coreexec.io/run-id") == run_id]
-    my_pods = [p for p in pods if p["metadata"]["labels"].get("coreexec.io/run-id") == run_id]
-    return mine, my_pods
+def left_behind(cluster: K8sTarget, run_id: str) -> Callable[[], bool]:
+    """True once the run has no Job and no pod left in the namespace."""
+    return lambda: cluster.jobs_and_pods(run_id) == ([], [])
+
+
+ABSENT_IMAGE = "registry.invalid/missing:1"
+"""No registry serves it (``.invalid`` never resolves)."""
+ABSENT_ACCOUNT = "coreexec-absent-account"
+NO_SUCH_NODE = {"coreexec.io/test-node-pool": "no-such-pool"}
 
 
 # -- success and cleanup --------------------------------------------------------------
 
 
 def test_steps_run_as_jobs_with_outputs_and_leave_no_job_or_pod(
-    runtime: AttemptRuntime, pod_cluster: TestCluster, k8s_block: dict[str, Any]
+    runtime: AttemptRuntime, pod_cluster: K8sTarget, k8s_block: dict[str, Any]
 ) -> None:
     run = Run(runtime, "sum_job", k8s_block)
     first = run.supervise(run.ids("numbers"))
@@ -137,19 +146,21 @@ def test_steps_run_as_jobs_with_outputs_and_leave_no_job_or_pod(
 
     assert (first.status, second.status) == ("success", "success"), run.events()[-3:]
     assert runtime.io_manager.load(OutputKey(run.run_id, "total", "result")) == 6
-    wait_until(lambda: jobs_and_pods(pod_cluster, run.run_id) == ([], []), "cleanup")
-    assert pod_cluster.requests()["create jobs"] == 2
-    assert pod_cluster.requests()["watch pods"] >= 1
+    wait_until(left_behind(pod_cluster, run.run_id), "cleanup")
+    counts = pod_cluster.requests()  # None on a real cluster: nothing there counts them
+    if counts is not None:
+        assert counts["create jobs"] == 2
+        assert counts["watch pods"] >= 1
 
 
 def test_the_job_carries_the_attempts_name_labels_annotations_and_only_identifiers(
-    runtime: AttemptRuntime, pod_cluster: TestCluster, k8s_block: dict[str, Any]
+    runtime: AttemptRuntime, pod_cluster: K8sTarget, k8s_block: dict[str, Any]
 ) -> None:
     run = Run(runtime, "sum_job", {**k8s_block, "keep_jobs": True})
     ids = run.ids("numbers")
     assert run.supervise(ids).status == "success"
 
-    job = pod_cluster.store.get(JOBS, "default", launch_name(ids))
+    job = pod_cluster.read_job(launch_name(ids))
     labels = job["metadata"]["labels"]
     assert labels["coreexec.io/run-id"] == run.run_id
     assert labels["coreexec.io/step"] == "numbers"
@@ -175,7 +186,7 @@ def test_the_job_carries_the_attempts_name_labels_annotations_and_only_identifie
 
 
 def test_a_redelivered_message_adopts_the_job_instead_of_creating_a_second(
-    runtime: AttemptRuntime, pod_cluster: TestCluster, k8s_block: dict[str, Any]
+    runtime: AttemptRuntime, pod_cluster: K8sTarget, k8s_block: dict[str, Any]
 ) -> None:
     run = Run(runtime, "held_job", k8s_block)
     ids = run.ids("held")
@@ -187,13 +198,15 @@ def test_a_redelivered_message_adopts_the_job_instead_of_creating_a_second(
 
     results = {first.join().status, second.join().status}
     assert results == {"success", "dropped"} or results == {"success"}
-    assert pod_cluster.requests()["create jobs"] == 1
+    counts = pod_cluster.requests()  # None on a real cluster: nothing there counts them
+    if counts is not None:
+        assert counts["create jobs"] == 1
     assert len(marks(run.run_id, "held")) == 1
     assert [e.kind for e in run.events()].count(EventKind.STEP_SUCCESS) == 1
 
 
 def test_a_conflict_on_create_adopts_the_existing_job(
-    runtime: AttemptRuntime, pod_cluster: TestCluster, k8s_block: dict[str, Any]
+    runtime: AttemptRuntime, pod_cluster: K8sTarget, k8s_block: dict[str, Any]
 ) -> None:
     run = Run(runtime, "held_job", k8s_block)
     ids = run.ids("held")
@@ -216,10 +229,9 @@ def test_a_conflict_on_create_adopts_the_existing_job(
 
 
 def test_an_image_that_cannot_be_pulled_fails_within_seconds_naming_the_image(
-    runtime: AttemptRuntime, pod_cluster: TestCluster, k8s_block: dict[str, Any]
+    runtime: AttemptRuntime, pod_cluster: K8sTarget, k8s_block: dict[str, Any]
 ) -> None:
-    pod_cluster.kubelet.unpullable_images = {"registry.invalid/missing:1"}
-    run = Run(runtime, "sum_job", {**k8s_block, "job_image": "registry.invalid/missing:1"})
+    run = Run(runtime, "sum_job", {**k8s_block, "job_image": ABSENT_IMAGE})
     started = time.monotonic()
     result = run.supervise(run.ids("numbers"))
 
@@ -229,11 +241,11 @@ def test_an_image_that_cannot_be_pulled_fails_within_seconds_naming_the_image(
     assert "could not start" in failure.message
     assert "'registry.invalid/missing:1' cannot be pulled (ErrImagePull)" in failure.message
     assert failure.data["failure_class"] == "infrastructure"
-    wait_until(lambda: jobs_and_pods(pod_cluster, run.run_id) == ([], []), "cleanup")
+    wait_until(left_behind(pod_cluster, run.run_id), "cleanup")
 
 
 def test_a_missing_secret_fails_at_once_as_a_container_config_error(
-    runtime: AttemptRuntime, pod_cluster: TestCluster, k8s_block: dict[str, Any]
+    runtime: AttemptRuntime, pod_cluster: K8sTarget, k8s_block: dict[str, Any]
 ) -> None:
     secrets = [*k8s_block["env_secrets"], "absent-secret"]
     run = Run(runtime, "sum_job", {**k8s_block, "env_secrets": secrets})
@@ -247,38 +259,41 @@ def test_a_missing_secret_fails_at_once_as_a_container_config_error(
 
 
 def test_a_pod_stuck_pending_fails_after_schedule_timeout_with_the_schedulers_reason(
-    runtime: AttemptRuntime, pod_cluster: TestCluster, k8s_block: dict[str, Any]
+    runtime: AttemptRuntime, pod_cluster: K8sTarget, k8s_block: dict[str, Any]
 ) -> None:
-    reason = "0/1 nodes are available: 1 Insufficient memory."
-    pod_cluster.kubelet.unschedulable = reason
-    run = Run(runtime, "sum_job", {**k8s_block, "schedule_timeout_s": 1.5})
+    block = {**k8s_block, "node_selector": NO_SUCH_NODE, "schedule_timeout_s": 1.5}
+    run = Run(runtime, "sum_job", block)
     result = run.supervise(run.ids("numbers"))
 
     assert result.status == "failure"
     message = run.failure().message
     assert "was not scheduled within schedule_timeout_s=1.5s" in message
-    assert reason in message and "FailedScheduling" in message
-    wait_until(lambda: jobs_and_pods(pod_cluster, run.run_id) == ([], []), "cleanup")
+    assert "FailedScheduling" in message
+    # The scheduler's words, whatever the number of nodes ("0/N nodes are available: N ...").
+    assert "node(s) didn't match Pod's node affinity/selector" in message
+    wait_until(left_behind(pod_cluster, run.run_id), "cleanup")
 
 
 def test_a_job_whose_pod_is_never_created_fails_naming_the_event(
-    runtime: AttemptRuntime, pod_cluster: TestCluster, k8s_block: dict[str, Any]
+    runtime: AttemptRuntime, pod_cluster: K8sTarget, k8s_block: dict[str, Any]
 ) -> None:
-    pod_cluster.controller.known_service_accounts = {"default"}
-    run = Run(runtime, "sum_job", {**k8s_block, "service_account_name": "coreexec-steps"})
+    run = Run(runtime, "sum_job", {**k8s_block, "service_account_name": ABSENT_ACCOUNT})
     result = run.supervise(run.ids("numbers"))
 
     assert result.status == "failure"
     message = run.failure().message
-    assert "the Job's pod could not be created" in message
-    assert 'serviceaccount "coreexec-steps" not found' in message
+    assert "the Job's pod could not be created: Error creating: pods " in message
+    account = f"{pod_cluster.namespace}/{ABSENT_ACCOUNT}"
+    assert f'error looking up service account {account}: serviceaccount "{ABSENT_ACCOUNT}"' in (
+        message
+    )
 
 
 # -- how pods end -----------------------------------------------------------------------
 
 
 def test_an_oom_killed_pod_is_out_of_memory_with_the_limit_as_given(
-    runtime: AttemptRuntime, pod_cluster: TestCluster, k8s_block: dict[str, Any]
+    runtime: AttemptRuntime, pod_cluster: K8sTarget, k8s_block: dict[str, Any]
 ) -> None:
     block = {**k8s_block, "resources": {"limits": {"memory": "160Mi"}}}
     run = Run(runtime, "hog_job", block)
@@ -292,15 +307,16 @@ def test_an_oom_killed_pod_is_out_of_memory_with_the_limit_as_given(
     assert failure.data["retryable"] is True
 
 
+@pytest.mark.k8s_test_server  # a node under memory pressure cannot be had on demand
 def test_an_evicted_pod_is_an_infrastructure_failure_naming_the_eviction(
-    runtime: AttemptRuntime, pod_cluster: TestCluster, k8s_block: dict[str, Any]
+    runtime: AttemptRuntime, pod_cluster: K8sTarget, k8s_block: dict[str, Any]
 ) -> None:
     run = Run(runtime, "held_job", k8s_block)
     ids = run.ids("held")
     supervised = Background(lambda: run.supervise(ids))
     wait_until(lambda: len(marks(run.run_id, "held")) == 1, "the step to start")
-    pod = jobs_and_pods(pod_cluster, run.run_id)[1][0]
-    pod_cluster.kubelet.evict("default", pod["metadata"]["name"])
+    pod = pod_cluster.jobs_and_pods(run.run_id)[1][0]
+    pod_cluster.test_server().kubelet.evict("default", pod["metadata"]["name"])
 
     assert supervised.join().status == "failure"
     failure = run.failure()
@@ -309,7 +325,7 @@ def test_an_evicted_pod_is_an_infrastructure_failure_naming_the_eviction(
 
 
 def test_the_jobs_deadline_is_a_timeout_failure_even_when_it_stops_a_running_step(
-    runtime: AttemptRuntime, pod_cluster: TestCluster, k8s_block: dict[str, Any]
+    runtime: AttemptRuntime, pod_cluster: K8sTarget, k8s_block: dict[str, Any]
 ) -> None:
     run = Run(runtime, "held_job", {**k8s_block, "job_wait_timeout_s": 10})
     supervised = Background(lambda: run.supervise(run.ids("held")))
@@ -319,11 +335,11 @@ def test_the_jobs_deadline_is_a_timeout_failure_even_when_it_stops_a_running_ste
     failure = run.failure()
     assert "timed out" in failure.message and "job_wait_timeout_s=10s" in failure.message
     assert failure.data["failure_class"] == "timeout"
-    wait_until(lambda: jobs_and_pods(pod_cluster, run.run_id) == ([], []), "cleanup")
+    wait_until(left_behind(pod_cluster, run.run_id), "cleanup")
 
 
 def test_the_logs_of_a_failed_pod_are_in_the_runs_events(
-    runtime: AttemptRuntime, pod_cluster: TestCluster, k8s_block: dict[str, Any]
+    runtime: AttemptRuntime, pod_cluster: K8sTarget, k8s_block: dict[str, Any]
 ) -> None:
     run = Run(runtime, "noisy_job", k8s_block)
     assert run.supervise(run.ids("noisy_failure")).status == "failure"
@@ -335,69 +351,73 @@ def test_the_logs_of_a_failed_pod_are_in_the_runs_events(
 
 
 def test_a_job_removed_by_its_ttl_after_success_is_still_a_success(
-    runtime: AttemptRuntime, pod_cluster: TestCluster, k8s_block: dict[str, Any]
+    runtime: AttemptRuntime, pod_cluster: K8sTarget, k8s_block: dict[str, Any]
 ) -> None:
     block = {**k8s_block, "ttl_seconds_after_finished": 0, "keep_jobs": True}
     run = Run(runtime, "sum_job", block)
     assert run.supervise(run.ids("numbers")).status == "success"
-    wait_until(lambda: jobs_and_pods(pod_cluster, run.run_id) == ([], []), "the TTL")
+    wait_until(left_behind(pod_cluster, run.run_id), "the TTL")
     assert runtime.io_manager.load(OutputKey(run.run_id, "numbers", "result")) == [1, 2, 3]
 
 
 # -- watch and cancel -------------------------------------------------------------------
 
 
+@pytest.mark.k8s_test_server  # a compaction that ends the watches cannot be had on demand
 def test_a_watch_that_gets_410_gone_lists_again_and_still_sees_the_end(
-    runtime: AttemptRuntime, pod_cluster: TestCluster, k8s_block: dict[str, Any]
+    runtime: AttemptRuntime, pod_cluster: K8sTarget, k8s_block: dict[str, Any]
 ) -> None:
     run = Run(runtime, "held_job", k8s_block)
     supervised = Background(lambda: run.supervise(run.ids("held")))
     wait_until(lambda: len(marks(run.run_id, "held")) == 1, "the step to start")
-    lists_before = pod_cluster.requests()["list pods"]
-    pod_cluster.store.compact()  # open watches end; resuming from their version is 410
-    wait_until(lambda: pod_cluster.requests()["list pods"] > lists_before, "a fresh list")
+    server = pod_cluster.test_server()
+    lists_before = server.requests()["list pods"]
+    server.store.compact()  # open watches end; resuming from their version is 410
+    wait_until(lambda: server.requests()["list pods"] > lists_before, "a fresh list")
     open_gate(run.run_id, "go")
 
     assert supervised.join().status == "success"
 
 
 def test_cancel_leaves_no_job_and_no_pod(
-    runtime: AttemptRuntime, pod_cluster: TestCluster, k8s_block: dict[str, Any]
+    runtime: AttemptRuntime, pod_cluster: K8sTarget, k8s_block: dict[str, Any]
 ) -> None:
     run = Run(runtime, "held_job", k8s_block)
     supervised = Background(lambda: run.supervise(run.ids("held")))
     wait_until(lambda: len(marks(run.run_id, "held")) == 1, "the step to start")
     launcher = run.launchers[0]
-    job = jobs_and_pods(pod_cluster, run.run_id)[0][0]
+    job = pod_cluster.jobs_and_pods(run.run_id)[0][0]
     launch = Launch(K8S, job["metadata"]["name"], run.ids("held"))
     launcher.terminate(launch)
 
     assert supervised.join().status == "failure"
     assert run.failure().data["failure_class"] == "cancelled"
-    wait_until(lambda: jobs_and_pods(pod_cluster, run.run_id) == ([], []), "no Job, no pod")
+    wait_until(left_behind(pod_cluster, run.run_id), "no Job, no pod")
 
 
 def test_a_terminate_that_races_pod_creation_leaves_no_pod(
-    runtime: AttemptRuntime, pod_cluster: TestCluster, k8s_block: dict[str, Any]
+    runtime: AttemptRuntime, pod_cluster: K8sTarget, k8s_block: dict[str, Any]
 ) -> None:
-    pod_cluster.controller.fail_pod_creation = "held back by the test"
-    run = Run(runtime, "held_job", k8s_block)
+    # The pod cannot be created until its service account exists.
+    account = f"{ABSENT_ACCOUNT}-{uuid.uuid4().hex[:6]}"
+    run = Run(runtime, "held_job", {**k8s_block, "service_account_name": account})
+    before = pod_cluster.jobs_version()
     supervised = Background(lambda: run.supervise(run.ids("held")))
-    wait_until(lambda: jobs_and_pods(pod_cluster, run.run_id)[0] != [], "the Job")
-    job = jobs_and_pods(pod_cluster, run.run_id)[0][0]
+    job = pod_cluster.first_job_after(before, run.run_id, WAIT_S)
     run.launchers[0].terminate(Launch(K8S, job["metadata"]["name"], run.ids("held")))
-    pod_cluster.controller.fail_pod_creation = None  # the controller could create it now
+    pod_cluster.create_service_account(account)  # the Job controller could create it now
 
     assert supervised.join().status == "failure"
-    wait_until(lambda: jobs_and_pods(pod_cluster, run.run_id) == ([], []), "no Job, no pod")
+    wait_until(left_behind(pod_cluster, run.run_id), "no Job, no pod")
     assert marks(run.run_id, "held") == []
 
 
 # -- what the launcher calls --------------------------------------------------------------
 
 
+@pytest.mark.k8s_test_server  # the request log is the test server's
 def test_the_launcher_and_the_sweep_call_exactly_what_the_role_grants(
-    runtime: AttemptRuntime, pod_cluster: TestCluster, k8s_block: dict[str, Any]
+    runtime: AttemptRuntime, pod_cluster: K8sTarget, k8s_block: dict[str, Any]
 ) -> None:
     run = Run(runtime, "sum_job", {**k8s_block, "keep_jobs": True})
     first = run.ids("numbers")
@@ -407,7 +427,8 @@ def test_the_launcher_and_the_sweep_call_exactly_what_the_role_grants(
     launcher = run.launchers[-1]
     assert launcher.find(_request(runtime, retry)) is not None  # adoption looks it up
     # Someone deletes the Job with the API's default propagation: its pod is orphaned.
-    pod_cluster.api.delete_job("default", launch_name(retry), None)
+    server = pod_cluster.test_server()
+    server.api.delete_job("default", launch_name(retry), None)
     kept = run.ids("total")
     assert run.supervise(kept).status == "success"  # its Job is kept (keep_jobs)
     assert sweep(launcher.api, runtime.instance.storage) == []  # the run is not finished
@@ -419,8 +440,8 @@ def test_the_launcher_and_the_sweep_call_exactly_what_the_role_grants(
         ("Pod", swept[1].name, "run success, orphaned"),
     ]
     assert swept[1].step_key == "numbers"
-    wait_until(lambda: jobs_and_pods(pod_cluster, run.run_id) == ([], []), "the sweep")
-    called = {tuple(key.split(" ", 1)) for key in pod_cluster.requests()}
+    wait_until(left_behind(pod_cluster, run.run_id), "the sweep")
+    called = {tuple(key.split(" ", 1)) for key in server.requests()}
     assert called == {(verb, resource) for _group, resource, verb in PERMISSIONS}
 
 

@@ -14,10 +14,13 @@ import textwrap
 from typing import Any
 
 import pytest
-from kubernetes import client, watch
+from kubernetes import client, config, watch
 
-from tests.support.kube_api import TestCluster
+from tests.support.kube_api import LocalProcessBackend, TestCluster
 from tests.support.kube_api.waits import wait_for
+
+# The test API server itself is what these pin down.
+pytestmark = pytest.mark.k8s_test_server
 
 NS = "default"
 PY = sys.executable
@@ -235,14 +238,16 @@ def test_delete_without_a_policy_orphans_the_pod_with_the_servers_warning(
 def test_a_dropped_pod_creation_is_a_failed_create_warning_and_no_pod(
     batch: client.BatchV1Api, core: client.CoreV1Api, kube_cluster: TestCluster
 ) -> None:
-    kube_cluster.controller.known_service_accounts = {"default"}
     manifest = job_manifest("nosa")
     manifest["spec"]["template"]["spec"]["serviceAccountName"] = "missing"
     batch.create_namespaced_job(NS, manifest)
     selector = "involvedObject.kind=Job,involvedObject.name=nosa,type=Warning"
     events = wait_for(core.list_namespaced_event, bool, NS, field_selector=selector)
     assert events[0].reason == "FailedCreate"
-    assert 'serviceaccount "missing" not found' in events[0].message
+    assert events[0].message == (
+        'Error creating: pods "nosa-" is forbidden: error looking up service account '
+        'default/missing: serviceaccount "missing" not found'
+    )
     assert core.list_namespaced_pod(NS, label_selector="job-name=nosa").items == []
 
 
@@ -263,6 +268,109 @@ def test_an_unschedulable_pod_stays_pending_with_the_schedulers_reason_until_cle
     assert [(e.reason, e.message) for e in warnings] == [("FailedScheduling", reason)]
     kube_cluster.kubelet.unschedulable = None
     pods_of(core, "pend", phase_is("Succeeded"))
+
+
+def test_a_node_selector_no_node_matches_is_unschedulable_as_the_scheduler_says(
+    batch: client.BatchV1Api, core: client.CoreV1Api
+) -> None:
+    manifest = job_manifest("nomatch")
+    manifest["spec"]["template"]["spec"]["nodeSelector"] = {"pool": "absent"}
+    batch.create_namespaced_job(NS, manifest)
+
+    def unschedulable(pods: list[Any]) -> bool:
+        conds = (pods[0].status.conditions or []) if pods else []
+        return any(c.type == "PodScheduled" and c.reason == "Unschedulable" for c in conds)
+
+    pod = pods_of(core, "nomatch", unschedulable)[0]
+    (cond,) = pod.status.conditions
+    assert (cond.status, pod.status.phase, pod.spec.node_name) == ("False", "Pending", None)
+    assert cond.message == (
+        "0/1 nodes are available: 1 node(s) didn't match Pod's node affinity/selector. "
+        "preemption: 0/1 nodes are available: 1 Preemption is not helpful for scheduling."
+    )
+    warnings = [e for e in events_for(core, "Pod", pod.metadata.name) if e.type == "Warning"]
+    assert [(e.reason, e.message, e.source.component) for e in warnings] == [
+        ("FailedScheduling", cond.message, "default-scheduler")
+    ]
+    # A selector the node's well-known labels satisfy schedules.
+    fitting = job_manifest("fits")
+    fitting["spec"]["template"]["spec"]["nodeSelector"] = {"kubernetes.io/os": "linux"}
+    batch.create_namespaced_job(NS, fitting)
+    pods_of(core, "fits", phase_is("Succeeded"))
+
+
+def test_an_image_the_backend_does_not_have_cannot_be_pulled(tmp_path: Any) -> None:
+    backend = LocalProcessBackend(entrypoints={"python:3.11": [PY]}, images={"python:3.11"})
+    with TestCluster(tmp_path, backend) as cluster:
+        api_client = config.new_client_from_config(config_file=str(cluster.kubeconfig))
+        with api_client:
+            batch, core = client.BatchV1Api(api_client), client.CoreV1Api(api_client)
+            batch.create_namespaced_job(NS, job_manifest("known"))
+            manifest = job_manifest("unknown", container={"image": "registry.invalid/x:1"})
+            batch.create_namespaced_job(NS, manifest)
+
+            def pull_failed(pods: list[Any]) -> bool:
+                statuses = (pods[0].status.container_statuses or []) if pods else []
+                waiting = statuses[0].state.waiting if statuses else None
+                return waiting is not None and waiting.reason == "ErrImagePull"
+
+            pod = pods_of(core, "unknown", pull_failed)[0]
+            assert "registry.invalid/x:1" in pod.status.container_statuses[0].state.waiting.message
+            pods_of(core, "known", phase_is("Succeeded"))
+
+
+def test_a_namespace_has_a_default_account_admits_content_and_is_deleted_with_it(
+    batch: client.BatchV1Api, core: client.CoreV1Api, kube_cluster: TestCluster
+) -> None:
+    with pytest.raises(client.ApiException) as absent:
+        batch.create_namespaced_job("nowhere", job_manifest("lost"))
+    assert absent.value.status == 404
+    assert json.loads(absent.value.body)["message"] == 'namespaces "nowhere" not found'
+
+    created = core.create_namespace({"metadata": {"name": "scratch"}})
+    assert created.status.phase == "Active"
+    assert created.metadata.labels == {"kubernetes.io/metadata.name": "scratch"}
+    accounts = core.list_namespaced_service_account("scratch").items
+    assert [a.metadata.name for a in accounts] == ["default"]
+    secret = {"metadata": {"name": "settings"}, "stringData": {"TOKEN": "s3cret"}}
+    core.create_namespaced_secret("scratch", secret)
+    assert core.read_namespaced_secret("settings", "scratch").data == {"TOKEN": "czNjcmV0"}
+    env = [{"name": "T", "valueFrom": {"secretKeyRef": {"name": "settings", "key": "TOKEN"}}}]
+    # It ignores SIGTERM, so the namespace stays Terminating for the grace period.
+    code = """
+        import os, signal, time
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        print("ignoring SIGTERM", os.environ["T"], flush=True)
+        time.sleep(60)
+    """
+    stubborn = job_manifest("long", code, container={"env": env})
+    stubborn["spec"]["template"]["spec"]["terminationGracePeriodSeconds"] = 2
+    batch.create_namespaced_job("scratch", stubborn)
+    (pod,) = wait_for(core.list_namespaced_pod, phase_is("Running"), "scratch")
+    follow = core.read_namespaced_pod_log(
+        pod.metadata.name, "scratch", follow=True, _preload_content=False
+    )
+    with contextlib.closing(follow):
+        assert next(follow.stream(64)).startswith(b"ignoring SIGTERM s3cret")
+
+    # The answer is the Namespace, finalizers pending (the client would read it as a Status).
+    deleting = json.loads(core.delete_namespace("scratch", _preload_content=False).data)
+    assert deleting["kind"] == "Namespace" and deleting["status"]["phase"] == "Terminating"
+    assert deleting["metadata"]["deletionTimestamp"]
+    with pytest.raises(client.ApiException) as refused:
+        batch.create_namespaced_job("scratch", job_manifest("late"))
+    assert refused.value.status == 403
+    assert (
+        "unable to create new content in namespace scratch because it is being terminated"
+        in (json.loads(refused.value.body)["message"])
+    )
+    wait_for(core.list_namespace, lambda items: not items, field_selector="metadata.name=scratch")
+    with pytest.raises(client.ApiException) as gone:
+        core.read_namespace("scratch")
+    assert gone.value.status == 404
+    assert core.list_pod_for_all_namespaces().items == []
+    assert batch.list_job_for_all_namespaces().items == []
+    assert "create namespaces" in kube_cluster.requests()
 
 
 @pytest.mark.parametrize(
@@ -305,7 +413,7 @@ def test_an_image_that_cannot_be_pulled_waits_with_the_kubelets_reasons(
 def test_a_missing_secret_is_create_container_config_error(
     batch: client.BatchV1Api, core: client.CoreV1Api, kube_cluster: TestCluster
 ) -> None:
-    kube_cluster.kubelet.secrets = {"present": {"TOKEN": "s3cret"}}
+    kube_cluster.add_secret("present", {"TOKEN": "s3cret"})
     env = [{"name": "A", "valueFrom": {"secretKeyRef": {"name": "absent", "key": "K"}}}]
     batch.create_namespaced_job(NS, job_manifest("sec", container={"env": env}))
 

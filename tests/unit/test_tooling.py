@@ -98,15 +98,20 @@ def _write_package(root: Path, modules: dict[str, str]) -> None:
 
 
 def test_import_contract_catches_engine_importing_celery_side(tmp_path: Path) -> None:
-    """The real contracts, run over a throwaway `coreexec` that breaks them twice."""
+    """The real contracts, run over a throwaway `coreexec` that breaks them three times."""
     _write_package(
         tmp_path,
         {
             "coreexec": "",
             "coreexec.deep": "",
             "coreexec.deep.bad": "from celery_app import tasks\n",
-            "coreexec.fine": "import json\nimport redis\n",
+            "coreexec.fine": "import json\nfrom coreexec.redis_clients import Redis\n",
             "coreexec.worse": "import kombu.utils\n",
+            # The modules allowed to import redis-py, and one that is not.
+            "coreexec.redis_clients": "import redis\nRedis = redis.Redis\n",
+            "coreexec.limits": "",
+            "coreexec.limits.redis_limiter": "from redis.client import Pipeline\n",
+            "coreexec.stray": "import redis\n",
             # The contract's other root package, here keeping its own rule.
             "workers": "import json\n",
         },
@@ -117,7 +122,10 @@ def test_import_contract_catches_engine_importing_celery_side(tmp_path: Path) ->
     assert done.returncode == 1, done.stdout + done.stderr
     assert "coreexec.deep.bad -> celery_app" in done.stdout
     assert "coreexec.worse -> kombu" in done.stdout
+    assert "coreexec.stray -> redis" in done.stdout
     assert "coreexec.fine" not in done.stdout
+    assert "coreexec.redis_clients -> redis" not in done.stdout
+    assert "coreexec.limits.redis_limiter -> redis" not in done.stdout
 
 
 def test_layer_contract_catches_the_loop_importing_a_run_lifecycle(tmp_path: Path) -> None:

@@ -11,13 +11,14 @@ from __future__ import annotations
 
 import json
 from collections.abc import Mapping
-from typing import Any
+from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError
 
 from coreexec.errors import ConfigError, DefinitionError
 from coreexec.plan import PlannedStep
 from coreexec.run_config import validation_error
+from workers.launch_config import EnvVars, merge_env_vars
 
 DOCKER_CONFIG_TAG = "coreexec-docker/config"
 """Per-step overrides, JSON: ``{"image": ..., "container_kwargs": {...}, "env_vars": [...]}``."""
@@ -42,14 +43,6 @@ class RegistryConfig(BaseModel):
     """Name of the environment variable (on the worker) holding the password."""
 
 
-def check_env_vars(values: list[str]) -> list[str]:
-    for item in values:
-        name = item.partition("=")[0]
-        if not name or not name.replace("_", "a").isalnum() or name[0].isdigit():
-            raise ValueError(f"{item!r} is not NAME or NAME=value (NAME of letters, digits, _)")
-    return values
-
-
 def check_container_kwargs(value: Mapping[str, Any]) -> dict[str, Any]:
     """Refuse keys the launcher sets, and keys the Docker SDK does not know (when the
     SDK is installed here)."""
@@ -69,6 +62,10 @@ def check_container_kwargs(value: Mapping[str, Any]) -> dict[str, Any]:
     return dict(value)
 
 
+ContainerKwargs = Annotated[dict[str, Any], AfterValidator(check_container_kwargs)]
+"""The type of a ``container_kwargs`` field."""
+
+
 class DockerConfig(BaseModel):
     """The ``docker`` block of ``celery_docker_executor`` and ``docker_executor``."""
 
@@ -77,7 +74,7 @@ class DockerConfig(BaseModel):
     image: str | None = None
     """The step image (with coreexec installed); a step's tag may name another."""
     registry: RegistryConfig | None = None
-    env_vars: list[str] = Field(default_factory=list)
+    env_vars: EnvVars = Field(default_factory=list)
     """``NAME`` (forwarded from the supervising worker's environment) or ``NAME=value``.
     ``docker inspect`` shows them: put secrets in ``settings_file`` instead."""
     network: str | None = None
@@ -86,7 +83,7 @@ class DockerConfig(BaseModel):
     """More networks the container joins after it is created."""
     volumes: list[str] | dict[str, dict[str, str]] = Field(default_factory=list)
     """As the Docker SDK takes them: ``["/host:/ctr:ro"]`` or ``{"/host": {...}}``."""
-    container_kwargs: dict[str, Any] = Field(default_factory=dict)
+    container_kwargs: ContainerKwargs = Field(default_factory=dict)
     """More arguments of the SDK's ``containers.create`` (``mem_limit``, ``user``, ...)."""
     keep_containers: bool = False
     """Keep ended containers (for debugging); ``coreexec-containers sweep`` removes them."""
@@ -103,22 +100,12 @@ class DockerConfig(BaseModel):
     log_lines: int = Field(default=50, ge=0)
     """Lines of a container's output saved into the run's events at its end."""
 
-    @field_validator("env_vars")
-    @classmethod
-    def _env_names(cls, value: list[str]) -> list[str]:
-        return check_env_vars(value)
-
-    @field_validator("container_kwargs")
-    @classmethod
-    def _sdk_keys(cls, value: dict[str, Any]) -> dict[str, Any]:
-        return check_container_kwargs(value)
-
     def for_step(self, step: PlannedStep) -> DockerConfig:
         """This config with the step's ``coreexec-docker/config`` tag over it."""
         override = step_override(step)
         if override is None:
             return self
-        env = _merge_env(self.env_vars, override.env_vars)
+        env = merge_env_vars(self.env_vars, override.env_vars)
         return self.model_copy(
             update={
                 "image": override.image or self.image,
@@ -134,23 +121,8 @@ class StepDockerConfig(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     image: str | None = None
-    container_kwargs: dict[str, Any] = Field(default_factory=dict)
-    env_vars: list[str] = Field(default_factory=list)
-
-    @field_validator("env_vars")
-    @classmethod
-    def _env_names(cls, value: list[str]) -> list[str]:
-        return check_env_vars(value)
-
-    @field_validator("container_kwargs")
-    @classmethod
-    def _sdk_keys(cls, value: dict[str, Any]) -> dict[str, Any]:
-        return check_container_kwargs(value)
-
-
-def _merge_env(base: list[str], extra: list[str]) -> list[str]:
-    names = {item.partition("=")[0] for item in extra}
-    return [item for item in base if item.partition("=")[0] not in names] + extra
+    container_kwargs: ContainerKwargs = Field(default_factory=dict)
+    env_vars: EnvVars = Field(default_factory=list)
 
 
 def step_override(step: PlannedStep) -> StepDockerConfig | None:

@@ -17,6 +17,7 @@ from coreexec.attempt_runner import AttemptIds
 from coreexec.instance import HOME_ENV, REDIS_URL_ENV, STORAGE_URL_ENV
 from workers.docker.config import DockerConfig
 from workers.entrypoint import DEFAULT_SETTINGS_FILE, SETTINGS_FILE_ENV
+from workers.launch_config import entrypoint_args, env_var_values
 from workers.launcher import launch_name
 
 LABEL_PREFIX = "coreexec."
@@ -43,19 +44,7 @@ def labels_of(ids: AttemptIds, owner: str) -> dict[str, str]:
 
 
 def command_of(config: DockerConfig, ids: AttemptIds) -> list[str]:
-    return [
-        *config.command,
-        "--run-id",
-        ids.run_id,
-        "--step-key",
-        ids.step_key,
-        "--attempt",
-        str(ids.attempt_number),
-        "--attempt-id",
-        ids.attempt_id,
-        "--job",
-        ids.job_reference,
-    ]
+    return [*config.command, *entrypoint_args(ids)]
 
 
 def environment_of(
@@ -72,12 +61,7 @@ def environment_of(
                 result[name] = env[name]
     else:
         result[SETTINGS_FILE_ENV] = DEFAULT_SETTINGS_FILE
-    for item in config.env_vars:
-        name, sep, value = item.partition("=")
-        if sep:
-            result[name] = value
-        elif name in env:
-            result[name] = env[name]
+    result.update(env_var_values(config.env_vars, env))
     return result
 
 

@@ -17,6 +17,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from coreexec.run_config import validation_error
 from workers.k8s.schema import check_json
+from workers.launch_config import EnvVars
 
 DEFAULT_COMMAND = ("coreexec-step",)
 """The step entrypoint as installed in the step image (``python -m workers.entrypoint``)."""
@@ -37,14 +38,6 @@ def _checked(value: Any, type_name: str, field: str) -> Any:
     return value
 
 
-def check_env_vars(values: list[str]) -> list[str]:
-    for item in values:
-        name = item.partition("=")[0]
-        if not name or not name.replace("_", "a").isalnum() or name[0].isdigit():
-            raise ValueError(f"{item!r} is not NAME or NAME=value (NAME of letters, digits, _)")
-    return values
-
-
 class K8sConfig(BaseModel):
     """What the Kubernetes launcher needs to run a step attempt as a Job."""
 
@@ -61,7 +54,7 @@ class K8sConfig(BaseModel):
     """ConfigMaps whose keys become the pod's environment (``envFrom``)."""
     env_secrets: list[str] = Field(default_factory=list)
     """Secrets whose keys become the pod's environment (``envFrom``), e.g. the Redis URL."""
-    env_vars: list[str] = Field(default_factory=list)
+    env_vars: EnvVars = Field(default_factory=list)
     """``NAME`` (forwarded from the launching worker's environment) or ``NAME=value``;
     ``kubectl describe`` shows them: put secrets in ``env_secrets``."""
     volumes: list[dict[str, Any]] = Field(default_factory=list)
@@ -100,11 +93,6 @@ class K8sConfig(BaseModel):
     """Retries of an API request that got 429, a 5xx or no answer (backoff, jitter)."""
     pod_creations_per_s: float = Field(default=10.0, gt=0)
     """Jobs this process creates per second at most (each Job makes one pod)."""
-
-    @field_validator("env_vars")
-    @classmethod
-    def _env_names(cls, value: list[str]) -> list[str]:
-        return check_env_vars(value)
 
     @field_validator("volumes")
     @classmethod

@@ -11,7 +11,6 @@ through ``env_secrets`` / ``env_config_maps`` and forwarded ``env_vars``.
 from __future__ import annotations
 
 import hashlib
-import os
 import re
 from collections.abc import Mapping
 from typing import Any
@@ -19,6 +18,7 @@ from typing import Any
 from coreexec.attempt_runner import AttemptIds
 from workers.k8s.config import DEFAULT_SECURITY_CONTEXT, K8sConfig
 from workers.k8s.overrides import K8sOverrides, deep_merge
+from workers.launch_config import entrypoint_args, env_var_values
 from workers.launcher import launch_name
 
 LABEL_PREFIX = "coreexec.io/"
@@ -71,28 +71,12 @@ def annotations_of(ids: AttemptIds, owner: str) -> dict[str, str]:
     }
 
 
-def args_of(ids: AttemptIds) -> list[str]:
-    return [
-        "--run-id", ids.run_id,
-        "--step-key", ids.step_key,
-        "--attempt", str(ids.attempt_number),
-        "--attempt-id", ids.attempt_id,
-        "--job", ids.job_reference,
-    ]  # fmt: skip
-
-
 def env_of(config: K8sConfig, environ: Mapping[str, str] | None = None) -> list[dict[str, str]]:
     """``env_vars`` as container env: ``NAME=value`` literally, ``NAME`` forwarded from
     this process's environment (left out when it is not set here)."""
-    env = os.environ if environ is None else environ
-    result = []
-    for item in config.env_vars:
-        name, sep, value = item.partition("=")
-        if sep:
-            result.append({"name": name, "value": value})
-        elif name in env:
-            result.append({"name": name, "value": env[name]})
-    return result
+    return [
+        {"name": name, "value": value} for name, value in env_var_values(config.env_vars, environ)
+    ]
 
 
 def base_overrides(config: K8sConfig, environ: Mapping[str, str] | None = None) -> K8sOverrides:
@@ -141,7 +125,7 @@ def job_manifest(
     labels = labels_of(ids)
     container = deep_merge(
         overrides.container_config,
-        {"name": CONTAINER_NAME, "command": list(config.command), "args": args_of(ids)},
+        {"name": CONTAINER_NAME, "command": list(config.command), "args": entrypoint_args(ids)},
     )
     pod_meta = deep_merge(overrides.pod_template_spec_metadata, {"labels": labels})
     pod_meta = deep_merge(pod_meta, {"annotations": annotations_of(ids, owner)})

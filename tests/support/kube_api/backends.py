@@ -19,7 +19,7 @@ import subprocess
 import tempfile
 import threading
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
@@ -153,7 +153,9 @@ def memory_limit_bytes(container: Obj) -> int | None:
 
 
 class LocalProcessBackend:
-    """Runs containers as local processes; every image counts as present."""
+    """Runs containers as local processes. With ``images``, only those are present and
+    any other cannot be pulled (as from a registry that does not have it); without it,
+    every image counts as present."""
 
     def __init__(
         self,
@@ -161,13 +163,15 @@ class LocalProcessBackend:
         base_env: Mapping[str, str] | None = None,
         *,
         enforce_memory: bool = False,
+        images: Iterable[str] | None = None,
     ) -> None:
         self.entrypoints = dict(entrypoints or {})
         self.base_env = dict(base_env if base_env is not None else os.environ)
         self.enforce_memory = enforce_memory
+        self.images = None if images is None else frozenset(images)
 
     def has_image(self, image: str) -> bool:
-        return True
+        return self.images is None or image in self.images
 
     def _limit(self, container: Obj) -> int | None:
         return memory_limit_bytes(container) if self.enforce_memory else None

@@ -7,6 +7,7 @@
         ...
         cluster.kubelet.unschedulable = "0/1 nodes are available: 1 Insufficient memory."
         cluster.store.compact()        # resumed watches now get 410 Gone
+        cluster.add_secret("settings", {"COREEXEC_REDIS_URL": url})  # envFrom reads it
 
 The kubeconfig names one cluster, user and context (``coreexec-test``) with a bearer
 token; the server rejects requests without it (401), as a real one would.
@@ -25,7 +26,8 @@ from tests.support.kube_api.cluster_api import ClusterApi
 from tests.support.kube_api.controller import JobController
 from tests.support.kube_api.http import KubeApiServer
 from tests.support.kube_api.kubelet import Kubelet
-from tests.support.kube_api.store import Store
+from tests.support.kube_api.namespaces import NamespaceController
+from tests.support.kube_api.store import SECRETS, Obj, Store
 
 CONTEXT = "coreexec-test"
 
@@ -41,6 +43,7 @@ class TestCluster:
         self.store = Store(history_limit=history_limit)
         self.api = ClusterApi(self.store)
         self.controller = JobController(self.api)
+        self.namespaces = NamespaceController(self.api)
         self.kubelet = Kubelet(self.api, backend)
         self.token = secrets.token_hex(16)
         self.server = KubeApiServer(self.api, self.kubelet, self.token)
@@ -53,12 +56,14 @@ class TestCluster:
     def start(self) -> Self:
         self.server.start()
         self.controller.start()
+        self.namespaces.start()
         self.kubelet.start()
         self._write_kubeconfig()
         return self
 
     def stop(self) -> None:
         self.kubelet.stop()
+        self.namespaces.stop()
         self.controller.stop()
         self.server.stop()
 
@@ -78,6 +83,11 @@ class TestCluster:
             "preferences": {},
         }
         self.kubeconfig.write_text(yaml.safe_dump(config))
+
+    def add_secret(self, name: str, data: dict[str, str], namespace: str = "default") -> Obj:
+        """A Secret as ``kubectl create secret generic`` makes it (not counted as a request)."""
+        body: Obj = {"metadata": {"name": name}, "stringData": dict(data)}
+        return self.api.create(SECRETS, namespace, body)
 
     def requests(self) -> dict[str, int]:
         """API requests served so far, by ``verb resource`` (``create jobs``, ``watch pods``)."""

@@ -2,8 +2,9 @@
 
 Level-triggered, as the real controllers are: after every change in the store it looks
 at all Jobs and pods and writes what differs. For each Job it creates a pod from the
-template (``SuccessfulCreate``), or records a ``FailedCreate`` Warning when pod creation
-is switched off or the service account is unknown; it counts the pod's end into
+template (``SuccessfulCreate``) through the API's admission checks, or records a
+``FailedCreate`` Warning when they refuse it (a service account that does not exist) or
+pod creation is switched off; it counts the pod's end into
 ``status.succeeded``/``status.failed`` (a pod deleted before it ended counts as
 failed), sets the ``Complete`` or ``Failed`` condition (``BackoffLimitExceeded``,
 ``DeadlineExceeded`` after ``activeDeadlineSeconds``), and deletes finished Jobs after
@@ -57,8 +58,6 @@ class JobController:
         self.api = api
         self.fail_pod_creation: str | None = None
         """When set, no pod is created: a FailedCreate Warning with this message instead."""
-        self.known_service_accounts: set[str] | None = None
-        """When set, a pod whose serviceAccountName is not in it is not created."""
         self._pods_of: dict[str, dict[str, str]] = defaultdict(dict)  # job uid → pod uid → end
         self._reported: set[str] = set()
         self._stop = threading.Event()
@@ -185,24 +184,22 @@ class JobController:
         return None if end is not None else deadline
 
     def _create_pod(self, job: Obj) -> list[Obj]:
-        pod = pod_for_job(job)
-        account = pod["spec"].get("serviceAccountName") or "default"
-        namespace = job["metadata"]["namespace"]
         problem = self.fail_pod_creation
-        known = self.known_service_accounts
-        if problem is None and known is not None and account not in known:
-            problem = (
-                f'pods "{pod["metadata"]["name"]}" is forbidden: error looking for service '
-                f'account {namespace}/{account}: serviceaccount "{account}" not found'
-            )
-        if problem is not None:
+        created: Obj | None = None
+        if problem is None:
+            try:
+                created = self.api.create_pod(pod_for_job(job))
+            except ApiError as refused:
+                if refused.code not in (403, 404):
+                    raise
+                problem = refused.message
+        if created is None:
             if job["metadata"]["uid"] not in self._reported:
                 self._reported.add(job["metadata"]["uid"])
                 self.api.record_event(
                     job, "Warning", "FailedCreate", f"Error creating: {problem}", COMPONENT
                 )
             return []
-        created = self.api.store.create(PODS, pod)
         self._pods_of[job["metadata"]["uid"]][created["metadata"]["uid"]] = ""
         self.api.record_event(
             job,

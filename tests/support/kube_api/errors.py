@@ -84,3 +84,11 @@ def unauthorized() -> ApiError:
 
 def method_not_allowed() -> ApiError:
     return ApiError(405, "MethodNotAllowed", "the server does not allow this method")
+
+
+def forbidden(group: str, plural: str, name: str, why: str) -> ApiError:
+    """A 403 as admission plugins answer: ``pods "x-" is forbidden: <why>``."""
+    label = resource_label(group, plural)
+    return ApiError(
+        403, "Forbidden", f'{label} "{name}" is forbidden: {why}', _details(group, plural, name)
+    )

@@ -1,7 +1,8 @@
 """The HTTP face of the test API server: routes, list/watch, delete options, logs.
 
-Only the endpoints a launcher uses are served (``/version``; batch/v1 Jobs; core/v1 Pods,
-``pods/log`` and Events; namespaced and cluster-wide lists). Responses are the API
+Only the endpoints a launcher and a test session use are served (``/version``; batch/v1
+Jobs; core/v1 Pods, ``pods/log`` and Events; Namespaces, Secrets, ConfigMaps and
+ServiceAccounts to set a namespace up; namespaced and cluster-wide lists). Responses are the API
 server's JSON: objects with ``kind``/``apiVersion``, lists with ``metadata.resourceVersion``,
 errors as ``Status`` objects. A watch is a chunked stream of ``{"type", "object"}``
 lines that ends after ``timeoutSeconds``; a resumed watch whose version is compacted gets
@@ -20,7 +21,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, Protocol
 from urllib.parse import parse_qs, urlsplit
 
-from tests.support.kube_api.cluster_api import ORPHAN_WARNING, ClusterApi
+from tests.support.kube_api.cluster_api import CREATABLE, ORPHAN_WARNING, ClusterApi
 from tests.support.kube_api.errors import (
     ApiError,
     bad_request,
@@ -29,7 +30,17 @@ from tests.support.kube_api.errors import (
     unauthorized,
 )
 from tests.support.kube_api.selectors import Predicate, field_selector, label_selector
-from tests.support.kube_api.store import EVENTS, JOBS, PODS, Obj, Resource
+from tests.support.kube_api.store import (
+    CONFIG_MAPS,
+    EVENTS,
+    JOBS,
+    NAMESPACES,
+    PODS,
+    SECRETS,
+    SERVICE_ACCOUNTS,
+    Obj,
+    Resource,
+)
 
 MAX_WATCH_TIMEOUT_S = 1800
 VERSION = {
@@ -45,7 +56,12 @@ VERSION = {
     "compiler": "gc",
     "platform": "linux/amd64",
 }
+_NAMED = frozenset({"metadata.name", "metadata.namespace"})
 _FIELDS = {
+    "namespaces": frozenset({"metadata.name", "status.phase"}),
+    "secrets": _NAMED | {"type"},
+    "configmaps": _NAMED,
+    "serviceaccounts": _NAMED,
     "jobs": frozenset({"metadata.name", "metadata.namespace", "status.successful"}),
     "pods": frozenset(
         {
@@ -83,6 +99,14 @@ _ROUTES: list[tuple[re.Pattern[str], Resource, str]] = [
     (re.compile(r"^/api/v1/()pods$"), PODS, "all"),
     (re.compile(r"^/api/v1/namespaces/([^/]+)/events(?:/([^/]+))?$"), EVENTS, ""),
     (re.compile(r"^/api/v1/()events$"), EVENTS, "all"),
+    (re.compile(r"^/api/v1/()namespaces(?:/([^/]+))?$"), NAMESPACES, ""),
+    (re.compile(r"^/api/v1/namespaces/([^/]+)/secrets(?:/([^/]+))?$"), SECRETS, ""),
+    (re.compile(r"^/api/v1/namespaces/([^/]+)/configmaps(?:/([^/]+))?$"), CONFIG_MAPS, ""),
+    (
+        re.compile(r"^/api/v1/namespaces/([^/]+)/serviceaccounts(?:/([^/]+))?$"),
+        SERVICE_ACCOUNTS,
+        "",
+    ),
 ]
 
 
@@ -285,24 +309,21 @@ class _Handler(BaseHTTPRequestHandler):
             self._log(namespace, name, query)
         elif method == "GET" and name is not None:
             store.count_request("get", res.plural)
-            assert namespace is not None
-            self._send_json(200, store.get(res, namespace, name))
+            self._send_json(200, store.get(res, namespace or "", name))
         elif method == "GET" and query.flag("watch"):
             store.count_request("watch", res.plural)
             self._watch(res, namespace, query)
         elif method == "GET":
             store.count_request("list", res.plural)
             self._list(res, namespace, query)
-        elif method == "POST" and name is None and sub == "" and res is JOBS:
+        elif method == "POST" and name is None and sub == "" and res in CREATABLE:
             store.count_request("create", res.plural)
-            assert namespace is not None
             if not isinstance(body, dict) or "__invalid__" in body:
                 raise bad_request("the body of the request was in an unknown format")
-            self._send_json(201, self.server_state.api.create_job(namespace, body))
+            self._send_json(201, self.server_state.api.create(res, namespace or "", body))
         elif method == "DELETE" and name is not None and sub == "":
             store.count_request("delete", res.plural)
-            assert namespace is not None
-            self._delete(res, namespace, name, query, body)
+            self._delete(res, namespace or "", name, query, body)
         elif method == "DELETE" and sub == "" and res in (JOBS, PODS):
             store.count_request("deletecollection", res.plural)
             assert namespace is not None
@@ -410,6 +431,8 @@ class _Handler(BaseHTTPRequestHandler):
             self._send_json(200, answer, headers)
         elif res is PODS:
             self._send_json(200, api.delete_pod(namespace, name, grace))
+        elif res is NAMESPACES:
+            self._send_json(200, api.delete_namespace(name))
         else:
             self._send_json(200, api.store.remove(res, namespace, name))
 

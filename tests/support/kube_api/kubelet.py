@@ -14,8 +14,13 @@ Switches for failure tests (each takes effect for pods that reach that point lat
 - ``unpullable_images``: images whose pull fails (``ErrImagePull``, then
   ``ImagePullBackOff``; ``ErrImageNeverPull`` under ``imagePullPolicy: Never``).
 - :meth:`Kubelet.evict`: the pod is killed and failed with reason ``Evicted``.
-- ``secrets`` / ``config_maps``: what ``valueFrom``/``envFrom`` may refer to; a missing
-  one is ``CreateContainerConfigError``.
+
+What needs no switch, because a cluster does it too: a pod whose ``nodeSelector`` the
+node's ``labels`` do not satisfy stays Pending with the scheduler's message ("0/1 nodes
+are available: 1 node(s) didn't match Pod's node affinity/selector. ..."); an image the
+backend does not have cannot be pulled (``ErrImagePull``, then ``ImagePullBackOff``), as
+from a registry without it; ``valueFrom``/``envFrom`` read the namespace's Secrets and
+ConfigMaps from the API, and a missing one is ``CreateContainerConfigError``.
 """
 
 from __future__ import annotations
@@ -31,6 +36,19 @@ from tests.support.kube_api.kubelet_pod import PodWorker
 from tests.support.kube_api.store import PODS, Obj
 
 NODE_NAME = "coreexec-test-node"
+
+
+def node_labels(node_name: str) -> dict[str, str]:
+    """The well-known labels a kubelet puts on its Node."""
+    return {
+        "kubernetes.io/hostname": node_name,
+        "kubernetes.io/os": "linux",
+        "kubernetes.io/arch": "amd64",
+        "beta.kubernetes.io/os": "linux",
+        "beta.kubernetes.io/arch": "amd64",
+    }
+
+
 DEFAULT_EVICTION = (
     "The node was low on resource: memory. Threshold quantity: 100Mi, available: 64Mi. "
 )
@@ -43,13 +61,13 @@ class Kubelet:
         self.api = api
         self.backend = backend
         self.node_name = node_name
+        self.labels = node_labels(node_name)
+        """The node's labels, which a pod's ``nodeSelector`` must match."""
         self.cond = threading.Condition()
         self._unschedulable: str | None = None
         self._unpullable: frozenset[str] = frozenset()
         self.image_pull_backoff_s = 1.0
         """How long a failed pull shows ErrImagePull before ImagePullBackOff."""
-        self.secrets: dict[str, dict[str, str]] = {}
-        self.config_maps: dict[str, dict[str, str]] = {}
         self._workers: dict[str, PodWorker] = {}
         self.running = 0
         """Containers running right now; ``max_running`` is the most seen at once."""

@@ -6,18 +6,24 @@ sequence of conditions, container states and events as on a cluster.
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import threading
 from typing import TYPE_CHECKING, Any
 
 from tests.support.kube_api.backends import ContainerExit, ContainerHandle, ContainerStartError
 from tests.support.kube_api.errors import ApiError
-from tests.support.kube_api.store import PODS, Obj, now_rfc3339
+from tests.support.kube_api.store import CONFIG_MAPS, PODS, SECRETS, Obj, Resource, now_rfc3339
 
 if TYPE_CHECKING:
     from tests.support.kube_api.kubelet import Kubelet
 
 _CONDITIONS = ("PodReadyToStartContainers", "Initialized", "Ready", "ContainersReady")
+SELECTOR_MISMATCH = (
+    "0/1 nodes are available: 1 node(s) didn't match Pod's node affinity/selector. "
+    "preemption: 0/1 nodes are available: 1 Preemption is not helpful for scheduling."
+)
+"""What kube-scheduler writes when no node's labels satisfy the pod's nodeSelector."""
 
 
 class _Stopped(Exception):
@@ -101,8 +107,16 @@ class PodWorker(threading.Thread):
         self.pod = self.kubelet.api.store.update(PODS, self.namespace, self.pod_name, mutate)
         return self.pod
 
+    def _fits(self) -> bool:
+        selector = self.pod["spec"].get("nodeSelector") or {}
+        labels = self.kubelet.labels
+        return all(labels.get(key) == value for key, value in selector.items())
+
     def _schedule(self) -> None:
         message = self.kubelet.unschedulable
+        fits = self._fits()
+        if not fits:
+            message = SELECTOR_MISMATCH
         if message is not None:
 
             def pending(obj: Obj) -> None:
@@ -114,7 +128,8 @@ class PodWorker(threading.Thread):
             self.kubelet.api.record_event(
                 self.pod, "Warning", "FailedScheduling", message, "default-scheduler"
             )
-            self._blocked(lambda: self.kubelet.unschedulable is not None)
+            # The selector is part of the spec: such a pod never fits this node.
+            self._blocked(lambda: not fits or self.kubelet.unschedulable is not None)
         if self._stop_grace is not None:
             raise _Stopped
         node = self.kubelet.node_name
@@ -255,16 +270,27 @@ class PodWorker(threading.Thread):
             self._blocked(lambda: True)
         return env
 
+    def _read(self, res: Resource, name: str) -> dict[str, str] | None:
+        """The keys of a Secret (decoded) or ConfigMap in the pod's namespace."""
+        found = self.kubelet.api.store.find(res, self.namespace, name)
+        if found is None:
+            return None
+        data = dict(found.get("data") or {})
+        if res is SECRETS:
+            return {key: base64.b64decode(value).decode() for key, value in data.items()}
+        return data
+
     def _lookup_all(self, source: Obj) -> dict[str, str]:
-        for key, store, kind in (
-            ("secretRef", self.kubelet.secrets, "secret"),
-            ("configMapRef", self.kubelet.config_maps, "configmap"),
+        for key, res, kind in (
+            ("secretRef", SECRETS, "secret"),
+            ("configMapRef", CONFIG_MAPS, "configmap"),
         ):
             if key in source:
                 name = source[key]["name"]
-                if name not in store:
+                data = self._read(res, name)
+                if data is None:
                     raise LookupError(f'{kind} "{name}" not found')
-                return dict(store[name])
+                return data
         return {}
 
     def _lookup(self, value_from: Obj) -> str:
@@ -279,17 +305,18 @@ class PodWorker(threading.Thread):
                 "status.podIP": "127.0.0.1",
             }
             return fields.get(path, "")
-        for key, store, kind in (
-            ("secretKeyRef", self.kubelet.secrets, "secret"),
-            ("configMapKeyRef", self.kubelet.config_maps, "configmap"),
+        for key, res, kind in (
+            ("secretKeyRef", SECRETS, "secret"),
+            ("configMapKeyRef", CONFIG_MAPS, "configmap"),
         ):
             if key in value_from:
                 ref = value_from[key]
-                if ref["name"] not in store:
+                data = self._read(res, ref["name"])
+                if data is None:
                     raise LookupError(f'{kind} "{ref["name"]}" not found')
-                if ref["key"] not in store[ref["name"]]:
+                if ref["key"] not in data:
                     raise LookupError(f"couldn't find key {ref['key']} in {kind} {ref['name']}")
-                return store[ref["name"]][ref["key"]]
+                return data[ref["key"]]
         return ""
 
     # ------------------------------------------------------------------ run
