@@ -224,24 +224,9 @@ class ExecutionPlan:
 
 
 def _topological(steps: list[PlannedStep]) -> list[PlannedStep]:
+    """The steps in an order where every step comes after the steps it reads from."""
     by_key = {s.key: s for s in steps}
-    for planned in steps:
-        for item in planned.inputs:
-            for src in item.sources:
-                upstream = by_key.get(src.step_key)
-                if upstream is None:
-                    raise PlanError(
-                        f"step {planned.key!r} input {item.name!r} reads from unknown step "
-                        f"{src.step_key!r}",
-                        step_key=planned.key,
-                    )
-                if src.output_name not in upstream.outputs:
-                    raise PlanError(
-                        f"step {planned.key!r} input {item.name!r} reads output "
-                        f"{src.output_name!r} that step {src.step_key!r} does not have "
-                        f"(it has: {', '.join(upstream.outputs)})",
-                        step_key=planned.key,
-                    )
+    _check_sources(steps, by_key)
     waiting = {s.key: len(s.upstream_keys) for s in steps}
     downstream: dict[str, list[str]] = {s.key: [] for s in steps}
     for planned in steps:
@@ -263,3 +248,24 @@ def _topological(steps: list[PlannedStep]) -> list[PlannedStep]:
             step_key=stuck[0],
         )
     return ordered
+
+
+def _check_sources(steps: list[PlannedStep], by_key: Mapping[str, PlannedStep]) -> None:
+    """Every input reads an output that its upstream step declares."""
+    for planned in steps:
+        for item in planned.inputs:
+            for src in item.sources:
+                upstream = by_key.get(src.step_key)
+                if upstream is None:
+                    raise PlanError(
+                        f"step {planned.key!r} input {item.name!r} reads from unknown step "
+                        f"{src.step_key!r}",
+                        step_key=planned.key,
+                    )
+                if src.output_name not in upstream.outputs:
+                    raise PlanError(
+                        f"step {planned.key!r} input {item.name!r} reads output "
+                        f"{src.output_name!r} that step {src.step_key!r} does not have "
+                        f"(it has: {', '.join(upstream.outputs)})",
+                        step_key=planned.key,
+                    )

@@ -101,22 +101,7 @@ def check_run_config(job: JobDefinition, run_config: Mapping[str, Any] | None) -
             path="run_config.steps",
         )
     for step_key, body in steps.items():
-        prefix = f"run_config.steps.{step_key}"
-        if step_key not in job.nodes:
-            raise ConfigError(
-                f"{prefix}: job {job.name!r} has no step {step_key!r}; its steps are: "
-                f"{', '.join(list(job.nodes)[:20])}",
-                path=prefix,
-            )
-        if not isinstance(body, Mapping) or set(body) - {"config"}:
-            raise ConfigError(f"{prefix}: must be {{config: {{...}}}}", path=prefix)
-        schema = job.nodes[step_key].step.config_schema
-        if schema is None:
-            raise ConfigError(
-                f"{prefix}.config: step {step_key!r} takes no config (it has no config_schema)",
-                path=f"{prefix}.config",
-            )
-        parse_step_config(schema, body.get("config"), step_key=step_key)
+        _check_step_entry(job, step_key, body)
     for step_key, node in job.nodes.items():
         schema = node.step.config_schema
         if schema is not None and step_key not in steps:
@@ -130,6 +115,26 @@ def check_run_config(job: JobDefinition, run_config: Mapping[str, Any] | None) -
             "run_config.execution: must be {config: {...}}", path="run_config.execution"
         )
     return config
+
+
+def _check_step_entry(job: JobDefinition, step_key: str, body: Any) -> None:
+    """One entry of ``run_config.steps``: a step of the job, with a schema for its config."""
+    prefix = f"run_config.steps.{step_key}"
+    if step_key not in job.nodes:
+        raise ConfigError(
+            f"{prefix}: job {job.name!r} has no step {step_key!r}; its steps are: "
+            f"{', '.join(list(job.nodes)[:20])}",
+            path=prefix,
+        )
+    if not isinstance(body, Mapping) or set(body) - {"config"}:
+        raise ConfigError(f"{prefix}: must be {{config: {{...}}}}", path=prefix)
+    schema = job.nodes[step_key].step.config_schema
+    if schema is None:
+        raise ConfigError(
+            f"{prefix}.config: step {step_key!r} takes no config (it has no config_schema)",
+            path=f"{prefix}.config",
+        )
+    parse_step_config(schema, body.get("config"), step_key=step_key)
 
 
 def step_config(

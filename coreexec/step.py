@@ -112,17 +112,8 @@ def _takes_context(params: list[inspect.Parameter]) -> bool:
     return bool(getattr(annotation, "__name__", annotation) == "StepContext")
 
 
-def _definition_from(
-    fn: Callable[..., Any],
-    *,
-    name: str | None,
-    description: str | None,
-    tags: Mapping[str, TagValue] | None,
-    retry_policy: RetryPolicy | None,
-    config_schema: type[BaseModel] | None,
-    out: Mapping[str, Out] | None,
-) -> StepDefinition:
-    step_name = name or fn.__name__
+def _check_callable(fn: Callable[..., Any], step_name: str) -> None:
+    """A step is named as a Python identifier and returns its outputs once."""
     if not step_name.isidentifier():
         raise DefinitionError(f"step name {step_name!r} must be a Python identifier")
     if inspect.isasyncgenfunction(fn) or inspect.isgeneratorfunction(fn):
@@ -130,6 +121,11 @@ def _definition_from(
             f"step {step_name!r} is a generator; a step returns its outputs once: "
             "use `def` or `async def` with `return`"
         )
+
+
+def _inputs_of(fn: Callable[..., Any], step_name: str) -> tuple[bool, tuple[InputDef, ...]]:
+    """Whether ``fn`` takes the step context first, and its inputs: every other
+    parameter, each declared by name."""
     signature = inspect.signature(fn)
     try:
         hints = inspect.get_annotations(fn, eval_str=True)
@@ -147,6 +143,22 @@ def _definition_from(
     inputs = tuple(
         InputDef(p.name, hints.get(p.name, p.annotation), p.default) for p in input_params
     )
+    return takes_context, inputs
+
+
+def _definition_from(
+    fn: Callable[..., Any],
+    *,
+    name: str | None,
+    description: str | None,
+    tags: Mapping[str, TagValue] | None,
+    retry_policy: RetryPolicy | None,
+    config_schema: type[BaseModel] | None,
+    out: Mapping[str, Out] | None,
+) -> StepDefinition:
+    step_name = name or fn.__name__
+    _check_callable(fn, step_name)
+    takes_context, inputs = _inputs_of(fn, step_name)
     if out is not None and not out:
         raise DefinitionError(f"step {step_name!r}: out= needs at least one output")
     outputs = tuple(out) if out else (DEFAULT_OUTPUT,)

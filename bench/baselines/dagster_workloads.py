@@ -81,40 +81,56 @@ def warehouse_nap() -> None:
 
 def make_job(workload: str, width: int = 0, executor_def: Any = None) -> JobDefinition:
     """The job of a workload; also the reconstructor multiprocess children call."""
-    if workload in ("W1", "W5"):
+    maker = _JOB_MAKERS.get(workload)
+    if maker is None:
+        raise SystemExit(f"dagster_workloads: no workload {workload!r}")
+    return maker(width, executor_def)
 
-        @job(name=f"w1_fanout_{width}", executor_def=executor_def)
-        def fanout() -> None:
-            r = root()
-            join([leaf.alias(f"leaf_{i}")(r) for i in range(width)])
 
-        return fanout
-    if workload == "W2":
+def _fanout_job(width: int, executor_def: Any) -> JobDefinition:
+    @job(name=f"w1_fanout_{width}", executor_def=executor_def)
+    def fanout() -> None:
+        r = root()
+        join([leaf.alias(f"leaf_{i}")(r) for i in range(width)])
 
-        @job(name="w2_chain", executor_def=executor_def)
-        def chain() -> None:
-            x = root()
-            for i in range(W2_STEPS - 1):
-                x = leaf.alias(f"leaf_{i}")(x)
+    return fanout
 
-        return chain
-    if workload == "W3":
 
-        @job(name="w3_sleepy", executor_def=executor_def)
-        def sleepy() -> None:
-            for i in range(W3_STEPS):
-                nap.alias(f"nap_{i}")()
+def _chain_job(width: int, executor_def: Any) -> JobDefinition:
+    @job(name="w2_chain", executor_def=executor_def)
+    def chain() -> None:
+        x = root()
+        for i in range(W2_STEPS - 1):
+            x = leaf.alias(f"leaf_{i}")(x)
 
-        return sleepy
-    if workload == "W4":
+    return chain
 
-        @job(name="w4_tag_limited", executor_def=executor_def)
-        def tag_limited() -> None:
-            for i in range(W4_STEPS):
-                warehouse_nap.alias(f"warehouse_nap_{i}")()
 
-        return tag_limited
-    raise SystemExit(f"dagster_workloads: no workload {workload!r}")
+def _sleepy_job(width: int, executor_def: Any) -> JobDefinition:
+    @job(name="w3_sleepy", executor_def=executor_def)
+    def sleepy() -> None:
+        for i in range(W3_STEPS):
+            nap.alias(f"nap_{i}")()
+
+    return sleepy
+
+
+def _tag_limited_job(width: int, executor_def: Any) -> JobDefinition:
+    @job(name="w4_tag_limited", executor_def=executor_def)
+    def tag_limited() -> None:
+        for i in range(W4_STEPS):
+            warehouse_nap.alias(f"warehouse_nap_{i}")()
+
+    return tag_limited
+
+
+_JOB_MAKERS: dict[str, Callable[[int, Any], JobDefinition]] = {
+    "W1": _fanout_job,
+    "W5": _fanout_job,
+    "W2": _chain_job,
+    "W3": _sleepy_job,
+    "W4": _tag_limited_job,
+}
 
 
 def _check(result: Any, workload: str, width: int) -> None:

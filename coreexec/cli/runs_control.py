@@ -24,6 +24,7 @@ from coreexec.instance import Instance
 from coreexec.plan import ExecutionPlan
 from coreexec.reference import load_job
 from coreexec.runs.cancel import request_cancel
+from coreexec.runs.coordinate import CoordinationOutcome
 from coreexec.runs.handle import RunHandle
 from coreexec.runs.launcher import event_redis_url
 from coreexec.runs.resume import resume_run
@@ -250,26 +251,17 @@ def resume_command(
     """
     try:
         instance = instance_from_env()
-        record = instance.storage.get_run(run_id)
-        printer = None if quiet else ProgressPrinter(total_steps=0)
-        watcher = _Watcher(printer, instance)
-        outcome = resume_run(
+        outcome = _resume(
+            instance,
             run_id,
-            instance=instance,
             force=force,
             submit=submit,
-            listeners=[watcher] if printer is not None and not submit else [],
             in_flight_timeout_s=in_flight_timeout_s,
-            on_resuming=lambda _: click.echo(
-                f"resuming run {run_id}  job {record.job_name}  (was {record.status})"
-            ),
+            quiet=quiet,
         )
         if submit:
-            click.echo(outcome.message)
-            if not wait:
-                click.echo(f"`coreexec runs watch {run_id}` follows it")
-                return
-            sys.exit(watch(handle_for(run_id, instance), quiet=quiet))
+            _follow_submitted(instance, run_id, outcome, wait=wait, quiet=quiet)
+            return
     except CoreExecError as exc:
         raise fail(exc) from exc
     prepared = outcome.preparation
@@ -277,3 +269,40 @@ def resume_command(
         click.echo(f"recorded {prepared.drained_events} step events that arrived meanwhile")
     click.echo(f"\n{outcome.message}")
     sys.exit(exit_code_for(outcome.status))
+
+
+def _resume(
+    instance: Instance,
+    run_id: str,
+    *,
+    force: bool,
+    submit: bool,
+    in_flight_timeout_s: float,
+    quiet: bool,
+) -> CoordinationOutcome:
+    """Resume the run here (showing progress unless ``quiet``), or hand it over."""
+    record = instance.storage.get_run(run_id)
+    printer = None if quiet else ProgressPrinter(total_steps=0)
+    watcher = _Watcher(printer, instance)
+    return resume_run(
+        run_id,
+        instance=instance,
+        force=force,
+        submit=submit,
+        listeners=[watcher] if printer is not None and not submit else [],
+        in_flight_timeout_s=in_flight_timeout_s,
+        on_resuming=lambda _: click.echo(
+            f"resuming run {run_id}  job {record.job_name}  (was {record.status})"
+        ),
+    )
+
+
+def _follow_submitted(
+    instance: Instance, run_id: str, outcome: CoordinationOutcome, *, wait: bool, quiet: bool
+) -> None:
+    """Say where a submitted resume went; with ``wait``, watch it and exit as it ends."""
+    click.echo(outcome.message)
+    if not wait:
+        click.echo(f"`coreexec runs watch {run_id}` follows it")
+        return
+    sys.exit(watch(handle_for(run_id, instance), quiet=quiet))

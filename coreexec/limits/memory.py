@@ -186,30 +186,10 @@ class InMemoryTagLimiter:
                 "use a new lease id for a different set of slots"
             )
         if held:
-            # Asked again for what it holds: extend the lease, as the Redis limiter does.
-            deadline = now + self.lease_ttl_ms
-            for name in names:
-                self._holders[name][request.lease_id] = deadline
-            self._leases[request.lease_id] = replace(
-                self._leases[request.lease_id], deadline_ms=deadline
-            )
-            return AcquireResult(lease=self._lease(request))
-
+            return self._extend(request, now)
         waiter = self._waiters.get(request.lease_id)
         seq = waiter.seq if waiter is not None else self._seq + 1
-        rank = (-request.priority, seq)
-        blocked: list[tuple[SlotSpec, int]] = []
-        for slot in request.slots:
-            free = slot.limit - len(self._holders.get(slot.name, {}))
-            ahead = sum(
-                1
-                for lease_id in self._queues.get(slot.name, {})
-                if lease_id != request.lease_id and self._waiters[lease_id].rank < rank
-            )
-            if ahead >= free:
-                blocked.append((slot, ahead))
-            self._limits[slot.name] = slot.limit
-
+        blocked = self._blocking(request, rank=(-request.priority, seq))
         if not blocked and not place_only:
             self._grant(request, now)
             full = tuple(
@@ -229,6 +209,32 @@ class InMemoryTagLimiter:
             ),
             retry_in_ms=self._retry_in_ms([slot.name for slot, _ in blocked], now),
         )
+
+    def _extend(self, request: SlotRequest, now: int) -> AcquireResult:
+        """Asked again for what it holds: extend the lease, as the Redis limiter does."""
+        deadline = now + self.lease_ttl_ms
+        for slot in request.slots:
+            self._holders[slot.name][request.lease_id] = deadline
+        self._leases[request.lease_id] = replace(
+            self._leases[request.lease_id], deadline_ms=deadline
+        )
+        return AcquireResult(lease=self._lease(request))
+
+    def _blocking(self, request: SlotRequest, rank: tuple[int, int]) -> list[tuple[SlotSpec, int]]:
+        """The slots ``request`` cannot have now (with how many waiters are ahead of it
+        there): fewer units free than waiters ranked before it."""
+        blocked: list[tuple[SlotSpec, int]] = []
+        for slot in request.slots:
+            free = slot.limit - len(self._holders.get(slot.name, {}))
+            ahead = sum(
+                1
+                for lease_id in self._queues.get(slot.name, {})
+                if lease_id != request.lease_id and self._waiters[lease_id].rank < rank
+            )
+            if ahead >= free:
+                blocked.append((slot, ahead))
+            self._limits[slot.name] = slot.limit
+        return blocked
 
     def _grant(self, request: SlotRequest, now: int) -> None:
         deadline = now + self.lease_ttl_ms

@@ -88,8 +88,31 @@ def execute_run(
     except BaseException as exc:
         _fail_start(instance, run_id, exc)
         raise
+    context = _new_context(
+        record, instance, job, plan, io_manager=io_manager, listeners=listeners, resume=resume
+    )
+    if run_context_hook is not None:
+        run_context_hook(context)
+    _announce_start(context, chosen.name, resume=resume)
+    _drive(context, executor)
+    _finish(context)
+    return context
+
+
+def _new_context(
+    record: RunRecord,
+    instance: Instance,
+    job: JobDefinition,
+    plan: ExecutionPlan,
+    *,
+    io_manager: IOManager | None,
+    listeners: list[EventListener] | None,
+    resume: bool,
+) -> RunContext:
+    """The run's context; a resumed run's knows which steps succeeded before."""
+    run_id = record.run_id
     succeeded, attempts = done_steps(instance, run_id) if resume else (frozenset(), {})
-    context = RunContext(
+    return RunContext(
         run_id=run_id,
         job=job,
         plan=plan,
@@ -101,32 +124,38 @@ def execute_run(
         already_succeeded=succeeded,
         attempts_made=attempts,
     )
-    if run_context_hook is not None:
-        run_context_hook(context)
-    storage = instance.storage
+
+
+def _announce_start(context: RunContext, executor_name: str, *, resume: bool) -> None:
+    """STARTING then STARTED, each with its event, stored before any step runs."""
+    storage, run_id, plan = context.instance.storage, context.run_id, context.plan
     storage.set_status(run_id, RunStatus.STARTING)
-    context.record(_run_event(run_id, EventKind.RUN_STARTING, f"executor {chosen.name}"))
+    context.record(_run_event(run_id, EventKind.RUN_STARTING, f"executor {executor_name}"))
     storage.set_status(run_id, RunStatus.STARTED)
     context.record(
         _run_event(
             run_id,
             EventKind.RUN_START,
-            f"job {job.name}, {len(plan)} steps" + (", resumed" if resume else ""),
+            f"job {context.job.name}, {len(plan)} steps" + (", resumed" if resume else ""),
             steps=len(plan),
             resumed=resume,
         )
     )
     context.flush()
+
+
+def _drive(context: RunContext, executor: Executor) -> None:
+    """Run the executor to its end; an executor that raises ends the run FAILURE."""
     try:
         executor.execute(context)
     except BaseException as exc:
-        context.record(_run_event(run_id, EventKind.RUN_FAILURE, f"executor error: {exc!r}"))
+        context.record(
+            _run_event(context.run_id, EventKind.RUN_FAILURE, f"executor error: {exc!r}")
+        )
         context.flush()
-        storage.set_status(run_id, RunStatus.FAILURE)
+        context.instance.storage.set_status(context.run_id, RunStatus.FAILURE)
         raise
     context.flush()
-    _finish(context)
-    return context
 
 
 def _step_outcomes(context: RunContext) -> tuple[bool, list[str]]:

@@ -32,7 +32,7 @@ from coreexec.runs.launcher import (
     mark_launch_failed,
 )
 from coreexec.runs.resume_prep import DEFAULT_IN_FLIGHT_TIMEOUT_S
-from coreexec.storage.base import RunRecord, RunStatus
+from coreexec.storage.base import RunRecord, RunStatus, RunStorage
 from coreexec.transport.coordinator_heartbeat import CoordinatorState, coordinator_status
 
 FINISHED = frozenset({RunStatus.FAILURE, RunStatus.CANCELED})
@@ -62,6 +62,14 @@ def check_resumable(
         )
     if status in FINISHED or force:
         return record
+    _check_coordinator_gone(record, client)
+    return record
+
+
+def _check_coordinator_gone(record: RunRecord, client: Redis | None) -> None:
+    """A run whose status says it runs may resume once its heartbeat shows that its
+    coordinator died; else :class:`ResumeError` saying what is known of it."""
+    run_id, status = record.run_id, record.status
     if client is None:
         raise ResumeError(
             f"run {run_id} is {status} and no Redis is configured (COREEXEC_REDIS_URL) to "
@@ -95,7 +103,6 @@ def check_resumable(
             "is gone, resume with --force",
             run_id=run_id,
         )
-    return record
 
 
 def resume_run(
@@ -123,44 +130,72 @@ def resume_run(
     client = redis_client_for(url)
     try:
         record = check_resumable(chosen_instance, run_id, client, force=force)
-        storage = chosen_instance.storage
         if submit:
-            chosen_launcher = launcher or get_run_launcher()
-            if not storage.set_status(run_id, RunStatus.QUEUED, expected=(record.status,)):
-                raise ResumeError(
-                    f"run {run_id} changed status while being resumed; look at it again",
-                    run_id=run_id,
-                )
-            try:
-                chosen_launcher.launch(run_id, resume=True)
-            except BaseException as exc:
-                mark_launch_failed(chosen_instance, run_id, chosen_launcher.name, exc)
-                raise
-            return CoordinationOutcome(
-                run_id,
-                RunStatus.QUEUED,
-                False,
-                f"resume of run {run_id} handed to the {chosen_launcher.name!r} run launcher",
-                resumed=True,
-            )
-        before_claim = last_event_id(storage, run_id)
-        if not storage.set_status(run_id, RunStatus.STARTING, expected=(record.status,)):
-            raise ResumeError(
-                f"run {run_id} changed status while being resumed; look at it again",
-                run_id=run_id,
-            )
-        if on_resuming is not None:
-            on_resuming(record)
-        return coordinate_claimed_run(
+            return _hand_to_launcher(chosen_instance, record, launcher or get_run_launcher())
+        return _resume_here(
             chosen_instance,
-            run_id,
+            record,
             client,
-            claimed_after_id=before_claim,
-            resume=True,
-            owner=f"coreexec runs resume (pid {os.getpid()})",
             listeners=listeners,
             in_flight_timeout_s=in_flight_timeout_s,
+            on_resuming=on_resuming,
         )
     finally:
         if client is not None:
             client.close()
+
+
+def _claim(storage: RunStorage, record: RunRecord, status: RunStatus) -> None:
+    """Move the checked run to ``status``, unless it changed since it was checked."""
+    if not storage.set_status(record.run_id, status, expected=(record.status,)):
+        raise ResumeError(
+            f"run {record.run_id} changed status while being resumed; look at it again",
+            run_id=record.run_id,
+        )
+
+
+def _hand_to_launcher(
+    instance: Instance, record: RunRecord, launcher: RunLauncher
+) -> CoordinationOutcome:
+    """Queue the run again and have the run launcher resume it elsewhere."""
+    run_id = record.run_id
+    _claim(instance.storage, record, RunStatus.QUEUED)
+    try:
+        launcher.launch(run_id, resume=True)
+    except BaseException as exc:
+        mark_launch_failed(instance, run_id, launcher.name, exc)
+        raise
+    return CoordinationOutcome(
+        run_id,
+        RunStatus.QUEUED,
+        False,
+        f"resume of run {run_id} handed to the {launcher.name!r} run launcher",
+        resumed=True,
+    )
+
+
+def _resume_here(
+    instance: Instance,
+    record: RunRecord,
+    client: Redis | None,
+    *,
+    listeners: Sequence[EventListener],
+    in_flight_timeout_s: float,
+    on_resuming: Callable[[RunRecord], None] | None,
+) -> CoordinationOutcome:
+    """Claim the run for this process and coordinate it until it ends."""
+    run_id = record.run_id
+    before_claim = last_event_id(instance.storage, run_id)
+    _claim(instance.storage, record, RunStatus.STARTING)
+    if on_resuming is not None:
+        on_resuming(record)
+    return coordinate_claimed_run(
+        instance,
+        run_id,
+        client,
+        claimed_after_id=before_claim,
+        resume=True,
+        owner=f"coreexec runs resume (pid {os.getpid()})",
+        listeners=listeners,
+        in_flight_timeout_s=in_flight_timeout_s,
+    )

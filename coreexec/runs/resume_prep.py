@@ -145,22 +145,51 @@ def _settle(
     # Last heard of: any entry of the attempt (heartbeats included); never heard: now.
     start_ms = _redis_now_ms(client)
     heard_ms = dict.fromkeys(running, 0)
-    cursor = "0-0"
-    for entry in stream.history():
-        cursor = entry.entry_id
-        event = entry.event
-        if event is not None and event.attempt_id in running:
-            heard_ms[event.attempt_id] = _entry_ms(entry.entry_id)
-            if event.kind in STEP_ATTEMPT_ENDINGS:
-                running.pop(event.attempt_id)
+    cursor = _hear(stream.history(), running, heard_ms, "0-0")
     for attempt_id, at_ms in heard_ms.items():
         if at_ms == 0:
             heard_ms[attempt_id] = start_ms
     waited = list(running)
+    lost = _wait_for_ends(
+        stream, running, heard_ms, cursor, timeout_s=timeout_s, silence_s=silence_s
+    )
+    return abandoned, [a for a in waited if a not in lost], lost
+
+
+def _hear(
+    entries: Iterable[StreamEntry],
+    running: dict[str, OpenAttempt],
+    heard_ms: dict[str, int],
+    cursor: str,
+) -> str:
+    """Note when each running attempt was last heard of in ``entries``, dropping those
+    that ended; returns the id of the last entry read."""
+    for entry in entries:
+        cursor = entry.entry_id
+        event = entry.event
+        if event is None or event.attempt_id not in running:
+            continue
+        heard_ms[event.attempt_id] = _entry_ms(entry.entry_id)
+        if event.kind in STEP_ATTEMPT_ENDINGS:
+            running.pop(event.attempt_id)
+    return cursor
+
+
+def _wait_for_ends(
+    stream: RedisEventStream,
+    running: dict[str, OpenAttempt],
+    heard_ms: dict[str, int],
+    cursor: str,
+    *,
+    timeout_s: float,
+    silence_s: float,
+) -> list[str]:
+    """Follow the stream until every running attempt ended or went silent for longer
+    than ``silence_s`` (lost, returned); :class:`ResumeError` after ``timeout_s``."""
     lost: list[str] = []
     deadline = time.monotonic() + timeout_s
     while running:
-        now_ms = _redis_now_ms(client)
+        now_ms = _redis_now_ms(stream.client)
         for attempt_id in [a for a in running if now_ms - heard_ms[a] > silence_s * 1000]:
             lost.append(attempt_id)
             running.pop(attempt_id)
@@ -172,20 +201,13 @@ def _settle(
                 sorted(f"{a.step_key} (attempt {a.attempt})" for a in running.values())
             )
             raise ResumeError(
-                f"run {run_id}: steps still running on workers after {timeout_s:g}s: {steps}; "
-                "resume again when they end",
-                run_id=run_id,
+                f"run {stream.run_id}: steps still running on workers after {timeout_s:g}s: "
+                f"{steps}; resume again when they end",
+                run_id=stream.run_id,
             )
         entries = stream.read(cursor, block_ms=max(1, int(min(remaining_s, 1.0) * 1000)))
-        for entry in entries:
-            cursor = entry.entry_id
-            event = entry.event
-            if event is None or event.attempt_id not in running:
-                continue
-            heard_ms[event.attempt_id] = _entry_ms(entry.entry_id)
-            if event.kind in STEP_ATTEMPT_ENDINGS:
-                running.pop(event.attempt_id)
-    return abandoned, [a for a in waited if a not in lost], lost
+        cursor = _hear(entries, running, heard_ms, cursor)
+    return lost
 
 
 # -- draining the stream ---------------------------------------------------------------

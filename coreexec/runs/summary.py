@@ -82,34 +82,43 @@ def summarize(events: Iterable[Event], step_keys: Iterable[str] = ()) -> list[St
             elif event.kind is EventKind.RUN_START:
                 run_end = None
             continue
-        summary = steps.setdefault(key, StepSummary(key))
-        kind = event.kind
-        if kind in _STATUS_BY_KIND:
-            summary.status = _status_of(event)
-            if kind is not EventKind.SLOT_WAIT:
-                # The wait ended with the state it was waiting in.
-                summary.waiting_for = None
-        if kind is EventKind.STEP_QUEUED:
-            summary.attempts = max(summary.attempts, event.attempt or 0)
-            summary.waiting_for = None
-        elif kind is EventKind.STEP_START:
-            summary.started_at = summary.started_at or event.timestamp
-            summary.attempts = max(summary.attempts, event.attempt or 0)
-        elif kind in (EventKind.STEP_SUCCESS, EventKind.STEP_FAILURE, EventKind.STEP_SKIPPED):
-            summary.ended_at = event.timestamp
-            if kind is EventKind.STEP_SUCCESS:
-                summary.error = None
-            elif kind is EventKind.STEP_FAILURE:
-                error = event.data.get("error") or {}
-                summary.error = event.message or str(error.get("message", ""))
-            elif kind is EventKind.STEP_SKIPPED:
-                summary.error = event.message
-        elif kind is EventKind.SLOT_WAIT:
-            summary.waiting_for = event.message
-        elif kind is EventKind.SLOT_ACQUIRED:
-            summary.waiting_for = None
-            if summary.status == "waiting for slot":
-                summary.status = "pending"
+        _apply(steps.setdefault(key, StepSummary(key)), event)
     if run_end is not None and run_end.kind is not EventKind.RUN_SUCCESS:
         _end_with_run(steps.values(), run_end)
     return list(steps.values())
+
+
+def _apply(summary: StepSummary, event: Event) -> None:
+    """What one event of the step says of where it stands."""
+    kind = event.kind
+    if kind in _STATUS_BY_KIND:
+        summary.status = _status_of(event)
+        if kind is not EventKind.SLOT_WAIT:
+            # The wait ended with the state it was waiting in.
+            summary.waiting_for = None
+    if kind is EventKind.STEP_QUEUED:
+        summary.attempts = max(summary.attempts, event.attempt or 0)
+        summary.waiting_for = None
+    elif kind is EventKind.STEP_START:
+        summary.started_at = summary.started_at or event.timestamp
+        summary.attempts = max(summary.attempts, event.attempt or 0)
+    elif kind in (EventKind.STEP_SUCCESS, EventKind.STEP_FAILURE, EventKind.STEP_SKIPPED):
+        _ended(summary, event)
+    elif kind is EventKind.SLOT_WAIT:
+        summary.waiting_for = event.message
+    elif kind is EventKind.SLOT_ACQUIRED:
+        summary.waiting_for = None
+        if summary.status == "waiting for slot":
+            summary.status = "pending"
+
+
+def _ended(summary: StepSummary, event: Event) -> None:
+    """An attempt's end (or the step's skip): when, and the error it left, if any."""
+    summary.ended_at = event.timestamp
+    if event.kind is EventKind.STEP_SUCCESS:
+        summary.error = None
+    elif event.kind is EventKind.STEP_FAILURE:
+        error = event.data.get("error") or {}
+        summary.error = event.message or str(error.get("message", ""))
+    elif event.kind is EventKind.STEP_SKIPPED:
+        summary.error = event.message
