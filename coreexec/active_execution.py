@@ -292,19 +292,13 @@ class ActiveExecution:
         attempt = self._in_flight.get(attempt_id)
         if attempt is None:
             return []
-        failure = Event(
-            kind=EventKind.STEP_FAILURE,
-            run_id=self.run_id,
-            timestamp=self._clock.now(),
-            step_key=attempt.step_key,
-            attempt=attempt.number,
-            attempt_id=attempt.attempt_id,
-            message=message,
-            data={
-                "failure_class": failure_class.value,
-                "retryable": failure_class is not FailureClass.CANCELLED,
-                "error": {"type": "CoordinatorDetected", "message": message, "traceback": ""},
-            },
+        failure = self._attempt_event(
+            EventKind.STEP_FAILURE,
+            attempt,
+            message,
+            failure_class=failure_class.value,
+            retryable=failure_class is not FailureClass.CANCELLED,
+            error={"type": "CoordinatorDetected", "message": message, "traceback": ""},
         )
         return [failure, *self.handle(failure)]
 
@@ -331,6 +325,20 @@ class ActiveExecution:
             data=data,
         )
 
+    def _attempt_event(
+        self, kind: EventKind, attempt: StepAttempt, message: str, **data: object
+    ) -> Event:
+        return Event(
+            kind=kind,
+            run_id=self.run_id,
+            timestamp=self._clock.now(),
+            step_key=attempt.step_key,
+            attempt=attempt.number,
+            attempt_id=attempt.attempt_id,
+            message=message,
+            data=data,
+        )
+
     def _succeed(self, step_key: str) -> list[Event]:
         self._set_state(step_key, StepState.SUCCEEDED)
         if self._canceled:
@@ -346,15 +354,12 @@ class ActiveExecution:
     def _schedule_retry(self, attempt: StepAttempt, delay_s: float, why: str) -> Event:
         self._set_state(attempt.step_key, StepState.WAITING_RETRY)
         self._retry_at[attempt.step_key] = self._clock.now() + delay_s
-        return Event(
-            kind=EventKind.STEP_UP_FOR_RETRY,
-            run_id=self.run_id,
-            timestamp=self._clock.now(),
-            step_key=attempt.step_key,
-            attempt=attempt.number,
-            attempt_id=attempt.attempt_id,
-            message=f"{why}; attempt {attempt.number + 1} in {delay_s:.3f}s",
-            data={"delay_s": delay_s, "next_attempt": attempt.number + 1},
+        return self._attempt_event(
+            EventKind.STEP_UP_FOR_RETRY,
+            attempt,
+            f"{why}; attempt {attempt.number + 1} in {delay_s:.3f}s",
+            delay_s=delay_s,
+            next_attempt=attempt.number + 1,
         )
 
     def _fail(
@@ -364,15 +369,13 @@ class ActiveExecution:
         events: list[Event] = []
         if emit:
             events.append(
-                Event(
-                    kind=EventKind.STEP_FAILURE,
-                    run_id=self.run_id,
-                    timestamp=self._clock.now(),
-                    step_key=attempt.step_key,
-                    attempt=attempt.number,
-                    attempt_id=attempt.attempt_id,
-                    message=message,
-                    data={"failure_class": failure_class.value, "retryable": False, "final": True},
+                self._attempt_event(
+                    EventKind.STEP_FAILURE,
+                    attempt,
+                    message,
+                    failure_class=failure_class.value,
+                    retryable=False,
+                    final=True,
                 )
             )
         stack = list(self.plan.downstream_of(attempt.step_key))

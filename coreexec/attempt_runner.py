@@ -23,6 +23,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable, Mapping
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from typing import Any
 
@@ -294,6 +295,20 @@ class HeldEndSink:
             self.stream.publish(event)
 
 
+def heartbeat_while_running(
+    runtime: AttemptRuntime, prepared: PreparedAttempt
+) -> AbstractContextManager[None]:
+    """The attempt's heartbeat on its run's stream, at the run's interval, for a block."""
+    ids, info = prepared.ids, prepared.info
+    return runtime.heartbeats.beating(
+        info.stream,
+        step_key=ids.step_key,
+        attempt=ids.attempt_number,
+        attempt_id=ids.attempt_id,
+        interval_s=info.settings.heartbeat_interval_s,
+    )
+
+
 def run_prepared(
     runtime: AttemptRuntime,
     prepared: PreparedAttempt,
@@ -320,13 +335,7 @@ def run_prepared(
     if not heartbeat:
         outcome = run_step(step_run, emit, announce_start=False)
     else:
-        with runtime.heartbeats.beating(
-            info.stream,
-            step_key=ids.step_key,
-            attempt=ids.attempt_number,
-            attempt_id=ids.attempt_id,
-            interval_s=info.settings.heartbeat_interval_s,
-        ):
+        with heartbeat_while_running(runtime, prepared):
             outcome = run_step(step_run, emit, announce_start=False)
     if outcome.success:
         return AttemptResult("success", ids)

@@ -33,6 +33,7 @@ from coreexec.attempt_runner import (
     claim_attempt,
     drop_delivery,
     failure_event,
+    heartbeat_while_running,
     prepare_attempt,
     refuse_delivery,
     screen_message,
@@ -152,14 +153,8 @@ def _launch_and_follow(
     runtime: AttemptRuntime, launcher: StepLauncher, request: LaunchRequest, adopt: Launch | None
 ) -> AttemptResult:
     prepared = request.prepared
-    ids, info = prepared.ids, prepared.info
-    with runtime.heartbeats.beating(
-        info.stream,
-        step_key=ids.step_key,
-        attempt=ids.attempt_number,
-        attempt_id=ids.attempt_id,
-        interval_s=info.settings.heartbeat_interval_s,
-    ):
+    ids = prepared.ids
+    with heartbeat_while_running(runtime, prepared):
         try:
             launch = adopt if adopt is not None else launcher.launch(request)
         except LaunchError as exc:

@@ -1,1 +1,1 @@
-"""Running a plan: the coordinator loop, dispatchers and run entry points."""
+"""Running a plan: the coordinator loop, its slots, the dispatcher protocol and lanes."""

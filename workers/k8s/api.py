@@ -178,6 +178,18 @@ class KubeApi:
         loaded: Obj = json.loads(response.data or b"{}")
         return loaded
 
+    def _delete(
+        self, kind: str, namespace: str, name: str, func: Callable[..., Any], body: Obj
+    ) -> bool:
+        """Delete one object; False if it was already gone."""
+        try:
+            self._json(f"delete {kind} {namespace}/{name}", func, name, namespace, body=body)
+        except ApiCallError as exc:
+            if exc.status == 404:
+                return False
+            raise
+        return True
+
     # -- jobs ---------------------------------------------------------------------------
     def create_job(self, namespace: str, job: Obj) -> Obj:
         _creations.acquire(self.config.pod_creations_per_s)
@@ -217,19 +229,7 @@ class KubeApi:
         body: Obj = {"propagationPolicy": "Foreground" if foreground else "Background"}
         if grace_s is not None:
             body["gracePeriodSeconds"] = grace_s
-        try:
-            self._json(
-                f"delete Job {namespace}/{name}",
-                self.batch.delete_namespaced_job,
-                name,
-                namespace,
-                body=body,
-            )
-        except ApiCallError as exc:
-            if exc.status == 404:
-                return False
-            raise
-        return True
+        return self._delete("Job", namespace, name, self.batch.delete_namespaced_job, body)
 
     # -- pods ---------------------------------------------------------------------------
     def list_pods(self, namespace: str, label_selector: str) -> tuple[list[Obj], str]:
@@ -243,19 +243,7 @@ class KubeApi:
 
     def delete_pod(self, namespace: str, name: str, *, grace_s: int | None = None) -> bool:
         body: Obj = {} if grace_s is None else {"gracePeriodSeconds": grace_s}
-        try:
-            self._json(
-                f"delete Pod {namespace}/{name}",
-                self.core.delete_namespaced_pod,
-                name,
-                namespace,
-                body=body,
-            )
-        except ApiCallError as exc:
-            if exc.status == 404:
-                return False
-            raise
-        return True
+        return self._delete("Pod", namespace, name, self.core.delete_namespaced_pod, body)
 
     def read_log(self, namespace: str, pod: str, tail_lines: int) -> str:
         response = self._call(
