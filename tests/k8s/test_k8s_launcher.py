@@ -331,6 +331,27 @@ def test_the_jobs_deadline_is_a_timeout_failure_even_when_it_stops_a_running_ste
     wait_until(left_behind(pod_cluster, run.run_id), "cleanup", WAIT_S)
 
 
+@pytest.mark.k8s_test_server  # the order of the Job controller's writes is a switch here
+def test_a_deadline_written_after_the_pod_ended_is_still_a_timeout_failure(
+    runtime: AttemptRuntime, pod_cluster: K8sTarget, k8s_block: dict[str, Any]
+) -> None:
+    server = pod_cluster.server
+    assert server is not None
+    server.controller.deadline_status_after_pods = True
+    try:
+        run = Run(runtime, "held_job", {**k8s_block, "job_wait_timeout_s": 5})
+        supervised = Background(lambda: run.supervise(run.ids("held")))
+        wait_until(lambda: len(marks(run.run_id, "held")) == 1, "the step to start", WAIT_S)
+        assert supervised.join().status == "failure"
+    finally:
+        server.controller.deadline_status_after_pods = False
+    failure = run.failure()
+    # The step's pod ended (SIGTERM, reported by its entrypoint) before the Job said why.
+    assert "timed out" in failure.message and "job_wait_timeout_s=5s" in failure.message
+    assert failure.data["failure_class"] == "timeout"
+    wait_until(left_behind(pod_cluster, run.run_id), "cleanup", WAIT_S)
+
+
 def test_the_logs_of_a_failed_pod_are_in_the_runs_events(
     runtime: AttemptRuntime, pod_cluster: K8sTarget, k8s_block: dict[str, Any]
 ) -> None:

@@ -24,6 +24,12 @@ from workers.launcher import EndReason, Launch, LaunchEnd
 
 _MAX_WAIT_S = 30.0
 _GONE_RECHECK_S = 1.0
+_DEADLINE_STATUS_WAIT_S = 5.0
+"""How long after its deadline a pod's end waits for the Job to say DeadlineExceeded: the
+Job controller stops the pods first and writes the Job's condition after."""
+_DEADLINE_SLACK_S = 2.0
+"""The Job's deadline counts from its ``startTime``, whole seconds on the API server's
+clock: a pod may be stopped for it this much before our own reckoning says."""
 
 
 @dataclass(frozen=True)
@@ -84,6 +90,14 @@ class Follower:
         view = pod_view(pod) if pod is not None else None
         if view is not None and view.ended:  # even if the pod is gone since (a TTL)
             assert pod is not None
+            if self._past_deadline(view):
+                if self._deadline_passed():
+                    return Decision(
+                        self._end(EndReason.TIMED_OUT, None, self._deadline_text(), view, events)
+                    )
+                wait_until = self._deadline_at() + _DEADLINE_STATUS_WAIT_S
+                if time.time() < wait_until:
+                    return Decision(None, min(wait_until, time.time() + _GONE_RECHECK_S))
             return Decision(self.ended(pod, view, events))
         job_events = [e for e in events if (e.get("involvedObject") or {}).get("kind") == "Job"]
         for event in job_events:
@@ -94,6 +108,17 @@ class Follower:
         if view is None or gone:
             return self._without_pod(gone, job_events, events)
         return self._before_end(view, events)
+
+    def _deadline_at(self) -> float:
+        deadline_s = self.config.job_wait_timeout_s
+        return self.created_at + deadline_s if deadline_s is not None else float("inf")
+
+    def _past_deadline(self, view: PodView) -> bool:
+        """Whether a pod that failed may have been stopped by the Job's deadline."""
+        ended = view.terminated
+        failed = ended is None or ended.exit_code != 0
+        due = self._deadline_at() - _DEADLINE_SLACK_S
+        return failed and not self.terminated() and time.time() >= due
 
     def _deadline_passed(self) -> bool:
         """Whether the Job failed by its deadline (a pod deleted under a running step:

@@ -51,6 +51,19 @@ def finished_at(job: Obj) -> float | None:
     return None
 
 
+def _end_of(
+    spec: Obj, succeeded: int, failed: int, deadline: float | None
+) -> tuple[str, str, str] | None:
+    """The condition a Job's pods and deadline give it now, if it has ended."""
+    if succeeded >= spec["completions"]:
+        return ("Complete", "", "")
+    if failed > spec["backoffLimit"]:
+        return ("Failed", "BackoffLimitExceeded", "Job has reached the specified backoff limit")
+    if deadline is not None and time.time() >= deadline:
+        return ("Failed", "DeadlineExceeded", "Job was active longer than specified deadline")
+    return None
+
+
 class JobController:
     """Runs Jobs' pods and keeps Job status; switches make pod creation fail."""
 
@@ -58,7 +71,11 @@ class JobController:
         self.api = api
         self.fail_pod_creation: str | None = None
         """When set, no pod is created: a FailedCreate Warning with this message instead."""
+        self.deadline_status_after_pods: bool = False
+        """When set, a Job past its deadline gets its DeadlineExceeded condition only once
+        its pods have ended (the order a busy controller can show), not in the same pass."""
         self._pods_of: dict[str, dict[str, str]] = defaultdict(dict)  # job uid → pod uid → end
+        self._decided: dict[str, tuple[str, str, str]] = {}  # job uid → end not yet written
         self._reported: set[str] = set()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="job-controller", daemon=True)
@@ -167,16 +184,14 @@ class JobController:
         start = job.get("status", {}).get("startTime") or now_rfc3339()
         deadline_s = spec.get("activeDeadlineSeconds")
         deadline = parse_time(start) + deadline_s if deadline_s else None
-        end: tuple[str, str, str] | None = None
-        if succeeded >= spec["completions"]:
-            end = ("Complete", "", "")
-        elif failed > spec["backoffLimit"]:
-            end = ("Failed", "BackoffLimitExceeded", "Job has reached the specified backoff limit")
-        elif deadline is not None and time.time() >= deadline:
-            end = ("Failed", "DeadlineExceeded", "Job was active longer than specified deadline")
+        end = self._decided.pop(meta["uid"], None) or _end_of(spec, succeeded, failed, deadline)
         if end is not None:
             for pod in running:
-                self._delete_pod(pod, None)
+                if not pod["metadata"].get("deletionTimestamp"):
+                    self._delete_pod(pod, None)
+            if running and end[1] == "DeadlineExceeded" and self.deadline_status_after_pods:
+                self._decided[meta["uid"]] = end
+                return time.time() + 0.1
             running = []
         elif not running:
             running = self._create_pod(job)
