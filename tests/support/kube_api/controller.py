@@ -14,12 +14,12 @@ garbage collector deletes pods whose owning Job is gone and finishes foreground 
 
 from __future__ import annotations
 
-import threading
 import time
 from collections import defaultdict
 from datetime import UTC, datetime
 
 from tests.support.kube_api.cluster_api import ClusterApi
+from tests.support.kube_api.control_loop import ControlLoop
 from tests.support.kube_api.errors import ApiError
 from tests.support.kube_api.objects import pod_for_job
 from tests.support.kube_api.store import JOBS, PODS, Obj, now_rfc3339
@@ -64,11 +64,13 @@ def _end_of(
     return None
 
 
-class JobController:
+class JobController(ControlLoop):
     """Runs Jobs' pods and keeps Job status; switches make pod creation fail."""
 
+    name = "job-controller"
+
     def __init__(self, api: ClusterApi) -> None:
-        self.api = api
+        super().__init__(api)
         self.fail_pod_creation: str | None = None
         """When set, no pod is created: a FailedCreate Warning with this message instead."""
         self.deadline_status_after_pods: bool = False
@@ -77,25 +79,6 @@ class JobController:
         self._pods_of: dict[str, dict[str, str]] = defaultdict(dict)  # job uid → pod uid → end
         self._decided: dict[str, tuple[str, str, str]] = {}  # job uid → end not yet written
         self._reported: set[str] = set()
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="job-controller", daemon=True)
-
-    def start(self) -> JobController:
-        self._thread.start()
-        return self
-
-    def stop(self) -> None:
-        self._stop.set()
-        self.api.store.end_watches()
-        self._thread.join(timeout=10)
-
-    def _run(self) -> None:
-        store = self.api.store
-        while not self._stop.is_set():
-            seen = store.resource_version
-            next_due = self.reconcile()
-            wait_s = 1.0 if next_due is None else max(0.01, min(1.0, next_due - time.time()))
-            store.wait_any(seen, wait_s)
 
     def reconcile(self) -> float | None:
         """One pass over every Job and pod; the earliest time a timer falls due."""

@@ -31,6 +31,7 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 from tests.support.kube_api.cluster_api import ClusterApi
+from tests.support.kube_api.control_loop import ControlLoop
 from tests.support.kube_api.errors import ApiError, bad_request
 from tests.support.kube_api.kubelet_pod import PodWorker
 from tests.support.kube_api.store import PODS, Obj
@@ -54,11 +55,13 @@ DEFAULT_EVICTION = (
 )
 
 
-class Kubelet:
+class Kubelet(ControlLoop):
     """Runs every pod of the test cluster on one node through ``backend``."""
 
+    name = "kubelet"
+
     def __init__(self, api: ClusterApi, backend: Any, node_name: str = NODE_NAME) -> None:
-        self.api = api
+        super().__init__(api)
         self.backend = backend
         self.node_name = node_name
         self.labels = node_labels(node_name)
@@ -72,8 +75,6 @@ class Kubelet:
         self.running = 0
         """Containers running right now; ``max_running`` is the most seen at once."""
         self.max_running = 0
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="kubelet", daemon=True)
 
     # ------------------------------------------------------------------ switches
     @property
@@ -105,28 +106,15 @@ class Kubelet:
         worker.request_eviction(message)
 
     # ------------------------------------------------------------------ lifecycle
-    def start(self) -> Kubelet:
-        self._thread.start()
-        return self
-
     def stop(self) -> None:
         """Stop every container at once (SIGKILL) and the kubelet's threads."""
-        self._stop.set()
-        self.api.store.end_watches()
-        self._thread.join(timeout=10)
+        super().stop()
         for worker in list(self._workers.values()):
             worker.request_stop(0)
         for worker in list(self._workers.values()):
             worker.join(timeout=30)
             worker.cleanup()
         self._workers.clear()
-
-    def _run(self) -> None:
-        store = self.api.store
-        while not self._stop.is_set():
-            seen = store.resource_version
-            self.reconcile()
-            store.wait_any(seen, 1.0)
 
     def reconcile(self) -> None:
         pods = {pod["metadata"]["uid"]: pod for pod in self.api.store.iter_objects(PODS)}

@@ -10,9 +10,8 @@ namespace once no pod or Job is left in it. Until then the namespace reads back 
 
 from __future__ import annotations
 
-import threading
-
 from tests.support.kube_api.cluster_api import ClusterApi
+from tests.support.kube_api.control_loop import ControlLoop
 from tests.support.kube_api.errors import ApiError
 from tests.support.kube_api.store import (
     CONFIG_MAPS,
@@ -25,29 +24,13 @@ from tests.support.kube_api.store import (
 )
 
 
-class NamespaceController:
+class NamespaceController(ControlLoop):
     """Finishes the deletion of Terminating namespaces, level-triggered."""
 
+    name = "namespace-controller"
+
     def __init__(self, api: ClusterApi) -> None:
-        self.api = api
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="namespace-controller", daemon=True)
-
-    def start(self) -> NamespaceController:
-        self._thread.start()
-        return self
-
-    def stop(self) -> None:
-        self._stop.set()
-        self.api.store.end_watches()
-        self._thread.join(timeout=10)
-
-    def _run(self) -> None:
-        store = self.api.store
-        while not self._stop.is_set():
-            seen = store.resource_version
-            self.reconcile()
-            store.wait_any(seen, 1.0)
+        super().__init__(api)
 
     def reconcile(self) -> None:
         for namespace in self.api.store.iter_objects(NAMESPACES):
